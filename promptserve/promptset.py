@@ -1,0 +1,257 @@
+"""PromptSet: one task's E2VPT prompts + linear head, stored as a safetensors file (never pickle).
+
+Tensors (a missing layer means "no prompts there"):
+    visual.{i}  (M_i, D)     visual prompts of layer i, hard-pruned; segment-pruned entries are 0
+    kv.{i}      (H, P_i, d)  shared key/value prompts of layer i   (or key.{i} and value.{i})
+    head.weight (C, D), head.bias (C)
+String metadata: format, backbone, backbone_fingerprint, labels, method, config, metrics, created.
+The version of a prompt set is the sha256 of its bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+if TYPE_CHECKING:
+    from promptserve.backbone import Backbone
+
+FORMAT = "promptserve/1"
+TENSOR_NAME = re.compile(r"^(?:(visual|kv|key|value)\.(0|[1-9][0-9]{0,3})|head\.(weight|bias))$")
+FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
+MAX_HEADER_BYTES = 1 << 20
+
+
+class PromptSetError(ValueError):
+    """A prompt set that must not be served. `reason` is a short stable code (for metrics and APIs)."""
+
+    reason = "invalid"
+    http_status = 422
+
+
+class FormatError(PromptSetError):
+    reason = "format"
+
+
+class DTypeError(PromptSetError):
+    reason = "dtype"
+
+
+class MissingTensorError(PromptSetError):
+    reason = "missing_tensor"
+
+
+class ShapeError(PromptSetError):
+    reason = "shape"
+
+
+class LabelsError(PromptSetError):
+    reason = "labels"
+
+
+class NonFiniteError(PromptSetError):
+    reason = "non_finite"
+
+
+class FingerprintError(PromptSetError):
+    """Trained on other backbone weights: refused, never served as garbage."""
+
+    reason = "fingerprint"
+    http_status = 409
+
+
+def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str]]:
+    """Check a safetensors blob's header before trusting its body: size fields, the format tag,
+    tensor names, dtypes and that every tensor's byte range lies inside the body.
+    Returns ({tensor name: {dtype, shape, data_offsets}}, metadata). Needs no torch work."""
+    if len(data) < 8:
+        raise FormatError("not a safetensors file: fewer than 8 bytes")
+    (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+        raise FormatError(f"not a safetensors file: header length {header_len} does not fit the "
+                          f"{len(data)}-byte body")
+    try:
+        header = json.loads(data[8:8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"not a safetensors file: header is not JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise FormatError("not a safetensors file: header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError("metadata must map strings to strings")
+    if metadata.get("format") != FORMAT:
+        raise FormatError(f"unknown format {metadata.get('format')!r}: expected metadata format={FORMAT!r}")
+    body = len(data) - 8 - header_len
+    for name, info in header.items():
+        if not TENSOR_NAME.match(name):
+            raise FormatError(f"unexpected tensor {name!r}: allowed are visual.{{i}}, kv.{{i}}, key.{{i}}, "
+                              "value.{i}, head.weight, head.bias")
+        if not isinstance(info, dict) or info.get("dtype") not in FILE_DTYPES:
+            got = info.get("dtype") if isinstance(info, dict) else info
+            raise DTypeError(f"tensor {name!r} has dtype {got!r}: use float16, bfloat16 or float32")
+        start, end = info.get("data_offsets", (-1, -1))
+        if not (0 <= start <= end <= body):
+            raise FormatError(f"tensor {name!r} points outside the file body")
+    for needed in ("head.weight", "head.bias"):
+        if needed not in header:
+            raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
+    return header, metadata
+
+
+def _json_field(metadata: dict[str, str], key: str, default: Any) -> Any:
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise FormatError(f"metadata {key!r} is not valid JSON") from None
+
+
+@dataclass
+class PromptSet:
+    tensors: dict[str, torch.Tensor]
+    backbone_fingerprint: str = ""
+    backbone: str = ""
+    labels: list[str] = field(default_factory=list)
+    method: str = "e2vpt"
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    created: str = ""
+    _bytes: bytes | None = field(default=None, repr=False, compare=False)
+
+    # ---- construction and I/O -------------------------------------------------------------------
+    @classmethod
+    def load(cls, source: str | Path | bytes) -> PromptSet:
+        data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
+        data = bytes(data)
+        _, meta = parse_header(data)
+        try:
+            tensors = st_load(data)
+        except Exception as e:  # safetensors raises its own error types on a corrupt body
+            raise FormatError(f"corrupt safetensors body: {e}") from None
+        labels = _json_field(meta, "labels", None)
+        if labels is None:
+            labels = [str(i) for i in range(tensors["head.weight"].shape[0])]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise LabelsError("metadata 'labels' must be a JSON list of strings")
+        return cls(tensors=tensors, backbone_fingerprint=meta.get("backbone_fingerprint", ""),
+                   backbone=meta.get("backbone", ""), labels=labels, method=meta.get("method", "e2vpt"),
+                   config=_json_field(meta, "config", {}), metrics=_json_field(meta, "metrics", {}),
+                   created=meta.get("created", ""), _bytes=data)
+
+    def metadata(self) -> dict[str, str]:
+        return {"format": FORMAT, "backbone": self.backbone, "backbone_fingerprint": self.backbone_fingerprint,
+                "labels": json.dumps(self.labels), "method": self.method,
+                "config": json.dumps(self.config, sort_keys=True), "metrics": json.dumps(self.metrics, sort_keys=True),
+                "created": self.created or datetime.now(UTC).isoformat(timespec="seconds")}
+
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            if not self.created:
+                self.created = datetime.now(UTC).isoformat(timespec="seconds")
+            tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
+            self._bytes = st_save(tensors, metadata=self.metadata())
+        return self._bytes
+
+    def save(self, path: str | Path) -> str:
+        """Write atomically (temp file + rename); returns the version."""
+        path = Path(path)
+        data = self.to_bytes()
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
+        return self.version
+
+    @property
+    def version(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    # ---- what it holds ---------------------------------------------------------------------------
+    @property
+    def deep(self) -> bool:
+        return bool(self.config.get("deep", True))
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.tensors["head.weight"].shape[0])
+
+    def visual(self, layer: int) -> torch.Tensor | None:
+        return self.tensors.get(f"visual.{layer}")
+
+    def kv(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(key prompts, value prompts), each (H, P, d), or None; shared sets return one tensor twice."""
+        if f"kv.{layer}" in self.tensors:
+            t = self.tensors[f"kv.{layer}"]
+            return t, t
+        if f"key.{layer}" in self.tensors:
+            return self.tensors[f"key.{layer}"], self.tensors[f"value.{layer}"]
+        return None
+
+    def num_prompt_params(self) -> int:
+        return sum(t.numel() for n, t in self.tensors.items() if not n.startswith("head."))
+
+    def num_params(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    # ---- validation against a backbone ------------------------------------------------------------
+    def validate(self, backbone: Backbone) -> None:
+        """Raise a specific PromptSetError for the first way this set cannot serve on `backbone`."""
+        L, D, H, d = backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim
+        if not self.backbone_fingerprint:
+            raise FingerprintError("metadata 'backbone_fingerprint' is missing: set it to the fingerprint "
+                                   "of the backbone the prompts were trained on (Backbone.fingerprint)")
+        if self.backbone_fingerprint != backbone.fingerprint:
+            raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]}, this server runs "
+                                   f"{backbone.fingerprint[:12]} ({backbone.name}): retrain on this backbone")
+        for name, t in self.tensors.items():
+            if t.dtype not in FILE_DTYPES.values():
+                raise DTypeError(f"tensor {name!r} has dtype {t.dtype}: use float16, bfloat16 or float32")
+            if not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"tensor {name!r} contains NaN or Inf")
+            kind, _, idx = name.partition(".")
+            if kind in ("visual", "kv", "key", "value") and int(idx) >= L:
+                raise ShapeError(f"tensor {name!r} names layer {idx}, the backbone has layers 0..{L - 1}")
+        C = self.num_classes
+        self._expect("head.weight", (C, D))
+        self._expect("head.bias", (C,))
+        if C < 1:
+            raise ShapeError("head.weight has no classes")
+        if len(self.labels) != C:
+            raise LabelsError(f"{len(self.labels)} labels for a head of {C} classes")
+        for i in range(L):
+            v = self.visual(i)
+            if v is not None:
+                if not self.deep and i > 0:
+                    raise ShapeError(f"tensor 'visual.{i}' in a shallow set (config deep=false): "
+                                     "shallow sets carry only visual.0")
+                self._expect(f"visual.{i}", (v.shape[0], D))
+            has_key, has_value = f"key.{i}" in self.tensors, f"value.{i}" in self.tensors
+            if f"kv.{i}" in self.tensors and (has_key or has_value):
+                raise FormatError(f"layer {i} has both 'kv.{i}' and 'key.{i}'/'value.{i}': pick one")
+            if has_key != has_value:
+                raise MissingTensorError(f"layer {i} has only one of 'key.{i}' and 'value.{i}'")
+            for name in (f"kv.{i}", f"key.{i}"):
+                if name in self.tensors:
+                    self._expect(name, (H, self.tensors[name].shape[1] if self.tensors[name].ndim == 3 else -1, d))
+            if has_key:
+                self._expect(f"value.{i}", tuple(self.tensors[f"key.{i}"].shape))
+
+    def _expect(self, name: str, shape: tuple[int, ...]) -> None:
+        got = tuple(self.tensors[name].shape)
+        if got != shape:
+            raise ShapeError(f"tensor {name!r} has shape {list(got)}, this backbone needs {list(shape)}")
+
+
+def prompt_set_nbytes(ps: PromptSet) -> int:
+    return sum(t.numel() * t.element_size() for t in ps.tensors.values())
+

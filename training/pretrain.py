@@ -1,0 +1,170 @@
+"""Pretrain the small demo backbone: a timm ViT trained from scratch on an ImageFolder set (CIFAR-10).
+
+The demo backbone exists so that promptserve has a real frozen model to prompt on a machine with no
+model hub. The recipe is the usual small-data ViT one: AdamW, cosine with warm-up, label smoothing,
+random crop (4px padding) + horizontal flip, stochastic depth. Images are decoded once into a uint8
+array and augmented as tensors, so an epoch costs only the forward and backward passes.
+A checkpoint after every epoch lets an interrupted run resume where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from training.imagefolder import load_split
+
+
+@dataclass
+class PretrainConfig:
+    data: str
+    out: str
+    model: str = "vit_tiny_patch16_224"
+    model_kwargs: dict = field(default_factory=lambda: {"img_size": 32, "patch_size": 4, "depth": 6})
+    epochs: int = 8
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    drop_path: float = 0.1
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+    limit_train: int = 0  # 0: all (a small number makes a smoke run)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr={self.lr} is outside (0, 1)")
+
+
+def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    # (B, H, W, 3) uint8 -> (B, 3, H, W) float, normalised with the backbone's own statistics
+    x = x_uint8.permute(0, 3, 1, 2).float().div_(255)
+    return (x - mean) / std
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with 4px zero padding + horizontal flip, on a (B, 3, S, S) float batch."""
+    b, _, s, _ = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(s))[:, None, :, None].expand(b, 3, s, s + 8)
+    x = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(s))[:, None, None, :].expand(b, 3, s, s)
+    x = x.gather(3, cols)
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, mean, std, batch_size=512) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        x = _normalise(torch.from_numpy(images[i:i + batch_size]), mean, std)
+        correct += (model(x).argmax(1) == torch.from_numpy(labels[i:i + batch_size])).sum().item()
+    return correct / len(labels)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    import timm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out.with_suffix(".ckpt.pt")
+
+    model = timm.create_model(cfg.model, pretrained=False, drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
+    size = model.patch_embed.img_size[0]
+    dcfg = timm.data.resolve_model_data_config(model)
+    mean = torch.tensor(dcfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(dcfg["std"]).view(1, 3, 1, 1)
+
+    train = load_split(cfg.data, "train", size)
+    test = load_split(cfg.data, "test", size, classes=train.classes)
+    if cfg.limit_train:
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.limit_train]
+        train.images, train.labels = train.images[keep.numpy()], train.labels[keep.numpy()]
+    if model.num_classes != len(train.classes):
+        model.reset_classifier(len(train.classes))
+
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = len(train) // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    history, start_epoch = [], 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        history, start_epoch = state["history"], state["epoch"]
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(start_epoch, cfg.epochs):
+        gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: each epoch's order depends on its index only
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=5)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy()
+            x = _augment(_normalise(torch.from_numpy(train.images[idx]), mean, std), gen)
+            y = torch.from_numpy(train.labels[idx])
+            logits = model(x)  # (B, C)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        # a seeded 2,000-image sample per epoch keeps evaluation cheap; the last epoch uses the whole split
+        last = epoch + 1 == cfg.epochs
+        sample = slice(None) if last else torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
+        test_acc = evaluate(model, test.images[sample], test.labels[sample], mean, std)
+        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                        "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0})
+        print(json.dumps(history[-1]), flush=True)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
+                    "epoch": epoch + 1}, ckpt_path)
+        _export(model, cfg, train.classes, history, out)
+    return {"history": history, "out": str(out)}
+
+
+def _export(model, cfg: PretrainConfig, classes: list[str], history: list[dict], out: Path) -> None:
+    """Weights as fp16 safetensors with what `Backbone.from_file` needs to rebuild the model."""
+    kwargs = {**cfg.model_kwargs, "num_classes": len(classes)}
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    meta = {"timm_name": cfg.model, "timm_kwargs": json.dumps(kwargs), "labels": json.dumps(classes),
+            "test_acc": f"{history[-1]['test_acc']:.4f}", "epochs": str(history[-1]["epoch"]),
+            "pretrain_config": json.dumps(asdict(cfg))}
+    tmp = out.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(out)
