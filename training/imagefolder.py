@@ -7,17 +7,16 @@ path, size and mtime plus the target size), so a training epoch never touches JP
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from promptserve.preprocess import image_to_uint8
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
 class DatasetError(ValueError):
@@ -41,11 +40,8 @@ def cache_dir() -> Path:
 
 
 def _decode(data: bytes | str | Path, size: int, interpolation: str) -> np.ndarray:
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), _RESAMPLE.get(interpolation, Image.BICUBIC))
-        return np.asarray(im, dtype=np.uint8)
+    # the serving path decodes with the same function: no train/serve skew
+    return image_to_uint8(data, size, interpolation)
 
 
 def _split_entries(names: list[str], split: str) -> list[tuple[str, str]]:

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from promptserve.backbone import DataConfig
+from promptserve.preprocess import normalise
 from training.imagefolder import load_split
 
 
@@ -47,12 +49,6 @@ class PretrainConfig:
             raise ValueError(f"lr={self.lr} is outside (0, 1)")
 
 
-def _normalise(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    # (B, H, W, 3) uint8 -> (B, 3, H, W) float, normalised with the backbone's own statistics
-    x = x_uint8.permute(0, 3, 1, 2).float().div_(255)
-    return (x - mean) / std
-
-
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random crop with 4px zero padding + horizontal flip, on a (B, 3, S, S) float batch."""
     b, _, s, _ = x.shape
@@ -67,11 +63,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, mean, std, batch_size=512) -> float:
+def evaluate(model, images, labels, data_cfg: DataConfig, batch_size=512) -> float:
     model.eval()
     correct = 0
     for i in range(0, len(labels), batch_size):
-        x = _normalise(torch.from_numpy(images[i:i + batch_size]), mean, std)
+        x = normalise(images[i:i + batch_size], data_cfg)
         correct += (model(x).argmax(1) == torch.from_numpy(labels[i:i + batch_size])).sum().item()
     return correct / len(labels)
 
@@ -89,11 +85,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model = timm.create_model(cfg.model, pretrained=False, drop_path_rate=cfg.drop_path, **cfg.model_kwargs)
     size = model.patch_embed.img_size[0]
     dcfg = timm.data.resolve_model_data_config(model)
-    mean = torch.tensor(dcfg["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(dcfg["std"]).view(1, 3, 1, 1)
+    data_cfg = DataConfig(size, tuple(dcfg["mean"]), tuple(dcfg["std"]), dcfg.get("interpolation", "bicubic"))
 
-    train = load_split(cfg.data, "train", size)
-    test = load_split(cfg.data, "test", size, classes=train.classes)
+    train = load_split(cfg.data, "train", size, data_cfg.interpolation)
+    test = load_split(cfg.data, "test", size, data_cfg.interpolation, classes=train.classes)
     if cfg.limit_train:
         keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.limit_train]
         train.images, train.labels = train.images[keep.numpy()], train.labels[keep.numpy()]
@@ -133,7 +128,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy()
-            x = _augment(_normalise(torch.from_numpy(train.images[idx]), mean, std), gen)
+            x = _augment(normalise(train.images[idx], data_cfg), gen)
             y = torch.from_numpy(train.labels[idx])
             logits = model(x)  # (B, C)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -148,7 +143,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         # a seeded 2,000-image sample per epoch keeps evaluation cheap; the last epoch uses the whole split
         last = epoch + 1 == cfg.epochs
         sample = slice(None) if last else torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
-        test_acc = evaluate(model, test.images[sample], test.labels[sample], mean, std)
+        test_acc = evaluate(model, test.images[sample], test.labels[sample], data_cfg)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                         "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0})
         print(json.dumps(history[-1]), flush=True)
