@@ -74,6 +74,8 @@ class Backbone:
         """A weights file written by `promptserve pretrain`: its metadata names the timm model and kwargs."""
         from safetensors import safe_open
 
+        if not Path(weights).is_file():
+            raise BackboneError(f"backbone weights file {weights} does not exist")
         with safe_open(str(weights), "pt") as f:
             meta = f.metadata() or {}
         if "timm_name" not in meta:
@@ -145,6 +147,14 @@ class Backbone:
         if not isinstance(head, nn.Linear):
             raise BackboneError(f"{self.name} has no linear classifier head (num_classes=0?)")
         return head.weight.detach().clone(), head.bias.detach().clone()
+
+
+def load_backbone(spec: str, weights: str | Path | None = None, **timm_kwargs) -> Backbone:
+    """The one way CLIs and the server turn a --backbone value into a Backbone: a weights file written by
+    `promptserve pretrain` (its metadata names the model), or a timm model name (+ optional weights)."""
+    if spec.endswith((".safetensors", ".pth", ".pt", ".bin")) or Path(spec).is_file():
+        return Backbone.from_file(spec)
+    return Backbone.from_timm(spec, weights=weights, **timm_kwargs)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -25,6 +25,36 @@ COMMANDS = [
 ]
 
 
+@app.callback()
+def _root() -> None:
+    """Serve many vision tasks from one frozen ViT with E2VPT prompt sets."""
+
+
+@app.command()
+def info(backbone: str = typer.Argument(..., help="A weights file written by `promptserve pretrain`, or a timm name."),
+         prompt_set: str = typer.Option(None, "--task", help="Also check this prompt set against the backbone.")):
+    """Print a backbone's dims, data config and fingerprint (and validate a prompt set against it)."""
+    from promptserve import PromptSet, PromptSetError
+    from promptserve.backbone import BackboneError, load_backbone
+
+    try:
+        bb = load_backbone(backbone)
+    except (BackboneError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"backbone     {bb.spec}\nfingerprint  {bb.fingerprint}\nlayers {bb.num_layers}  dim {bb.embed_dim}  "
+               f"heads {bb.num_heads}  params {bb.num_params:,}\ndata         {bb.data_config}")
+    if prompt_set:
+        ps = PromptSet.load(prompt_set)
+        try:
+            ps.validate(bb)
+        except PromptSetError as e:
+            typer.echo(f"prompt set   INVALID ({e.reason}): {e}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"prompt set   ok: {ps.method}, {ps.num_classes} classes, {ps.num_prompt_params():,} prompt params, "
+                   f"version {ps.version[:12]}")
+
+
 def _mount() -> None:
     for name, module, help_text in GROUPS:
         try:

@@ -1,0 +1,55 @@
+# promptserve: `make serve` runs the server on the demo backbone and tasks; `make test` runs the tests.
+# Both create .venv on first use. Override TORCH_SPEC for another torch build (e.g. a CPU wheel).
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
+HOST        ?= 127.0.0.1
+PORT        ?= 8000
+STORE       ?= ./registry
+BACKBONE    ?= assets/backbones/vit_tiny_p4_32_cifar10.safetensors
+SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv system-deps test test-fast lint serve bench clean help
+
+help:
+	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
+	@echo "make test    - set up .venv (+ redis-server), run the whole test suite"
+	@echo "make lint    - ruff"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+# redis-server for the Redis store tests; Fashion-MNIST for the trainer's dataset tests
+system-deps:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server)) \
+	      || echo "could not install redis-server: Redis tests will skip"; \
+	  else echo "redis-server missing: run 'sudo apt-get install -y redis-server' (Redis tests skip without it)"; fi; \
+	fi
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "dataset-fashion-mnist not installed: its tests skip"; \
+	fi
+
+test: venv system-deps
+	$(PY) -m pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(PY) -m pytest -q -x tests/unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+serve: venv
+	$(VENV)/bin/promptserve serve --backbone $(BACKBONE) --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
