@@ -27,18 +27,20 @@ _LOG2E = 1.4426950408889634  # softmax with exp2: exp(x * s) == exp2(x * s * log
 
 
 @triton.jit
-def _attend_range(acc, m_i, l_i, q, K, V, stride_kn, stride_kd, stride_vn, stride_vd, lo, hi, qk_scale,
-                  offs_n, offs_d, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
+def _attend_range(acc, m_i, l_i, q, K, V, stride_kn, stride_vn, lo, hi, qk_scale, offs_n, offs_d,
+                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """Fold keys/values [lo, hi) of one (sample, head) into the running softmax state.
 
-    K, V point at row 0 of this (sample, head); acc (BLOCK_M, BLOCK_D) fp32, m_i and l_i (BLOCK_M,) fp32."""
-    d_ok = offs_d < HEAD_DIM
+    K, V point at key 0 of this (sample, head), head dim contiguous; acc (BLOCK_M, BLOCK_D) fp32, m_i and l_i
+    (BLOCK_M,) fp32. Offsets inside a tile are int32 (the launcher checks they fit); the int64 part (sample,
+    head, range start) lives in the scalar base pointers, which keeps the pointer tensors cheap in registers."""
+    k_ptrs = K + lo * stride_kn + (offs_n[:, None] * stride_kn + offs_d[None, :])  # (BLOCK_N, BLOCK_D)
+    v_ptrs = V + lo * stride_vn + (offs_n[:, None] * stride_vn + offs_d[None, :])
+    d_ok = offs_d[None, :] < HEAD_DIM
     for start in range(lo, hi, BLOCK_N):
-        n = start + offs_n  # (BLOCK_N,) key positions; int64 because lo is
-        n_ok = n < hi
-        kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=kv_mask, other=0.0)  # (BN, BD)
-        v = tl.load(V + n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=kv_mask, other=0.0)  # (BN, BD)
+        n_ok = start + offs_n < hi  # (BLOCK_N,)
+        k = tl.load(k_ptrs, mask=n_ok[:, None] & d_ok, other=0.0)
+        v = tl.load(v_ptrs, mask=n_ok[:, None] & d_ok, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
         qk = tl.where(n_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: key `start` is always inside [lo, hi)
@@ -47,23 +49,25 @@ def _attend_range(acc, m_i, l_i, q, K, V, stride_kn, stride_kd, stride_vn, strid
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return acc, m_i, l_i
 
 
 @triton.jit
 def _prompt_attention_fwd(
-    Q, K, V,  # (B, H, N, d) each, any strides
+    Q, K, V,  # (B, H, N, d) each, any strides but a contiguous head dim
     PK, PV,  # (T, H, P, d) prompt bank (unused when HAS_PROMPTS is False)
     TaskIndex,  # (B,) int: bank row of each sample
     PromptLen,  # (T,) int: valid prompts per task
     PadStart, PadEnd,  # (B,) int: own keys [pad_start, pad_end) are skipped (unused when HAS_PAD is False)
-    Out,  # (B, N, H * d)
-    stride_qb, stride_qh, stride_qn, stride_qd,
-    stride_kb, stride_kh, stride_kn, stride_kd,
-    stride_vb, stride_vh, stride_vn, stride_vd,
-    stride_pkt, stride_pkh, stride_pkp, stride_pkd,
-    stride_pvt, stride_pvh, stride_pvp, stride_pvd,
-    stride_ob, stride_on, stride_oc,
+    Out,  # (B, N, H * d), contiguous channels
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_pkt, stride_pkh, stride_pkp,
+    stride_pvt, stride_pvh, stride_pvp,
+    stride_ob, stride_on,
     H, N, P, qk_scale,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_PROMPTS: tl.constexpr, HAS_PAD: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -73,29 +77,28 @@ def _prompt_attention_fwd(
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)  # int64 so that b * stride never wraps for big batches
     h = (pid_bh % H).to(tl.int64)
+    start_m = pid_m.to(tl.int64) * BLOCK_M
 
-    offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,) query positions
-    offs_n = tl.arange(0, BLOCK_N).to(tl.int64)
+    offs_m = tl.arange(0, BLOCK_M)  # (BLOCK_M,) query rows of this block, relative to start_m
+    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)  # head dim padded to a power of two, masked by HEAD_DIM
-    m_ok = offs_m < N
-    d_ok = offs_d < HEAD_DIM
+    qo_mask = (start_m + offs_m < N)[:, None] & (offs_d < HEAD_DIM)[None, :]  # (BLOCK_M, BLOCK_D)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qn + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)  # (BLOCK_M, BLOCK_D), stays on chip
+    Q_blk = Q + b * stride_qb + h * stride_qh + start_m * stride_qn
+    q = tl.load(Q_blk + offs_m[:, None] * stride_qn + offs_d[None, :], mask=qo_mask, other=0.0)  # stays on chip
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    zero = tl.zeros([], dtype=tl.int64)  # range bounds as int64 so key offsets are int64 too
+    zero = tl.zeros([], dtype=tl.int64)  # range bounds as int64 so base offsets are int64 too
 
     # source 1: this sample's task prompts, straight from the bank
     if HAS_PROMPTS:
         t = tl.load(TaskIndex + b).to(tl.int64)
         plen = tl.minimum(tl.load(PromptLen + t).to(tl.int64), P)  # the launcher checked it; never read past P
         acc, m_i, l_i = _attend_range(acc, m_i, l_i, q, PK + t * stride_pkt + h * stride_pkh,
-                                      PV + t * stride_pvt + h * stride_pvh, stride_pkp, stride_pkd,
-                                      stride_pvp, stride_pvd, zero, plen, qk_scale, offs_n, offs_d,
-                                      HEAD_DIM, BLOCK_N, DOT_PRECISION)
+                                      PV + t * stride_pvt + h * stride_pvh, stride_pkp, stride_pvp,
+                                      zero, plen, qk_scale, offs_n, offs_d, HEAD_DIM, BLOCK_N, DOT_PRECISION)
 
     # source 2: the sample's own keys, in two ranges around the padded slots
     pad_lo = zero + N
@@ -105,23 +108,26 @@ def _prompt_attention_fwd(
         pad_hi = tl.load(PadEnd + b).to(tl.int64)
     K_bh = K + b * stride_kb + h * stride_kh
     V_bh = V + b * stride_vb + h * stride_vh
-    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
-                                  zero, pad_lo, qk_scale, offs_n, offs_d, HEAD_DIM, BLOCK_N, DOT_PRECISION)
-    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q, K_bh, V_bh, stride_kn, stride_kd, stride_vn, stride_vd,
-                                  pad_hi, zero + N, qk_scale, offs_n, offs_d, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q, K_bh, V_bh, stride_kn, stride_vn, zero, pad_lo, qk_scale,
+                                  offs_n, offs_d, HEAD_DIM, BLOCK_N, DOT_PRECISION)
+    acc, m_i, l_i = _attend_range(acc, m_i, l_i, q, K_bh, V_bh, stride_kn, stride_vn, pad_hi, zero + N, qk_scale,
+                                  offs_n, offs_d, HEAD_DIM, BLOCK_N, DOT_PRECISION)
 
     acc = acc / l_i[:, None]
     # out[b, n, h * d + j]: the head-merged layout, so no transpose/reshape copy afterwards
-    o_ptrs = Out + b * stride_ob + offs_m[:, None] * stride_on + (h * HEAD_DIM + offs_d[None, :]) * stride_oc
-    tl.store(o_ptrs, acc.to(Out.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    O_blk = Out + b * stride_ob + start_m * stride_on + h * HEAD_DIM
+    tl.store(O_blk + offs_m[:, None] * stride_on + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=qo_mask)
 
 
 INTERPRETED = type(_prompt_attention_fwd).__name__ == "InterpretedFunction"  # TRITON_INTERPRET=1 at import
 
 
-def _block_config(head_dim: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) by head dim: one config, no autotuning (it breaks the interpreter).
-    ViT sequences are short (~200-260 tokens), so BLOCK_M = 64 keeps enough programs in flight at small batch."""
+def _block_config(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps): one config per head dim and dtype, no autotuning (it breaks the
+    interpreter). ViT sequences are short (~200-260 tokens), so BLOCK_M = 64 keeps enough programs in flight
+    at small batch. fp32 runs its dots on CUDA cores (exact, no tensor cores), so it gets smaller tiles."""
+    if dtype == torch.float32:
+        return 32, 32, 4
     if head_dim <= 64:
         return 64, 64, 4
     return 64, 32, 4  # d = 128/256: smaller key blocks keep K, V and the accumulator in registers
@@ -144,7 +150,7 @@ def _check_tensor(name: str, t: torch.Tensor, shape: tuple, like: torch.Tensor) 
 
 def _check_index(name: str, t: torch.Tensor | None, length: int, device: torch.device) -> None:
     _check(isinstance(t, torch.Tensor), f"{name} must be a tensor, got {type(t).__name__}")
-    _check(t.dtype in (torch.int64, torch.int32), f"{name} must be int64, got {t.dtype}")
+    _check(t.dtype in (torch.int64, torch.int32), f"{name} must be int64 (or int32), got {t.dtype}")
     _check(tuple(t.shape) == (length,), f"{name} has shape {tuple(t.shape)}, expected ({length},)")
     _check(t.device == device, f"{name} is on {t.device} but q is on {device}")
 
@@ -214,12 +220,17 @@ def prompt_attention_triton(
         _check(tuple(out.shape) == (B, N, H * d), f"out has shape {tuple(out.shape)}, expected {(B, N, H * d)}")
         _check(out.dtype == q.dtype and out.device == q.device,
                f"out is {out.dtype} on {out.device}, expected {q.dtype} on {q.device}")
-        _check(0 not in out.stride() or out.numel() <= 1, f"out must not be an expanded view, strides {out.stride()}")
+        _check(out.stride(-1) == 1 and 0 not in out.stride()[:2],
+               f"out must have contiguous channels and no expanded dims, got strides {tuple(out.stride())}")
     if out.numel() == 0:
         return out
 
-    cfg_m, cfg_n, num_warps = _block_config(d)
+    cfg_m, cfg_n, num_warps = _block_config(d, q.dtype)
     BLOCK_M, BLOCK_N = block_m or cfg_m, block_n or cfg_n
+    # (sample, head, task) offsets are int64 in the kernel; offsets inside one tile are int32 (cheaper pointers)
+    row_strides = [t.stride(2) for t in (q, k, v)] + ([prompt_k.stride(2), prompt_v.stride(2)] if has_prompts else [])
+    _check(max(row_strides + [out.stride(1)]) * max(BLOCK_M, BLOCK_N) < 2**31,
+           f"token strides {row_strides + [out.stride(1)]} are too large for int32 offsets within a tile")
     BLOCK_D = max(16, triton.next_power_of_2(d))  # tl.dot wants every dim >= 16
     qk_scale = (d ** -0.5 if scale is None else scale) * _LOG2E
     pk, pv = (prompt_k, prompt_v) if has_prompts else (k, v)  # placeholders, never read
@@ -228,7 +239,7 @@ def prompt_attention_triton(
     grid = (triton.cdiv(N, BLOCK_M), B * H)
     _prompt_attention_fwd[grid](
         q, k, v, pk, pv, task_index, plen, ps, pe, out,
-        *q.stride(), *k.stride(), *v.stride(), *pk.stride(), *pv.stride(), *out.stride(),
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *pk.stride()[:3], *pv.stride()[:3], *out.stride()[:2],
         H, N, P, qk_scale,
         HEAD_DIM=d, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
         HAS_PROMPTS=has_prompts, HAS_PAD=pad_start is not None,

@@ -1,0 +1,14 @@
+"""Session-wide test setup.
+
+Triton picks compiled or interpreted execution when a kernel module is imported, so TRITON_INTERPRET=1 must
+be set before anything imports `triton`. This root conftest loads first; on machines without CUDA it turns
+the interpreter on, so the kernel tests run on the CPU. A CUDA machine compiles the kernel, as in production.
+"""
+
+import os
+
+if "TRITON_INTERPRET" not in os.environ:
+    import torch  # importing torch does not import triton
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
