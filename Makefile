@@ -49,7 +49,9 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 serve: venv
-	$(VENV)/bin/promptserve serve --backbone $(BACKBONE) --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
+	@$(if $(wildcard $(BACKBONE)),,echo "$(BACKBONE) not built yet: serving the random-tiny test backbone")
+	$(VENV)/bin/promptserve serve --backbone $(if $(wildcard $(BACKBONE)),$(BACKBONE),random-tiny) \
+	  --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""The FastAPI app factory: `create_app(settings)` wires state, routers, error handlers and body limits.
+
+    uvicorn --factory server.app:create_app      # settings from PROMPTSERVE_* env
+    promptserve serve --port 8000                # the same, with flags
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+import promptserve
+from server import classify, health, tasks
+from server.errors import BodyLimitMiddleware, api_error_handler
+from server.settings import ServerSettings
+from server.state import ServerState
+
+log = logging.getLogger("promptserve.server")
+SMALL_BODY = 64 * 1024  # JSON bodies (rollback) and anything unexpected
+
+
+def create_app(settings: ServerSettings | None = None, *, backbone=None, store=None) -> FastAPI:
+    """`backbone` / `store`: already-built objects to use instead of the settings' (tests, embedding)."""
+    settings = settings or ServerSettings()
+    state = ServerState(settings, backbone=backbone, store=store)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # load in the background: /healthz answers at once, /readyz says 503 until the work is done
+        starting = asyncio.create_task(state.start(), name="promptserve-start")
+        starting.add_done_callback(_log_start_failure)
+        try:
+            yield
+        finally:
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await starting
+            await state.stop()
+
+    app = FastAPI(
+        title="promptserve",
+        version=promptserve.__version__,
+        summary="Many vision tasks from one frozen ViT: each task is a small E2VPT prompt set, batched together.",
+        lifespan=lifespan,
+    )
+    app.state.server = state
+    app.add_exception_handler(HTTPException, api_error_handler)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _internal_error)
+
+    def body_limit(scope) -> int:
+        path, method = scope.get("path", ""), scope.get("method", "")
+        if method == "PUT" and path.startswith("/tasks/"):
+            return settings.max_upload_bytes
+        if method == "POST" and path.startswith("/classify/"):
+            ctype = dict(scope.get("headers", ())).get(b"content-type", b"").split(b";")[0].strip().lower()
+            # a raw image body is one image; multipart may carry several
+            return settings.max_image_bytes if ctype.startswith(b"image/") else settings.max_classify_body_bytes
+        return SMALL_BODY
+
+    def count_refused_upload(scope) -> None:
+        if scope.get("method") == "PUT":  # a streamed upload over the limit is counted by its route
+            state.metrics.refusals.labels("too_large").inc()
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, on_refused=count_refused_upload)
+    app.include_router(classify.router)
+    app.include_router(tasks.router)
+    app.include_router(health.router)
+    return app
+
+
+def _log_start_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("start-up failed; /readyz answers 503 with the reason")
+
+
+async def _validation_error(request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for malformed parameters, in the same {error, detail} shape as every other error."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts)}, status_code=422)
+
+
+async def _internal_error(request, exc: Exception) -> JSONResponse:
+    """Anything unexpected still answers JSON (Starlette logs the traceback after this handler runs)."""
+    return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)

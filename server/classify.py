@@ -1,0 +1,127 @@
+"""POST /classify/{task}: images in, top-k labels out, answered by whichever batch they rode in."""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.datastructures import UploadFile
+
+from server.auth import require_api_token
+from server.batcher import QueueFull
+from server.engine import ItemResult
+from server.errors import ApiError, translated
+from server.images import SUPPORTED_CONTENT_TYPES, decode_image
+from server.metrics import UNKNOWN_TASK
+from server.schemas import ClassifyResponse, Prediction, Timing, error_responses
+from server.state import ServerState, ready_state
+from server.tasks import check_task_name
+
+router = APIRouter(tags=["classify"])
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_REQUEST_BODY = {
+    "required": True,
+    "description": "One image as the raw body, or multipart with one `file` part or several `files` parts.",
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "string", "format": "binary", "description": "One image: answered with an object."},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "Several images: answered with a list, in order."}}}},
+        **{ctype: _IMAGE_BODY for ctype in ("image/jpeg", "image/png", "image/webp", "image/bmp")},
+    },
+}
+
+
+@router.post(
+    "/classify/{task}",
+    response_model=ClassifyResponse | list[ClassifyResponse],
+    summary="Classify one or several images with a task",
+    dependencies=[Depends(require_api_token)],
+    responses=error_responses(401, 403, 404, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def classify(request: Request, task: str,
+                   top_k: int | None = Query(None, ge=1, le=1000, description="Labels per image (default 5)."),
+                   state: ServerState = Depends(ready_state)):
+    start = perf_counter()
+    metrics, engine = state.metrics, state.engine
+    label, status = UNKNOWN_TASK, 500
+    try:
+        check_task_name(task)
+        with translated(task):
+            await engine.acquire(task)  # 404 for a task the store does not have; cold load otherwise
+        label = task
+        try:
+            blobs, several = await _read_images(request, state)
+            loop = asyncio.get_running_loop()
+            dcfg, max_pixels = engine.data_config, state.settings.max_image_pixels
+            pixels = await asyncio.gather(*[
+                loop.run_in_executor(state.decode_pool, decode_image, data, dcfg, max_pixels, name)
+                for name, data in blobs])
+            try:
+                futures = state.batcher.submit(task, list(pixels), top_k or state.settings.default_top_k)
+            except QueueFull as e:
+                raise ApiError(503, "queue_full", f"the server is at capacity ({e}); retry shortly",
+                               headers={"Retry-After": "1"}) from None
+            results: list[ItemResult] = await asyncio.gather(*futures)
+        finally:
+            engine.release(task)
+        total_ms = 1e3 * (perf_counter() - start)
+        answers = [_answer(task, r, total_ms) for r in results]
+        status = 200
+        metrics.request_seconds.labels(task).observe(total_ms / 1e3)
+        return answers if several else answers[0]
+    except ApiError as e:
+        status = e.status_code
+        raise
+    finally:
+        metrics.requests.labels(label, str(status)).inc()
+
+
+def _answer(task: str, r: ItemResult, total_ms: float) -> ClassifyResponse:
+    return ClassifyResponse(
+        task=task, version=r.version,
+        predictions=[Prediction(label=lab, index=i, score=s) for lab, i, s in r.predictions],
+        timing_ms=Timing(queue=round(1e3 * r.queue_s, 3), compute=round(1e3 * r.compute_s, 3),
+                         total=round(total_ms, 3)))
+
+
+async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple[str, bytes]], bool]:
+    """[(name for messages, encoded bytes)], and whether the client sent the list form (`files`)."""
+    s = state.settings
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=s.max_images_per_request + 1, max_fields=16, max_part_size=64 * 1024)
+        try:
+            several = "files" in form
+            parts = [("file", p) for p in form.getlist("file")] + [
+                (f"files[{i}]", p) for i, p in enumerate(form.getlist("files"))]
+            if not parts:
+                raise ApiError(422, "no_image", "the multipart body needs a `file` part (one image) or `files` "
+                                                "parts (several)")
+            if len(parts) > s.max_images_per_request:
+                raise ApiError(413, "too_many_images", f"{len(parts)} images in one request; the limit is "
+                                                       f"{s.max_images_per_request}")
+            blobs = []
+            for name, part in parts:
+                if not isinstance(part, UploadFile):
+                    raise ApiError(422, "no_image", f"`{name}` is a text field; send it as a file part")
+                data = await part.read(s.max_image_bytes + 1)
+                label = f"{name} ({part.filename})" if part.filename else name
+                if len(data) > s.max_image_bytes:
+                    raise ApiError(413, "image_too_large", f"{label} is over the {s.max_image_bytes}-byte image limit")
+                blobs.append((label, data))
+            return blobs, several
+        finally:
+            await form.close()
+    if ctype in SUPPORTED_CONTENT_TYPES:
+        data = await request.body()
+        if len(data) > s.max_image_bytes:
+            raise ApiError(413, "image_too_large", f"the image is over the {s.max_image_bytes}-byte image limit")
+        return [("image", data)], False
+    raise ApiError(415, "unsupported_media_type",
+                   f"Content-Type {ctype or '(none)'!r} is not accepted: send the image as the raw body with "
+                   "Content-Type image/jpeg, image/png, image/webp or image/bmp, or as multipart/form-data with "
+                   "a `file` part (or several `files` parts)")

@@ -1,0 +1,99 @@
+"""Seed the registry for `make serve`: the trainer's demo tasks from assets/tasks/*.safetensors when
+they exist (task name = file stem), otherwise small prompt sets generated here for the configured backbone
+with promptserve's own PromptSet/PromptConfig, and the log says which.
+
+Generated sets: `demo-linear` is the backbone's own classifier as a prompt set with no prompts (so it
+answers exactly what the backbone answers, e.g. CIFAR-10 classes for the demo backbone); `demo-e2vpt`
+adds untrained E2VPT prompts (4 visual + 4 key/value tokens per layer) to that head: it exercises the
+prompted, mixed-task path, and its predictions drift from demo-linear's because its prompts are random.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from promptserve.backbone import Backbone
+from promptserve.config import PromptConfig
+from promptserve.promptset import PromptSet, PromptSetError
+
+log = logging.getLogger("promptserve.server")
+
+
+def demo_prompt_set(backbone: Backbone, labels: list[str] | None = None, visual_tokens: int = 4,
+                    kv_tokens: int = 4, seed: int = 0, head: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    method: str = "e2vpt", metrics: dict | None = None) -> PromptSet:
+    """A prompt set with freshly initialised prompts (the paper's inits) for `backbone`.
+
+    head: (weight (C, D), bias (C,)); default the backbone's own head, else a random one for `labels`.
+    visual_tokens = kv_tokens = 0 gives a `linear` set (head only)."""
+    L, D, H, d = backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim
+    config = PromptConfig(visual_tokens=visual_tokens, kv_tokens=kv_tokens, num_layers=L,
+                          extra={"seed": seed, "generated_by": "server.demo", "trained": False})
+    gen = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    # VPT's visual-prompt init: uniform +-sqrt(6 / (3 * patch^2 + D))
+    v_bound = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + D))
+    # He (Kaiming) uniform for key/value prompts: fan-in is the head dim they are compared against
+    kv_bound = math.sqrt(6.0 / d)
+    for i in range(L):
+        if config.visual_at(i):
+            tensors[f"visual.{i}"] = (torch.rand(config.visual_at(i), D, generator=gen) * 2 - 1) * v_bound
+        if config.kv_at(i):
+            tensors[f"kv.{i}"] = (torch.rand(H, config.kv_at(i), d, generator=gen) * 2 - 1) * kv_bound
+    own_classes = backbone.model.num_classes
+    if head is None and own_classes > 0 and (labels is None or len(labels) == own_classes):
+        head = backbone.own_head()
+    if head is None:
+        n = len(labels) if labels else 10
+        head = (torch.randn(n, D, generator=gen) * 0.02, torch.zeros(n))
+    weight, bias = head
+    tensors["head.weight"], tensors["head.bias"] = weight.float().contiguous(), bias.float().contiguous()
+    labels = list(labels) if labels else [f"class_{i}" for i in range(weight.shape[0])]
+    if not visual_tokens and not kv_tokens:
+        method = "linear"
+    return PromptSet(tensors=tensors, backbone_fingerprint=backbone.fingerprint, backbone=backbone.spec,
+                     labels=labels, method=method, config=config.to_dict(), metrics=metrics or {})
+
+
+def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = "assets/tasks",
+                  labels: list[str] | None = None) -> list[str]:
+    """Fill a store that has no task for this backbone (one that has any is left alone); returns the task
+    names it added. "For this backbone" rather than "empty": a registry seeded for an earlier backbone
+    (say random-tiny, before the demo backbone was trained) gets this backbone's demo tasks as new versions,
+    its old versions stay in each task's history."""
+    if any(r.backbone_fingerprint == backbone.fingerprint for r in store.list()):
+        return []
+    files = sorted(Path(tasks_dir).glob("*.safetensors")) if Path(tasks_dir).is_dir() else []
+    added = []
+    for path in files:
+        data = path.read_bytes()
+        try:
+            PromptSet.load(data).validate(backbone)
+        except PromptSetError as e:
+            log.warning("not seeding %s: %s", path, e)
+            continue
+        try:
+            store.put(path.stem, data)
+        except Exception as e:  # e.g. a file stem that is not a valid task name
+            log.warning("not seeding %s: %s", path, e)
+            continue
+        added.append(path.stem)
+    if added:
+        log.info("seeded the registry with %d demo tasks from %s: %s", len(added), tasks_dir, ", ".join(added))
+        return added
+    generated = {
+        "demo-linear": demo_prompt_set(backbone, labels, visual_tokens=0, kv_tokens=0,
+                                       metrics={"note": "the backbone's own head; no prompts"}),
+        "demo-e2vpt": demo_prompt_set(backbone, labels, visual_tokens=4, kv_tokens=4, seed=0,
+                                      metrics={"note": "untrained prompts, generated for the demo"}),
+    }
+    for name, ps in generated.items():
+        store.put(name, ps.to_bytes())
+    log.warning("%s has no prompt sets yet: seeded the registry with GENERATED demo tasks %s (demo-linear is "
+                "the backbone's own classifier; demo-e2vpt has untrained prompts). Replace them with trained "
+                "sets via `promptserve push FILE --task NAME`.", tasks_dir, ", ".join(generated))
+    return list(generated)

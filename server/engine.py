@@ -1,0 +1,271 @@
+"""The inference engine: one PromptedViT, the resident tasks in its prompt bank, and one engine thread.
+
+Every forward runs in the single engine thread (never on the event loop). Tasks enter the bank from the
+store (a cold load on first use, an upload, a rollback, or a change another replica made) only after
+validating against this backbone; a swap replaces the task's bank row between gathers, so a batch in
+flight finishes on the version it gathered and every result carries that version.
+
+Concurrency: residency decisions live on the event loop (ResidentSet); a per-task asyncio lock
+serialises the loads and swaps of one task; the bank's own lock makes each swap atomic for gathers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from promptserve.model import PromptedViT
+from promptserve.preprocess import normalise
+from promptserve.promptset import PromptSet, ShapeError, prompt_set_nbytes
+from server.loading import resolve_device, resolve_dtype
+from server.residency import ResidentSet
+
+if TYPE_CHECKING:
+    from promptserve.backbone import Backbone
+    from server.metrics import Metrics
+    from server.settings import ServerSettings
+
+log = logging.getLogger("promptserve.server")
+LABEL_CACHE = 1024  # versions whose labels are kept; far more than can be in flight at once
+
+
+@dataclass
+class WorkItem:
+    """One image on its way through the queue."""
+
+    task: str
+    pixels: np.ndarray  # (S, S, 3) uint8, already decoded and resized
+    top_k: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=perf_counter)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    version: str
+    predictions: list[tuple[str, int, float]]  # (label, index, score), best first
+    queue_s: float
+    compute_s: float
+
+
+class Engine:
+    def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics):
+        self.backbone, self.store, self.metrics = backbone, store, metrics
+        self.device = resolve_device(settings.device)
+        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)
+        self.data_config = backbone.data_config
+        self.resident = ResidentSet(settings.resident_max_tasks, settings.resident_max_bytes, settings.pinned_tasks)
+        self._labels: OrderedDict[str, list[str]] = OrderedDict()
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._drop_when_idle: set[str] = set()  # deleted while requests for it were still queued
+        self._sync_scheduled: set[str] = set()
+        self._background: set[asyncio.Task] = set()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptserve-engine")
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    # ---- validation --------------------------------------------------------------------------------
+    def check(self, ps: PromptSet) -> None:
+        """Raise the PromptSetError that says why `ps` cannot serve on this backbone (as add_task would)."""
+        ps.validate(self.backbone)
+        pooling = ps.config.get("pooling", self.model.pooling)
+        if pooling != self.model.pooling:
+            raise ShapeError(f"prompt set pools with {pooling!r}, this backbone pools with {self.model.pooling!r}")
+
+    def parse(self, data: bytes) -> PromptSet:
+        ps = PromptSet.load(data)
+        self.check(ps)
+        return ps
+
+    # ---- requests --------------------------------------------------------------------------------------
+    async def acquire(self, task: str) -> str:
+        """Mark a request for `task` in flight, loading the task from the store if it is not resident.
+        Raises the store's TaskNotFound for an unknown task (never a fallback). Returns the version."""
+        self.resident.acquire(task)
+        try:
+            if task not in self.resident or task in self._drop_when_idle:
+                await self._cold_load(task)
+            self.resident.touch(task)
+            return self.resident.version(task) or ""
+        except BaseException:
+            self.release(task)
+            raise
+
+    def release(self, task: str) -> None:
+        self.resident.release(task)
+        if task in self._drop_when_idle and not self.resident.busy(task):
+            self._drop_now(task)
+
+    async def run_batch(self, items: list[WorkItem]) -> tuple[list[ItemResult | BaseException], float, float]:
+        """The forward for one batch, in the engine thread: (per-item result or error, start, seconds)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._forward_isolated, items)
+
+    # ---- loading and swapping ------------------------------------------------------------------------
+    async def _cold_load(self, task: str) -> None:
+        async with self._locks[task]:
+            if task in self.resident and task not in self._drop_when_idle:
+                return  # another request loaded it while this one waited for the lock
+            start = perf_counter()
+            record = await asyncio.to_thread(self.store.resolve, task)
+            data = await asyncio.to_thread(self.store.get, task, record.version)
+            ps = await asyncio.to_thread(self.parse, data)
+            await self._install(task, record.version, ps)
+            self.metrics.cold_loads.labels(task).inc()
+            self.metrics.cold_load_seconds.observe(perf_counter() - start)
+            log.info("cold load %s@%s (%.1f ms)", task, record.version[:12], 1e3 * (perf_counter() - start))
+
+    async def sync(self, task: str, known: tuple[str, PromptSet] | None = None):
+        """Make the bank serve the store's current version of `task` (after an upload, a rollback, or a
+        change event); drop it when the store no longer has it. `known` = (version, validated set) saves a
+        store read when the caller just stored that version. Returns the current TaskRecord or None.
+
+        Always resolving the store's pointer (rather than trusting the caller's version) is what keeps
+        replicas convergent when uploads race: whichever sync runs last installs the latest pointer."""
+        from prompt_store import TaskNotFound
+
+        async with self._locks[task]:
+            try:
+                record = await asyncio.to_thread(self.store.resolve, task)
+            except TaskNotFound:
+                self._drop(task)
+                return None
+            if self.resident.version(task) == record.version and task not in self._drop_when_idle:
+                return record
+            if known is not None and known[0] == record.version:
+                ps = known[1]
+            else:
+                ps = await asyncio.to_thread(self.parse, await asyncio.to_thread(self.store.get, task, record.version))
+            swapped = task in self.resident
+            await self._install(task, record.version, ps)
+            if swapped:
+                self.metrics.swaps.labels(task).inc()
+            log.info("%s now serves %s", task, record.version[:12])
+            return record
+
+    async def drop(self, task: str) -> None:
+        async with self._locks[task]:
+            self._drop(task)
+
+    async def _install(self, task: str, version: str, ps: PromptSet) -> None:
+        """Swap the task's bank row (caller holds the task's lock and validated `ps`)."""
+        self._labels[version] = list(ps.labels)
+        self._labels.move_to_end(version)
+        while len(self._labels) > LABEL_CACHE:
+            self._labels.popitem(last=False)
+        await asyncio.to_thread(self.model.bank.put, task, ps, version)
+        self.resident.add(task, version, prompt_set_nbytes(ps))
+        self._drop_when_idle.discard(task)
+        for victim in self.resident.victims(keep=task):
+            self._drop_now(victim)
+            self.metrics.evictions.inc()
+            log.info("evicted %s (resident budget)", victim)
+
+    def _drop(self, task: str) -> None:
+        if self.resident.busy(task):
+            self._drop_when_idle.add(task)  # queued requests still need its row; new ones will reload
+        else:
+            self._drop_now(task)
+
+    def _drop_now(self, task: str) -> None:
+        if task in self.model.bank:
+            self.model.remove_task(task)
+        self.resident.remove(task)
+        self._drop_when_idle.discard(task)
+
+    # ---- store events (other replicas, the CLI) -----------------------------------------------------
+    def on_store_change(self, loop: asyncio.AbstractEventLoop, event) -> None:
+        """The store's callback (its own thread): hand the event to the loop."""
+        loop.call_soon_threadsafe(self._schedule_sync, event.task)
+
+    def _schedule_sync(self, task: str) -> None:
+        if task in self._sync_scheduled:
+            return  # one pending sync resolves the latest pointer anyway
+        self._sync_scheduled.add(task)
+        job = asyncio.create_task(self._sync_from_event(task))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    async def _sync_from_event(self, task: str) -> None:
+        self._sync_scheduled.discard(task)
+        if task not in self.resident:
+            return  # not resident: the next request cold-loads the current version
+        try:
+            await self.sync(task)
+        except Exception as e:  # e.g. a version stored through another path that fails validation here
+            reason = getattr(e, "reason", type(e).__name__)
+            self.metrics.refusals.labels(f"store_event_{reason}").inc()
+            log.warning("store changed %s but its new version cannot serve here (%s); the previous version "
+                        "keeps serving", task, e)
+
+    async def preload(self, pinned: list[str]) -> None:
+        """Fill the bank at start: pinned tasks first, then the store's others up to the budget."""
+        names = await asyncio.to_thread(list_task_names, self.store)
+        for task in pinned:
+            if task not in names:
+                log.warning("pinned task %s is not in the store", task)
+        order = [t for t in pinned if t in names] + [t for t in names if t not in pinned]
+        for task in order:
+            if task not in pinned and len(self.resident) >= self.resident.max_tasks:
+                break
+            try:
+                await self.sync(task)
+            except Exception as e:
+                log.warning("task %s is not served: %s", task, e)
+
+    # ---- the forward (engine thread) -----------------------------------------------------------------
+    def _forward_isolated(self, items: list[WorkItem]):
+        start = perf_counter()
+        try:
+            results: list[ItemResult | BaseException] = self._forward(items, start)
+        except Exception as e:
+            log.exception("batch of %d failed; retrying task by task", len(items))
+            results = self._per_task(items, start, e)
+        return results, start, perf_counter() - start
+
+    def _per_task(self, items: list[WorkItem], start: float, error: Exception) -> list[ItemResult | BaseException]:
+        """One task's failure must not fail the others' requests: rerun each task's images alone."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            groups[item.task].append(i)
+        results: list[ItemResult | BaseException] = [error] * len(items)
+        if len(groups) == 1:
+            return results
+        for idxs in groups.values():
+            try:
+                for i, r in zip(idxs, self._forward([items[i] for i in idxs], start), strict=True):
+                    results[i] = r
+            except Exception as e:
+                for i in idxs:
+                    results[i] = e
+        return results
+
+    def _forward(self, items: list[WorkItem], start: float) -> list[ItemResult]:
+        t0 = perf_counter()
+        x = normalise(np.stack([item.pixels for item in items]), self.data_config)  # (B, 3, S, S)
+        logits, versions = self.model.classify(x, [item.task for item in items])  # (B, C_max), -inf padded
+        probs = logits.float().softmax(dim=-1).cpu()  # padded classes get probability 0
+        k_max = min(max(item.top_k for item in items), probs.shape[1])
+        scores, indices = probs.topk(k_max, dim=1)
+        compute = perf_counter() - t0
+        out = []
+        for j, item in enumerate(items):
+            labels = self._labels.get(versions[j]) or []
+            k = min(item.top_k, len(labels), k_max)
+            preds = [(labels[c], c, s) for c, s in zip(indices[j, :k].tolist(), scores[j, :k].tolist(), strict=True)]
+            out.append(ItemResult(versions[j], preds, max(0.0, start - item.enqueued), compute))
+        return out
+
+
+def list_task_names(store) -> list[str]:
+    """Task names from store.list(), whether it returns names or records."""
+    return [getattr(entry, "task", entry) for entry in store.list()]

@@ -1,0 +1,105 @@
+"""Server settings: environment variables `PROMPTSERVE_*`, overridden by `promptserve serve` flags.
+
+Every limit that protects the server from a client has a finite default: uploads, image bytes and
+pixels, images per request, queue length. Tokens are secrets (never echoed in logs or reprs).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEMO_BACKBONE = "assets/backbones/vit_tiny_p4_32_cifar10.safetensors"
+MIB = 1 << 20
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTSERVE_", extra="ignore")
+
+    # ---- the frozen model --------------------------------------------------------------------------
+    backbone: str = Field(DEMO_BACKBONE, description=(
+        "A weights file written by `promptserve pretrain` (its metadata names the timm model), a timm model "
+        "name (with backbone_weights or backbone_pretrained), or `random-tiny`: a small seeded random ViT "
+        "for tests and smoke runs, never chosen implicitly."))
+    backbone_weights: str | None = Field(None, description="Weights (.safetensors/.pth) for a timm model name.")
+    backbone_pretrained: bool = Field(False, description="Download timm's pretrained weights (needs a network).")
+    backbone_kwargs: dict = Field(default_factory=dict, description="timm.create_model kwargs (JSON in the env).")
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the engine; 0 keeps torch's default.")
+
+    # ---- the registry --------------------------------------------------------------------------------
+    store: str = Field("./registry", description="A directory (LocalStore) or a redis:// URL (RedisStore).")
+    seed_demo: bool = Field(False, description=(
+        "When the store has no task for this backbone, seed it from assets/tasks/*.safetensors, or with "
+        "generated demo prompt sets when that folder is empty."))
+    demo_tasks_dir: str = "assets/tasks"
+
+    # ---- network -------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+
+    # ---- batching ------------------------------------------------------------------------------------
+    max_batch: int = Field(32, ge=1, le=4096, description="A batch closes when it holds this many images ...")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="... or this long after its first image queued.")
+    queue_limit: int = Field(512, ge=1, description="Images waiting for the engine; beyond it: 503 + Retry-After.")
+    decode_threads: int = Field(2, ge=1, le=64, description="Threads that decode and resize images.")
+
+    # ---- resident tasks ------------------------------------------------------------------------------
+    resident_max_tasks: int = Field(64, ge=1, description="Tasks kept in the prompt bank (LRU beyond).")
+    resident_max_mib: float = Field(512.0, gt=0, description="Prompt-set MiB kept in the bank (LRU beyond).")
+    pinned_tasks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Tasks loaded at start and never evicted (comma-separated in the env).")
+    preload: bool = Field(True, description="Load the store's tasks at start, up to the resident budget.")
+
+    # ---- request limits ------------------------------------------------------------------------------
+    max_upload_mib: float = Field(64.0, gt=0, description="Largest prompt-set upload (413 beyond).")
+    max_image_mib: float = Field(10.0, gt=0, description="Largest encoded image (413 beyond).")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width*height (decompression bombs: 422).")
+    max_images_per_request: int = Field(32, ge=1, le=1024)
+    default_top_k: int = Field(5, ge=1)
+
+    # ---- security ------------------------------------------------------------------------------------
+    admin_token: SecretStr | None = Field(None, description=(
+        "Bearer token for uploads, rollback and delete. Unset: one is generated at start and printed once."))
+    api_token: SecretStr | None = Field(None, description="When set, /classify needs `Authorization: Bearer` it.")
+
+    @field_validator("pinned_tasks", mode="before")
+    @classmethod
+    def _split_names(cls, value):
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("admin_token", "api_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value):
+        # PROMPTSERVE_ADMIN_TOKEN="" must not become an empty (always-matching) token
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        return value
+
+    # ---- derived sizes -------------------------------------------------------------------------------
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mib * MIB)
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mib * MIB)
+
+    @property
+    def max_classify_body_bytes(self) -> int:
+        # several images plus multipart framing; each part is checked against max_image_bytes again
+        return self.max_image_bytes * self.max_images_per_request + MIB
+
+    @property
+    def resident_max_bytes(self) -> int:
+        return int(self.resident_max_mib * MIB)

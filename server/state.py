@@ -1,0 +1,131 @@
+"""What one server process holds, how it starts and stops, and the dependencies routes use to reach it.
+
+Start-up runs in the background of the lifespan, so /healthz answers at once and /readyz says 503 until
+the backbone, the store and the preloaded tasks are in place (the way an orchestrator expects).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from server.errors import ApiError
+from server.metrics import Metrics
+from server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from promptserve.backbone import Backbone
+    from server.batcher import Batcher
+    from server.engine import Engine
+
+log = logging.getLogger("promptserve.server")
+
+
+class ServerState:
+    def __init__(self, settings: ServerSettings, backbone: Backbone | None = None, store=None):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.backbone: Backbone | None = backbone
+        self.store = store
+        self._owns_store = store is None
+        self.engine: Engine | None = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.error: str | None = None
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="promptserve-decode")
+        self._unsubscribe = None
+        if settings.admin_token is not None:
+            self.admin_token = settings.admin_token.get_secret_value()
+        else:
+            # uploads are never open by default: without a configured token, make one and say it once
+            self.admin_token = secrets.token_urlsafe(24)
+            print(f"promptserve: no admin token configured; generated one for this process: {self.admin_token}\n"
+                  "promptserve: set PROMPTSERVE_ADMIN_TOKEN to choose it (replicas must share one)",
+                  file=sys.stderr, flush=True)
+        self.api_token = settings.api_token.get_secret_value() if settings.api_token else None
+
+    # ---- life cycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except Exception as e:
+            self.error = f"{type(e).__name__}: {e}"
+            log.error("promptserve failed to start: %s", self.error)
+            raise
+
+    async def _start(self) -> None:
+        from server.batcher import Batcher
+        from server.engine import Engine
+        from server.loading import backbone_labels, load_backbone
+
+        s = self.settings
+        if s.torch_threads:
+            import torch
+
+            torch.set_num_threads(s.torch_threads)
+        if self.backbone is None:
+            self.backbone = await asyncio.to_thread(load_backbone, s.backbone, s.backbone_weights,
+                                                    s.backbone_pretrained, s.backbone_kwargs)
+        log.info("backbone %s (fingerprint %s)", self.backbone.name, self.backbone.fingerprint[:12])
+        if self.store is None:
+            from prompt_store import open_store
+
+            self.store = await asyncio.to_thread(open_store, s.store, max_bytes=s.max_upload_bytes)
+        if s.seed_demo:
+            from server.demo import seed_registry
+
+            labels = backbone_labels(s.backbone, self.backbone)
+            await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
+        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics)
+        self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)
+        self.metrics.watch(lambda: self.batcher.depth, lambda: len(engine.resident),
+                           lambda: engine.resident.nbytes, lambda: engine.model.bank.nbytes())
+        loop = asyncio.get_running_loop()
+        # subscribe before preloading: a change landing during the preload is not missed
+        self._unsubscribe = self.store.subscribe(lambda event: engine.on_store_change(loop, event))
+        if s.preload:
+            await engine.preload(list(s.pinned_tasks))
+        else:
+            for task in s.pinned_tasks:
+                await engine.sync(task)
+        self.batcher.start()
+        self.ready = True
+        log.info("ready: %d tasks resident on %s (%s)", len(engine.resident), engine.device, s.dtype)
+
+    async def stop(self) -> None:
+        self.ready = False
+        if self._unsubscribe is not None:
+            try:
+                self._unsubscribe()
+            except Exception as e:
+                log.warning("unsubscribing from the store failed: %s", e)
+        if self.batcher is not None:
+            await self.batcher.stop()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self._owns_store and self.store is not None:
+            try:
+                self.store.close()
+            except Exception as e:
+                log.warning("closing the store failed: %s", e)
+
+
+# ---- dependencies ---------------------------------------------------------------------------------------
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+def ready_state(request: Request) -> ServerState:
+    """The state, or 503 while the server is still loading (or failed to)."""
+    state: ServerState = request.app.state.server
+    if not state.ready:
+        detail = f"failed to start: {state.error}" if state.error else "still loading the backbone and tasks"
+        raise ApiError(503, "not_ready", detail, headers={"Retry-After": "1"})
+    return state

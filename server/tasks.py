@@ -1,0 +1,141 @@
+"""The task registry over HTTP: upload (validate, store, swap in), inspect, roll back, delete.
+
+Invariant 6 of DESIGN.md lives here: nothing a client sends is stored or served unless it validated
+against this server's backbone first, and a refused write changes nothing (the store refuses before
+writing, and the bank is only touched after the store accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+
+from fastapi import APIRouter, Depends, Request
+
+from server.auth import require_admin
+from server.errors import ApiError, translated
+from server.schemas import (
+    DeletedResponse,
+    RollbackRequest,
+    TaskDetail,
+    TaskList,
+    TaskRecordModel,
+    TaskSummary,
+    error_responses,
+)
+from server.state import ServerState, ready_state
+
+router = APIRouter(tags=["tasks"])
+
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # DESIGN.md's contract; the store checks it too
+
+
+def check_task_name(task: str) -> None:
+    if not TASK_NAME.match(task):
+        raise ApiError(422, "invalid_task_name", f"invalid task name {task[:80]!r}: use 1-64 characters of a-z, 0-9, "
+                                                 "'.', '_' or '-', starting with a letter or digit")
+
+
+def record_model(record) -> TaskRecordModel:
+    return TaskRecordModel.model_validate(record.to_dict())
+
+
+@router.put(
+    "/tasks/{task}",
+    response_model=TaskRecordModel,
+    summary="Upload a prompt set (safetensors) as the task's new version and serve it",
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, 409, 413, 422, 503),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+async def upload(task: str, request: Request, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
+    engine = state.engine
+    try:
+        check_task_name(task)
+        data = await request.body()  # the body-size guard cuts this off at max_upload_mib (413)
+        if not data:
+            raise ApiError(422, "empty_body", "the body is empty: send the prompt set's safetensors bytes")
+        with translated(task):
+            ps = await asyncio.to_thread(engine.parse, data)  # validate against THIS backbone first
+            record = await asyncio.to_thread(state.store.put, task, data)
+            await engine.sync(task, known=(record.version, ps))
+    except ApiError as e:
+        state.metrics.refusals.labels(e.error).inc()
+        raise
+    state.metrics.uploads.labels(task).inc()
+    return record_model(record)
+
+
+@router.get("/tasks", response_model=TaskList, summary="Every task with its current version")
+async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
+    with translated(""):
+        records = await asyncio.to_thread(_current_records, state.store)
+    resident = state.engine.resident
+    return TaskList(tasks=[TaskSummary(**record_model(r).model_dump(), resident=r.task in resident)
+                           for r in records])
+
+
+@router.get("/tasks/{task}", response_model=TaskDetail, responses=error_responses(404, 422),
+            summary="A task's current version, history, labels, metrics, size and residency")
+async def get_task(task: str, state: ServerState = Depends(ready_state)) -> TaskDetail:
+    check_task_name(task)
+    with translated(task):
+        current = await asyncio.to_thread(state.store.resolve, task)
+        history = await asyncio.to_thread(state.store.history, task)
+    resident_version = state.engine.resident.version(task)
+    return TaskDetail(task=task, current=record_model(current), history=[record_model(r) for r in history],
+                      resident=resident_version is not None, resident_version=resident_version)
+
+
+@router.post(
+    "/tasks/{task}/rollback",
+    response_model=TaskRecordModel,
+    summary="Point the task back at an earlier version and serve it",
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def rollback(task: str, body: RollbackRequest, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
+    engine = state.engine
+    try:
+        check_task_name(task)
+        with translated(task):
+            # the old version validated on the backbone that stored it, maybe not on this one: check again
+            data = await asyncio.to_thread(state.store.get, task, body.version)
+            ps = await asyncio.to_thread(engine.parse, data)
+            record = await asyncio.to_thread(state.store.rollback, task, body.version)
+            await engine.sync(task, known=(record.version, ps))
+    except ApiError as e:
+        state.metrics.refusals.labels(e.error).inc()
+        raise
+    return record_model(record)
+
+
+@router.delete(
+    "/tasks/{task}",
+    response_model=DeletedResponse,
+    summary="Delete the task and all its versions; it stops serving (404) at once",
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def delete_task(task: str, state: ServerState = Depends(ready_state)) -> DeletedResponse:
+    check_task_name(task)
+    with translated(task):
+        await asyncio.to_thread(state.store.delete, task)
+    await state.engine.drop(task)
+    return DeletedResponse(task=task)
+
+
+def _current_records(store) -> list:
+    """store.list() as current TaskRecords, whether it returns records or names."""
+    from prompt_store import TaskNotFound
+
+    out = []
+    for entry in store.list():
+        if hasattr(entry, "version"):
+            out.append(entry)
+            continue
+        with contextlib.suppress(TaskNotFound):  # deleted between list and resolve
+            out.append(store.resolve(entry))
+    return out
