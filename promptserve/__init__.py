@@ -1,26 +1,50 @@
-"""promptserve: serve many vision tasks from one frozen ViT with E2VPT prompt sets."""
+"""promptserve: serve many vision tasks from one frozen ViT with E2VPT prompt sets.
 
-from promptserve.backbone import Backbone, BackboneError, DataConfig
-from promptserve.bank import PromptBank, PromptBatch
-from promptserve.config import ConfigError, PromptConfig
-from promptserve.model import PromptedViT
-from promptserve.promptset import (
-    FORMAT,
-    DTypeError,
-    FingerprintError,
-    FormatError,
-    LabelsError,
-    MissingTensorError,
-    NonFiniteError,
-    PromptSet,
-    PromptSetError,
-    ShapeError,
-)
+Names are imported on first use (PEP 562), so `import promptserve.fileformat` (the registry, the CLI) does
+not pay for importing torch and timm.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FORMAT", "Backbone", "BackboneError", "ConfigError", "DTypeError", "DataConfig", "FingerprintError",
-    "FormatError", "LabelsError", "MissingTensorError", "NonFiniteError", "PromptBank", "PromptBatch",
-    "PromptConfig", "PromptSet", "PromptSetError", "PromptedViT", "ShapeError",
-]
+_EXPORTS = {
+    "Backbone": "backbone", "BackboneError": "backbone", "DataConfig": "backbone",
+    "PromptBank": "bank", "PromptBatch": "bank",
+    "ConfigError": "config", "PromptConfig": "config",
+    "PromptedViT": "model",
+    "PromptSet": "promptset",
+    "FORMAT": "fileformat", "DTypeError": "fileformat", "FingerprintError": "fileformat", "FormatError": "fileformat",
+    "LabelsError": "fileformat", "MissingTensorError": "fileformat", "NonFiniteError": "fileformat",
+    "PromptSetError": "fileformat", "ShapeError": "fileformat",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"promptserve.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'promptserve' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs
+    from promptserve.backbone import Backbone, BackboneError, DataConfig  # noqa: F401
+    from promptserve.bank import PromptBank, PromptBatch  # noqa: F401
+    from promptserve.config import ConfigError, PromptConfig  # noqa: F401
+    from promptserve.fileformat import (  # noqa: F401
+        FORMAT,
+        DTypeError,
+        FingerprintError,
+        FormatError,
+        LabelsError,
+        MissingTensorError,
+        NonFiniteError,
+        PromptSetError,
+        ShapeError,
+    )
+    from promptserve.model import PromptedViT  # noqa: F401
+    from promptserve.promptset import PromptSet  # noqa: F401

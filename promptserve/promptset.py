@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,90 +21,24 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors belong to the file format)
+    FORMAT,
+    DTypeError,
+    FingerprintError,
+    FormatError,
+    LabelsError,
+    MissingTensorError,
+    NonFiniteError,
+    PromptSetError,
+    ShapeError,
+    canonical_bytes,
+    parse_header,
+)
+
 if TYPE_CHECKING:
     from promptserve.backbone import Backbone
 
-FORMAT = "promptserve/1"
-TENSOR_NAME = re.compile(r"^(?:(visual|kv|key|value)\.(0|[1-9][0-9]{0,3})|head\.(weight|bias))$")
-FILE_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}
-MAX_HEADER_BYTES = 1 << 20
-
-
-class PromptSetError(ValueError):
-    """A prompt set that must not be served. `reason` is a short stable code (for metrics and APIs)."""
-
-    reason = "invalid"
-    http_status = 422
-
-
-class FormatError(PromptSetError):
-    reason = "format"
-
-
-class DTypeError(PromptSetError):
-    reason = "dtype"
-
-
-class MissingTensorError(PromptSetError):
-    reason = "missing_tensor"
-
-
-class ShapeError(PromptSetError):
-    reason = "shape"
-
-
-class LabelsError(PromptSetError):
-    reason = "labels"
-
-
-class NonFiniteError(PromptSetError):
-    reason = "non_finite"
-
-
-class FingerprintError(PromptSetError):
-    """Trained on other backbone weights: refused, never served as garbage."""
-
-    reason = "fingerprint"
-    http_status = 409
-
-
-def parse_header(data: bytes) -> tuple[dict[str, dict], dict[str, str]]:
-    """Check a safetensors blob's header before trusting its body: size fields, the format tag,
-    tensor names, dtypes and that every tensor's byte range lies inside the body.
-    Returns ({tensor name: {dtype, shape, data_offsets}}, metadata). Needs no torch work."""
-    if len(data) < 8:
-        raise FormatError("not a safetensors file: fewer than 8 bytes")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
-        raise FormatError(f"not a safetensors file: header length {header_len} does not fit the "
-                          f"{len(data)}-byte body")
-    try:
-        header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"not a safetensors file: header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise FormatError("not a safetensors file: header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise FormatError("metadata must map strings to strings")
-    if metadata.get("format") != FORMAT:
-        raise FormatError(f"unknown format {metadata.get('format')!r}: expected metadata format={FORMAT!r}")
-    body = len(data) - 8 - header_len
-    for name, info in header.items():
-        if not TENSOR_NAME.match(name):
-            raise FormatError(f"unexpected tensor {name!r}: allowed are visual.{{i}}, kv.{{i}}, key.{{i}}, "
-                              "value.{i}, head.weight, head.bias")
-        if not isinstance(info, dict) or info.get("dtype") not in FILE_DTYPES:
-            got = info.get("dtype") if isinstance(info, dict) else info
-            raise DTypeError(f"tensor {name!r} has dtype {got!r}: use float16, bfloat16 or float32")
-        start, end = info.get("data_offsets", (-1, -1))
-        if not (0 <= start <= end <= body):
-            raise FormatError(f"tensor {name!r} points outside the file body")
-    for needed in ("head.weight", "head.bias"):
-        if needed not in header:
-            raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
-    return header, metadata
-
+TORCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 def _json_field(metadata: dict[str, str], key: str, default: Any) -> Any:
     if key not in metadata:
@@ -160,7 +92,7 @@ class PromptSet:
             if not self.created:
                 self.created = datetime.now(UTC).isoformat(timespec="seconds")
             tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-            self._bytes = st_save(tensors, metadata=self.metadata())
+            self._bytes = canonical_bytes(st_save(tensors, metadata=self.metadata()))
         return self._bytes
 
     def save(self, path: str | Path) -> str:
@@ -214,7 +146,7 @@ class PromptSet:
             raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]}, this server runs "
                                    f"{backbone.fingerprint[:12]} ({backbone.name}): retrain on this backbone")
         for name, t in self.tensors.items():
-            if t.dtype not in FILE_DTYPES.values():
+            if t.dtype not in TORCH_DTYPES:
                 raise DTypeError(f"tensor {name!r} has dtype {t.dtype}: use float16, bfloat16 or float32")
             if not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(f"tensor {name!r} contains NaN or Inf")

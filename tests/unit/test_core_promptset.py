@@ -158,3 +158,16 @@ def test_backbone_fingerprint_tracks_weights_and_data_config(tmp_path):
                               img_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=2, num_classes=10)
     assert c.fingerprint == a.fingerprint
     assert all(not p.requires_grad for p in c.model.parameters()) and not c.model.training
+
+
+def test_same_prompt_set_saved_twice_has_one_version(bb):
+    """safetensors writes metadata in hash order; the canonical header makes versions reproducible."""
+    a, b = random_prompt_set(bb, seed=4), random_prompt_set(bb, seed=4)
+    a.created = b.created = "2026-01-01T00:00:00+00:00"
+    versions = {a.version, b.version}
+    for _ in range(5):
+        c = random_prompt_set(bb, seed=4)
+        c.created = a.created
+        versions.add(c.version)
+    assert len(versions) == 1
+    assert ps.PromptSet.load(a.to_bytes()).to_bytes() == a.to_bytes()

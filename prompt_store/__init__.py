@@ -1,0 +1,35 @@
+"""The prompt-set registry: LocalStore (a directory, the embedded default) and RedisStore (shared by many
+server replicas, with change events), behind one interface (prompt_store.base.PromptStore)."""
+
+from __future__ import annotations
+
+from prompt_store.base import (
+    DEFAULT_MAX_BYTES,
+    ChangeEvent,
+    InvalidPromptSet,
+    InvalidTaskName,
+    PromptStore,
+    StoreError,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskRecord,
+    TooLarge,
+    VersionNotFound,
+)
+from prompt_store.local import LocalStore
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def open_store(spec: str, **kw) -> PromptStore:
+    """"redis://host:port/db" (or rediss://, unix://) -> RedisStore; anything else is a directory -> LocalStore."""
+    if str(spec).startswith(REDIS_SCHEMES):
+        from prompt_store.redis_store import RedisStore  # imported here: a local store needs no redis client
+
+        return RedisStore(str(spec), **kw)
+    return LocalStore(spec, **kw)
+
+
+__all__ = ["DEFAULT_MAX_BYTES", "ChangeEvent", "InvalidPromptSet", "InvalidTaskName", "LocalStore", "PromptStore",
+           "StoreError", "StoreUnavailable", "TaskNotFound", "TaskRecord", "TooLarge", "VersionNotFound",
+           "open_store"]

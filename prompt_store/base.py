@@ -1,0 +1,214 @@
+"""The registry interface both backends implement, its records, errors and the checks run before a put.
+
+A task name is a movable pointer to a version (the sha256 of a prompt set's bytes). Old versions stay
+until the task is deleted, so a rollback is only a pointer move. Nothing is written unless it passed
+`inspect_upload` first: a refused put leaves a store exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from promptserve.fileformat import PromptSetError, parse_header
+
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+DEFAULT_MAX_BYTES = 64 << 20
+MIN_VERSION_PREFIX = 6  # shorter prefixes of a sha256 collide too easily to name a version by
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One version of one task, as the registry reports it (JSON-friendly via to_dict)."""
+
+    task: str
+    version: str  # sha256 hex of the prompt set's bytes
+    size: int
+    created: str  # ISO time this version was first put under this task
+    labels: list[str] = field(default_factory=list)
+    method: str = ""
+    metrics: dict = field(default_factory=dict)
+    backbone_fingerprint: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TaskRecord:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    task: str
+    version: str | None  # None: the task was deleted
+    kind: str  # "put" | "rollback" | "delete"
+
+
+class StoreError(Exception):
+    """Base of every registry error; str(e) is a one-line message meant for the user."""
+
+
+class InvalidTaskName(StoreError):
+    pass
+
+
+class TooLarge(StoreError):
+    pass
+
+
+class InvalidPromptSet(StoreError):
+    """The upload is not a valid prompt set; `reason` is the PromptSetError's stable code."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TaskNotFound(StoreError):
+    pass
+
+
+class VersionNotFound(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    pass
+
+
+def check_task_name(task: str) -> str:
+    # The name becomes a file name and a Redis key, so this is also the path-traversal guard.
+    if not isinstance(task, str) or not TASK_NAME.fullmatch(task):  # match() would allow "x\n"
+        raise InvalidTaskName(f"invalid task name {task!r}: use 1-64 characters a-z 0-9 . _ -, "
+                              "starting with a letter or digit")
+    return task
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A validated put: the bytes, their version, and the header fields a TaskRecord reports."""
+
+    data: bytes
+    version: str
+    meta: dict  # size, labels, method, metrics, backbone_fingerprint
+
+    def record(self, task: str, created: str) -> TaskRecord:
+        return TaskRecord(task=task, version=self.version, created=created, **self.meta)
+
+
+def inspect_upload(task: str, data: bytes, max_bytes: int) -> Upload:
+    """Every check a put runs before it writes anything (name, size, safetensors header, metadata)."""
+    check_task_name(task)
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise InvalidPromptSet(f"expected the prompt set's bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise TooLarge(f"prompt set is {len(data):,} bytes, over the store's limit of {max_bytes:,} bytes")
+    try:
+        header, metadata = parse_header(data)
+    except PromptSetError as e:
+        raise InvalidPromptSet(f"not a valid prompt set: {e}", e.reason) from None
+    return Upload(data=data, version=hashlib.sha256(data).hexdigest(), meta=_record_fields(header, metadata, len(data)))
+
+
+def _record_fields(header: dict, metadata: dict[str, str], size: int) -> dict:
+    shape = header["head.weight"].get("shape")
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) for n in shape)):
+        raise InvalidPromptSet(f"not a valid prompt set: tensor 'head.weight' has shape {shape!r}, "
+                               "expected (classes, dim)", "shape")
+    classes = shape[0]
+    labels = _json_metadata(metadata, "labels", None, "labels")
+    if labels is None:  # the same default PromptSet.load uses, so store and server agree
+        labels = [str(i) for i in range(classes)]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise InvalidPromptSet("not a valid prompt set: metadata 'labels' must be a JSON list of strings", "labels")
+    if len(labels) != classes:
+        raise InvalidPromptSet(f"not a valid prompt set: {len(labels)} labels for a head of {classes} classes",
+                               "labels")
+    metrics = _json_metadata(metadata, "metrics", {}, "format")
+    if not isinstance(metrics, dict):
+        raise InvalidPromptSet("not a valid prompt set: metadata 'metrics' must be a JSON object", "format")
+    return {"size": size, "labels": labels, "method": metadata.get("method", "e2vpt"), "metrics": metrics,
+            "backbone_fingerprint": metadata.get("backbone_fingerprint", "")}
+
+
+def _json_metadata(metadata: dict[str, str], key: str, default, reason: str):
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise InvalidPromptSet(f"not a valid prompt set: metadata {key!r} is not valid JSON", reason) from None
+
+
+def match_version(task: str, wanted: str, versions: list[str]) -> str:
+    """The one version of `task` that is `wanted` or starts with it (a prefix of at least 6 hex digits)."""
+    if wanted in versions:
+        return wanted
+    hits = [v for v in versions if len(wanted) >= MIN_VERSION_PREFIX and v.startswith(wanted)] if wanted else []
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise VersionNotFound(f"version prefix {wanted!r} of task {task!r} is ambiguous: give more digits")
+    raise VersionNotFound(f"task {task!r} has no version {wanted!r} (see its history)")
+
+
+class PromptStore(ABC):
+    """A registry of prompt sets: task name -> current version, with history, rollback and change events."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    @abstractmethod
+    def put(self, task: str, data: bytes) -> TaskRecord:
+        """Validate, store the blob under its version, move the task's pointer to it."""
+
+    @abstractmethod
+    def get(self, task: str, version: str | None = None) -> bytes:
+        """The bytes of the task's current version, or of one version from its history."""
+
+    @abstractmethod
+    def resolve(self, task: str) -> TaskRecord:
+        """The task's current version and what its header says."""
+
+    @abstractmethod
+    def list(self) -> list[TaskRecord]:
+        """Every task's current record, sorted by task name."""
+
+    @abstractmethod
+    def history(self, task: str) -> list[TaskRecord]:
+        """Every version ever put under the task, oldest first, each once (a re-put moves only the pointer)."""
+
+    @abstractmethod
+    def rollback(self, task: str, version: str) -> TaskRecord:
+        """Point the task at a version from its history (a full sha256 or a unique prefix)."""
+
+    @abstractmethod
+    def delete(self, task: str) -> None:
+        """Remove the task's pointer and history, and every version no other task uses."""
+
+    @abstractmethod
+    def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
+        """Call `callback` from a background thread for changes made by this process and others;
+        returns a function that stops the watcher. The watcher is live when this returns.
+        An event says what a task points at now. RedisStore reports every change; LocalStore may report
+        a burst of changes to one task (within ~20 ms) as one event carrying its latest state."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop every watcher and release connections."""
+
+    def __enter__(self) -> PromptStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

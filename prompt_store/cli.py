@@ -1,0 +1,166 @@
+"""`promptserve tasks ...`: list, show, history, push, rollback and rm against a LocalStore directory or a
+Redis URL. Tables for people, --json for scripts. Errors are one line on stderr: exit 2 for a bad input
+(name, file, size, format), 1 for everything else (not found, Redis down)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prompt_store import open_store
+from prompt_store.base import InvalidPromptSet, InvalidTaskName, StoreError, TaskRecord, TooLarge
+
+app = typer.Typer(help="The prompt-set registry: list, inspect, push, roll back and remove tasks.",
+                  no_args_is_help=True)
+
+STORE = typer.Option("./registry", "--store", envvar="PROMPTSERVE_STORE",
+                     help="Registry directory, or redis://host:port/db for a RedisStore.")
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+BAD_INPUT = (InvalidTaskName, InvalidPromptSet, TooLarge)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _opened(spec: str):
+    """The store, with every expected failure turned into one line on stderr and an exit code."""
+    try:
+        store = open_store(spec)
+    except (StoreError, OSError, ValueError) as e:
+        raise _fail(f"cannot open store {spec!r}: {e}", 1) from None
+    try:
+        yield store
+    except BAD_INPUT as e:
+        raise _fail(str(e), 2) from None
+    except (StoreError, OSError) as e:
+        raise _fail(str(e), 1) from None
+    finally:
+        store.close()
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2))
+
+
+def _size(n: int) -> str:
+    return f"{n} B" if n < 1024 else f"{n / 1024:.1f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _metrics(metrics: dict) -> str:
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
+
+
+def _table(records: list[TaskRecord], title: str, current: str | None = None) -> Table:
+    table = Table(title=title)
+    columns = ("version", "size", "created (UTC)", "method", "classes", "metrics")
+    if current is None:  # a history table is one task's: its title names it
+        columns = ("task", *columns)
+    for column in columns:
+        table.add_column(column, no_wrap=column != "metrics", overflow="fold")
+    for r in records:
+        row = [r.version[:12] + (" *" if r.version == current else ""), _size(r.size),
+               r.created[:19].replace("T", " "), r.method, str(len(r.labels)), _metrics(r.metrics)]
+        table.add_row(*([r.task] if current is None else []), *row)
+    return table
+
+
+@app.command("list")
+def list_tasks(store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """Every task and the version it serves."""
+    with _opened(store) as s:
+        records = s.list()
+    if as_json:
+        _print_json([r.to_dict() for r in records])
+    elif not records:
+        typer.echo(f"no tasks in {store}")
+    else:
+        Console().print(_table(records, f"{len(records)} task{'s' * (len(records) != 1)} in {store}"))
+
+
+@app.command()
+def show(task: str, store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """One task's current version, with its labels, metrics and backbone fingerprint."""
+    with _opened(store) as s:
+        record = s.resolve(task)
+    if as_json:
+        _print_json(record.to_dict())
+        return
+    table = Table(title=f"task {task}", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in record.to_dict().items():
+        if key == "labels":
+            value = f"{len(value)}: " + ", ".join(value[:20]) + (", ..." if len(value) > 20 else "")
+        elif key == "metrics":
+            value = json.dumps(value)
+        elif key == "size":
+            value = f"{_size(value)} ({value} bytes)"
+        table.add_row(key, str(value))
+    Console().print(table)
+
+
+@app.command()
+def history(task: str, store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """Every version of a task, oldest first; * marks the one it serves."""
+    with _opened(store) as s:
+        records, current = s.history(task), s.resolve(task).version
+    if as_json:
+        _print_json([{**r.to_dict(), "current": r.version == current} for r in records])
+    else:
+        Console().print(_table(records, f"history of {task} (* = current)", current))
+
+
+@app.command()
+def push(file: Path = typer.Argument(..., help="A prompt set (.safetensors)."),
+         task: str = typer.Option(..., "--task", "-t", help="Task name to point at it."),
+         store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """Validate a prompt set, store it and point TASK at it."""
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise _fail(f"cannot read {file}: {e.strerror}", 2) from None
+    with _opened(store) as s:
+        record = s.put(task, data)
+    if as_json:
+        _print_json(record.to_dict())
+    else:
+        typer.echo(f"{task} -> {record.version[:12]} ({_size(record.size)}, {record.method}, "
+                   f"{len(record.labels)} classes)")
+
+
+@app.command()
+def rollback(task: str,
+             version: str = typer.Argument(..., help="A version from the history, or a unique 6+ digit prefix."),
+             store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """Point TASK back at an earlier version (nothing is copied: versions are kept until rm)."""
+    with _opened(store) as s:
+        record = s.rollback(task, version)
+    if as_json:
+        _print_json(record.to_dict())
+    else:
+        typer.echo(f"{task} -> {record.version[:12]} (put {record.created})")
+
+
+@app.command("rm")
+def remove(task: str, store: str = STORE, as_json: bool = AS_JSON) -> None:
+    """Remove TASK and every version no other task uses."""
+    with _opened(store) as s:
+        s.delete(task)
+    if as_json:
+        _print_json({"deleted": task})
+    else:
+        typer.echo(f"removed {task}")
