@@ -7,6 +7,7 @@ until the task is deleted, so a rollback is only a pointer move. Nothing is writ
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -196,16 +197,31 @@ class PromptStore(ABC):
     def delete(self, task: str) -> None:
         """Remove the task's pointer and history, and every version no other task uses."""
 
-    @abstractmethod
     def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
         """Call `callback` from a background thread for changes made by this process and others;
         returns a function that stops the watcher. The watcher is live when this returns.
         An event says what a task points at now. RedisStore reports every change; LocalStore may report
         a burst of changes to one task (within ~20 ms) as one event carrying its latest state."""
+        watcher = self._new_watcher(callback)
+        watcher.start()
+        self._watchers.append(watcher)
+
+        def stop() -> None:
+            watcher.stop()
+            with contextlib.suppress(ValueError):
+                self._watchers.remove(watcher)
+
+        return stop
 
     @abstractmethod
+    def _new_watcher(self, callback: Callable[[ChangeEvent], None]):
+        """A not-yet-started watcher with start() and stop() that feeds `callback`."""
+
     def close(self) -> None:
         """Stop every watcher and release connections."""
+        for watcher in list(self._watchers):
+            watcher.stop()
+        self._watchers.clear()
 
     def __enter__(self) -> PromptStore:
         return self

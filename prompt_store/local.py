@@ -229,22 +229,9 @@ class LocalStore(PromptStore):
                 from None
 
     # ---- change events ------------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
-        watcher = _DirectoryWatcher(self, callback)
-        watcher.start()
-        self._watchers.append(watcher)
+    def _new_watcher(self, callback: Callable[[ChangeEvent], None]) -> _DirectoryWatcher:
+        return _DirectoryWatcher(self, callback)
 
-        def stop() -> None:
-            watcher.stop()
-            with contextlib.suppress(ValueError):
-                self._watchers.remove(watcher)
-
-        return stop
-
-    def close(self) -> None:
-        for watcher in list(self._watchers):
-            watcher.stop()
-        self._watchers.clear()
 
 
 class _DirectoryWatcher:

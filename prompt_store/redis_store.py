@@ -235,17 +235,8 @@ class RedisStore(PromptStore):
         raise StoreError(f"delete {task!r} kept racing concurrent puts; try again")
 
     # ---- change events ------------------------------------------------------------------------------
-    def subscribe(self, callback: Callable[[ChangeEvent], None]) -> Callable[[], None]:
-        watcher = _ChannelWatcher(self, callback)
-        watcher.start()
-        self._watchers.append(watcher)
-
-        def stop() -> None:
-            watcher.stop()
-            with contextlib.suppress(ValueError):
-                self._watchers.remove(watcher)
-
-        return stop
+    def _new_watcher(self, callback: Callable[[ChangeEvent], None]) -> _ChannelWatcher:
+        return _ChannelWatcher(self, callback)
 
     def _pointers(self) -> dict[str, str]:
         """task -> current version, for catching up after a lost subscription."""
@@ -257,9 +248,7 @@ class RedisStore(PromptStore):
         return {t: from_json(raw).get("change", "put") if raw else "put" for t, raw in zip(tasks, raws, strict=True)}
 
     def close(self) -> None:
-        for watcher in list(self._watchers):
-            watcher.stop()
-        self._watchers.clear()
+        super().close()
         self._redis.close()
 
 
