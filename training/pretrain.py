@@ -142,7 +142,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         # a seeded 2,000-image sample per epoch keeps evaluation cheap; the last epoch uses the whole split
         last = epoch + 1 == cfg.epochs
-        sample = slice(None) if last else torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
+        sample = slice(None) if last else torch.randperm(
+            len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
         test_acc = evaluate(model, test.images[sample], test.labels[sample], data_cfg)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                         "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0})

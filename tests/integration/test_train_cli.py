@@ -1,0 +1,144 @@
+"""`promptserve train` / `eval` end to end on a synthetic ImageFolder and a tiny backbone file."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from promptserve.backbone import Backbone
+from promptserve.model import PromptedViT
+from promptserve.preprocess import image_to_uint8, normalise
+from promptserve.promptset import PromptSet
+from training import cli
+
+TIMM_KWARGS = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 3}
+
+
+@pytest.fixture(scope="module")
+def app():
+    app = typer.Typer()
+    app.command("train")(cli.train)
+    app.command("eval")(cli.evaluate)
+    app.command("pretrain")(cli.pretrain)
+    return app
+
+
+@pytest.fixture(scope="module")
+def backbone_file(tmp_path_factory) -> Path:
+    """A weights file as `promptserve pretrain` writes it (fp16 + timm name/kwargs metadata)."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", **TIMM_KWARGS)
+    path = tmp_path_factory.mktemp("bb") / "tiny.safetensors"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={"timm_name": "vit_tiny_patch16_224", "timm_kwargs": json.dumps(TIMM_KWARGS)})
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ds")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("test", 6)):
+        for c, colour in zip("xyz", ([200, 30, 30], [30, 200, 30], [30, 30, 200]), strict=True):
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for j in range(n):
+                img = np.clip(np.array(colour) + rng.normal(0, 40, (20, 20, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(root / split / c / f"{j}.png")  # 20px: the pipeline resizes to 16
+    return root
+
+
+def _train(app, args):
+    result = CliRunner().invoke(app, ["train", "--no-progress", "--epochs", "2", "--batch-size", "8",
+                                      "--visual-tokens", "4", "--kv-tokens", "2", "--segments", "4",
+                                      "--val-size", "9", *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_train_writes_artifact_report_plots_and_eval_matches_served(app, backbone_file, folder, tmp_path):
+    out = tmp_path / "Demo_Task.safetensors"
+    _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--search",
+                 "--push", str(tmp_path / "store")])
+    for suffix in (".safetensors", ".report.json", ".curves.png", ".importance.png"):
+        assert (tmp_path / f"Demo_Task{suffix}").exists(), suffix
+    ps = PromptSet.load(out)
+    report = json.loads((tmp_path / "Demo_Task.report.json").read_text())
+    assert ps.method == "e2vpt" and ps.labels == ["x", "y", "z"] and ps.config["train"]["seed"] == 0
+    for key in ("test_acc", "val_acc", "tuned_params", "tuned_percent", "visual_pruned_fraction"):
+        assert key in ps.metrics, key
+    assert report["metrics"]["artifact_bytes"] == out.stat().st_size
+    assert report["search"] and report["importance"]["token"]["0"]
+
+    # the server's path, done by hand: decode each test file, PromptedViT.add_task, model(images, names)
+    bb = Backbone.from_file(backbone_file)
+    served = PromptedViT(bb)
+    served.add_task("demo", ps)
+    files = sorted((folder / "test").glob("*/*.png"))
+    imgs = np.stack([image_to_uint8(f, 16, bb.data_config.interpolation) for f in files])
+    truth = np.array(["xyz".index(f.parent.name) for f in files])
+    preds = served(normalise(imgs, bb.data_config), ["demo"] * len(files)).argmax(1).numpy()
+    result = CliRunner().invoke(app, ["eval", "--data", str(folder), "--task", str(out),
+                                      "--backbone", str(backbone_file)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["accuracy"] == pytest.approx((preds == truth).mean())
+    assert ps.metrics["test_acc"] == pytest.approx((preds == truth).mean())
+
+    # --push to a local store put the same bytes under the task name derived from --out
+    store = pytest.importorskip("prompt_store")
+    assert store.open_store(str(tmp_path / "store")).get("demo_task") == out.read_bytes()
+
+
+def test_full_artifact_and_eval(app, backbone_file, folder, tmp_path):
+    out = tmp_path / "full.safetensors"
+    _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--method", "full"])
+    report = json.loads((tmp_path / "full.report.json").read_text())
+    result = CliRunner().invoke(app, ["eval", "--data", str(folder), "--task", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.strip().splitlines()[-1])["accuracy"] == pytest.approx(
+        report["metrics"]["test_acc"])
+    with pytest.raises(Exception, match="format"):
+        PromptSet.load(out)  # a full model is not a prompt set: the server refuses it
+
+
+def test_push_to_http_server_with_token(app, backbone_file, folder, tmp_path):
+    got = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 (http.server's naming)
+            got["path"], got["auth"] = self.path, self.headers.get("Authorization")
+            got["body"] = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(201)
+            self.end_headers()
+            self.wfile.write(b'{"ok": true}')
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "lin.safetensors"
+        _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--method", "linear",
+                     "--push", f"http://127.0.0.1:{server.server_port}", "--token", "s3cret", "--task-name", "lin"])
+    finally:
+        server.shutdown()
+    assert got == {"path": "/tasks/lin", "auth": "Bearer s3cret", "body": out.read_bytes()}
+
+
+def test_bad_data_path_is_a_clear_error(app, backbone_file, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing"), "--backbone", str(backbone_file),
+                                      "--out", str(tmp_path / "x.safetensors")])
+    assert result.exit_code != 0 and "does not exist" in str(result.exception)
+    assert not (tmp_path / "x.safetensors").exists()

@@ -1,0 +1,187 @@
+"""The training loop shared by every method and stage, and the evaluation every artifact goes through.
+
+Cosine schedule with linear warm-up, SGD (momentum 0.9) or AdamW at lr * batch / 256, bf16 autocast on
+CUDA only, seeded batch order (CPU runs are bit-for-bit repeatable with the same thread count).
+Ctrl-C propagates as KeyboardInterrupt: nothing is written until a run has finished.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from promptserve.backbone import Backbone
+from promptserve.model import PromptedViT
+from promptserve.preprocess import normalise
+from promptserve.promptset import PromptSet
+from training.config import TrainConfig
+from training.data import augment
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    # weight decay on matrices and prompt tensors, not on biases (the usual split)
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr)
+
+
+def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], inputs, labels: np.ndarray,
+        cfg: TrainConfig, *, prepare: Callable | None = None, after_backward: Callable[[], None] | None = None,
+        desc: str = "train", salt: int = 0, log=print) -> list[dict]:
+    """Train `params` (the optimizer sees nothing else) for cfg.epochs; returns per-epoch history.
+
+    inputs: (N, S, S, 3) uint8 images (normalised per batch by `prepare`, default: the server's
+    normalise + optional augmentation) or any (N, ...) tensor with a custom `prepare`.
+    forward(x) -> logits (B, C). after_backward(): called between backward and the optimizer step
+    (E2VPT reads the mask gradients there)."""
+    device = torch.device(cfg.device)
+    n = len(labels)
+    bs = min(cfg.batch_size, n)
+    steps = math.ceil(n / bs)
+    total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
+    opt = make_optimizer(params, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + salt)
+    y_all = torch.as_tensor(labels)
+    amp = cfg.amp and device.type == "cuda"
+    history, step = [], 0
+    n_params = sum(p.numel() for p in params)
+    log(f"[{desc}] {n} images, {cfg.epochs} epochs x {steps} steps, batch {bs}, {cfg.optimizer} "
+        f"lr {cfg.effective_lr:.4g} (base {cfg.lr:g} x {bs}/256), wd {cfg.weight_decay:g}, "
+        f"trainable {n_params:,} params")
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False, mininterval=2, dynamic_ncols=True)
+        for s in bar:
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, warmup, cfg.effective_lr)
+            idx = order[s * bs:(s + 1) * bs]
+            if prepare is None:
+                x = normalise(inputs[idx.numpy()], _data_cfg(forward))
+                if cfg.augment:
+                    x = augment(x, gen)
+            else:
+                x = prepare(inputs, idx)
+            x, y = x.to(device), y_all[idx].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = forward(x)  # (B, C)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"[{desc}] loss is {loss.item()} at epoch {epoch + 1} step {s}: "
+                                         "lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if after_backward is not None:
+                after_backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        history.append({"stage": desc, "epoch": epoch + 1, "train_loss": loss_sum / seen,
+                        "train_acc": correct / seen, "lr_end": opt.param_groups[0]["lr"],
+                        "seconds": round(time.time() - t0, 2)})
+        log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
+            f"({time.time() - t0:.1f}s)")
+    return history
+
+
+def _data_cfg(forward):
+    cfg = getattr(forward, "data_config", None)
+    if cfg is None:
+        raise ValueError("fit() without `prepare` needs forward.data_config (the backbone's DataConfig)")
+    return cfg
+
+
+class PromptForward:
+    """forward(x) = PromptedViT.forward_batch(x, params.prompt_batch(B)): the served computation."""
+
+    def __init__(self, backbone: Backbone, params):
+        self.model = PromptedViT(backbone)
+        self.params = params
+        self.data_config = backbone.data_config
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_batch(x, self.params.prompt_batch(x.shape[0]))
+
+
+class ModuleForward:
+    """forward(x) = model(x) for `full` fine-tuning."""
+
+    def __init__(self, model: nn.Module, data_config):
+        self.model, self.data_config = model, data_config
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+def predict_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, batch_size: int = 256,
+                       device: str = "cpu") -> np.ndarray:
+    """Predicted class per image exactly as the server computes it: validate + add_task into a
+    PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`."""
+    model = PromptedViT(backbone)
+    model.add_task("eval", ps)
+    preds = []
+    for i in range(0, len(images), batch_size):
+        x = normalise(images[i:i + batch_size], backbone.data_config).to(device)
+        preds.append(model(x, ["eval"] * len(x)).argmax(1).cpu())
+    return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+
+
+def accuracy_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, labels: np.ndarray,
+                        batch_size: int = 256) -> float:
+    return float((predict_prompt_set(backbone, ps, images, batch_size) == labels).mean())
+
+
+@torch.no_grad()
+def accuracy_module(model: nn.Module, data_config, images: np.ndarray, labels: np.ndarray,
+                    batch_size: int = 256) -> float:
+    model.eval()
+    p = next(model.parameters())
+    correct = 0
+    for i in range(0, len(images), batch_size):
+        x = normalise(images[i:i + batch_size], data_config).to(p.device, p.dtype)
+        correct += (model(x).argmax(1).cpu().numpy() == labels[i:i + batch_size]).sum()
+    return float(correct / len(labels))
+
+
+@torch.no_grad()
+def features(backbone: Backbone, images: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """(N, D) pooled, final-norm features from the served forward with no prompts (an identity head
+    returns the features bit-exactly): linear probing trains on these once instead of every epoch."""
+    D = backbone.embed_dim
+    from promptserve.bank import PromptBatch
+
+    model = PromptedViT(backbone)
+    eye, zero = torch.eye(D), torch.zeros(D)
+    pooling = "avg" if backbone.model.global_pool == "avg" else "token"
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalise(images[i:i + batch_size], backbone.data_config)
+        batch = PromptBatch.for_one_task(len(x), backbone.num_layers, {}, {}, None, eye, zero, pooling=pooling)
+        out.append(model.forward_batch(x, batch))
+    return torch.cat(out)
