@@ -24,6 +24,12 @@ from training import cli
 TIMM_KWARGS = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 3}
 
 
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path):
+    """Synthetic datasets are decoded into a per-test cache, not the user's ~/.cache/promptserve."""
+    monkeypatch.setenv("PROMPTSERVE_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def app():
     app = typer.Typer()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import tarfile
 from pathlib import Path
@@ -25,6 +26,13 @@ from training.methods import build_prompt_params, expand_segments
 from training.trainer import train_task
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+USER_CACHE = os.environ.get("PROMPTSERVE_CACHE")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(monkeypatch, tmp_path):
+    """Synthetic datasets are decoded into a per-test cache, not the user's ~/.cache/promptserve."""
+    monkeypatch.setenv("PROMPTSERVE_CACHE", str(tmp_path / "cache"))
 
 
 def tiny_backbone(num_classes: int = 3) -> Backbone:
@@ -92,8 +100,7 @@ def test_bad_paths_and_empty_classes_give_clear_errors(tmp_path):
         load_task(str(tar_path), 16, val_size=0)
 
 
-def test_fashion_mnist_idx_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("PROMPTSERVE_CACHE", str(tmp_path / "cache"))
+def test_fashion_mnist_idx_dir(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 30), ("t10k", 10)):
         imgs = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
@@ -210,10 +217,14 @@ def test_repeated_seeded_run_gives_the_same_artifact(tmp_path):
     assert not torch.equal(a.tensors["head.weight"], c.tensors["head.weight"])
 
 
-def test_loss_falls_on_a_real_subset():
+def test_loss_falls_on_a_real_subset(monkeypatch):
     tar = SHARED / "sign_digits.tar"
     if not tar.exists():
         pytest.skip(f"{SHARED} is absent (real datasets live in ../shared/datasets beside the repo)")
+    if USER_CACHE is None:  # the real set is worth caching across runs: use the user's cache
+        monkeypatch.delenv("PROMPTSERVE_CACHE")
+    else:
+        monkeypatch.setenv("PROMPTSERVE_CACHE", USER_CACHE)
     bb = tiny_backbone(10)
     # a random tiny ViT gives weak features, so the head (trained on cached features) carries the fall
     out = train_task(cfg(method="linear", epochs=15, train_size=200, val_size=0, optimizer="adamw", lr=1.0),
