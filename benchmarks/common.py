@@ -136,10 +136,44 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def machine() -> str:
+def steady_malloc() -> bool:
+    """Pin glibc malloc's thresholds (mmap 32 MiB, the most mallopt allows; trim 1 GiB) so freed activations are
+    reused instead of being returned to the kernel and page-faulted in again on the next call. With glibc's
+    dynamic default, how many pages a call faults in depends on which allocation sizes came before it, i.e. on
+    the variant that ran before it in the round: a bias of several percent between interleaved variants.
+    Returns False where it does not apply (not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20) and libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
+def machine(malloc: str = "") -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s), load average {load}, nice {os.nice(0)}")
+            f"{torch.get_num_threads()} torch thread(s), load average {load}, nice {os.nice(0)}"
+            + (f", malloc: {malloc}" if malloc else ""))
+
+
+def engine_setup(args) -> None:
+    """Threads and allocator for the engine-level scripts (flags --threads, --default-malloc), then the
+    machine line."""
+    set_threads(args.threads)
+    malloc = "glibc default" if args.default_malloc else (
+        "pinned thresholds (steady_malloc)" if steady_malloc() else "default (steady_malloc unavailable)")
+    print(machine(malloc), "\n")
+
+
+def engine_flags(parser) -> None:
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="see benchmarks/common.py")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's dynamic malloc thresholds (see common.steady_malloc)")
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:

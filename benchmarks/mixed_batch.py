@@ -93,12 +93,10 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=80.0, help="seconds per size after which no new round "
                                                                    "starts (at least one round always runs)")
     parser.add_argument("--stat", choices=("best", "median"), default="best")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="see benchmarks/common.py")
     parser.add_argument("--all-variants", action="store_true", help="every variant for ViT-B/16 too")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    c.engine_flags(parser)
     args = parser.parse_args()
-    c.set_threads(args.threads)
-    print(c.machine(), "\n")
+    c.engine_setup(args)
     summaries = []
     for size in args.sizes.split(","):
         repeats = args.repeats or {"demo": 25, "ti": 5, "b": 1}[size]
