@@ -26,10 +26,12 @@ log = logging.getLogger("promptserve.server")
 SMALL_BODY = 64 * 1024  # JSON bodies (rollback) and anything unexpected
 
 
-def create_app(settings: ServerSettings | None = None, *, backbone=None, store=None) -> FastAPI:
-    """`backbone` / `store`: already-built objects to use instead of the settings' (tests, embedding)."""
+def create_app(settings: ServerSettings | None = None, *, backbone=None, store=None,
+               predictor_factory=None) -> FastAPI:
+    """`backbone` / `store`: already-built objects to use instead of the settings' (tests, embedding).
+    `predictor_factory(state)`: who answers classify requests (server/predictor.py; default: this process)."""
     settings = settings or ServerSettings()
-    state = ServerState(settings, backbone=backbone, store=store)
+    state = ServerState(settings, backbone=backbone, store=store, predictor_factory=predictor_factory)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

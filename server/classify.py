@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from time import perf_counter
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
 
 from server.auth import require_api_token
@@ -19,6 +19,7 @@ from server.state import ServerState, ready_state
 from server.tasks import check_task_name
 
 router = APIRouter(tags=["classify"])
+REPLICA_HEADER = "X-Promptserve-Replica"  # names the engine replica that answered (Ray Serve; absent in one process)
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
 _REQUEST_BODY = {
@@ -42,16 +43,16 @@ _REQUEST_BODY = {
     responses=error_responses(401, 403, 404, 413, 415, 422, 503),
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
-async def classify(request: Request, task: str,
+async def classify(request: Request, response: Response, task: str,
                    top_k: int | None = Query(None, ge=1, le=1000, description="Labels per image (default 5)."),
                    state: ServerState = Depends(ready_state)):
     start = perf_counter()
-    metrics, engine = state.metrics, state.engine
+    metrics, engine, predictor = state.metrics, state.engine, state.predictor
     label, status = UNKNOWN_TASK, 500
     try:
         check_task_name(task)
         with translated(task):
-            await engine.acquire(task)  # 404 for a task the store does not have; cold load otherwise
+            await predictor.acquire(task)  # 404 for a task the store does not have; cold load otherwise
         label = task
         try:
             blobs, several = await _read_images(request, state)
@@ -61,13 +62,15 @@ async def classify(request: Request, task: str,
                 loop.run_in_executor(state.decode_pool, decode_image, data, dcfg, max_pixels, name)
                 for name, data in blobs])
             try:
-                futures = state.batcher.submit(task, list(pixels), top_k or state.settings.default_top_k)
+                results: list[ItemResult] = await predictor.predict(task, list(pixels),
+                                                                    top_k or state.settings.default_top_k)
             except QueueFull as e:
                 raise ApiError(503, "queue_full", f"the server is at capacity ({e}); retry shortly",
                                headers={"Retry-After": "1"}) from None
-            results: list[ItemResult] = await asyncio.gather(*futures)
         finally:
-            engine.release(task)
+            predictor.release(task)
+        if results[0].replica:
+            response.headers[REPLICA_HEADER] = results[0].replica
         total_ms = 1e3 * (perf_counter() - start)
         answers = [_answer(task, r, total_ms) for r in results]
         status = 200

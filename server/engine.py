@@ -53,6 +53,7 @@ class ItemResult:
     predictions: list[tuple[str, int, float]]  # (label, index, score), best first
     queue_s: float
     compute_s: float
+    replica: str | None = None  # the engine replica that answered, when another process did (server/ray_app.py)
 
 
 class Engine:

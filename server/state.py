@@ -20,15 +20,21 @@ from server.metrics import Metrics
 from server.settings import ServerSettings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from promptserve.backbone import Backbone
     from server.batcher import Batcher
     from server.engine import Engine
+    from server.predictor import Predictor
 
 log = logging.getLogger("promptserve.server")
 
 
 class ServerState:
-    def __init__(self, settings: ServerSettings, backbone: Backbone | None = None, store=None):
+    def __init__(self, settings: ServerSettings, backbone: Backbone | None = None, store=None,
+                 predictor_factory: Callable[[ServerState], Predictor] | None = None):
+        """`predictor_factory`: who answers classify requests (default: this process's engine and batcher;
+        server/ray_app.py passes one that sends them to Ray Serve engine replicas)."""
         self.settings = settings
         self.metrics = Metrics()
         self.backbone: Backbone | None = backbone
@@ -36,6 +42,8 @@ class ServerState:
         self._owns_store = store is None
         self.engine: Engine | None = None
         self.batcher: Batcher | None = None
+        self.predictor: Predictor | None = None
+        self._predictor_factory = predictor_factory
         self.ready = False
         self.error: str | None = None
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="promptserve-decode")
@@ -84,6 +92,12 @@ class ServerState:
             await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
         self.engine = engine = Engine(self.backbone, self.store, s, self.metrics)
         self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)
+        if self._predictor_factory is not None:
+            self.predictor = self._predictor_factory(self)
+        else:
+            from server.predictor import LocalPredictor
+
+            self.predictor = LocalPredictor(engine, self.batcher)
         self.metrics.watch(lambda: self.batcher.depth, lambda: len(engine.resident),
                            lambda: engine.resident.nbytes, lambda: engine.model.bank.nbytes())
         loop = asyncio.get_running_loop()

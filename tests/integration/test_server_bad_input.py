@@ -20,14 +20,15 @@ from server.settings import ServerSettings
 
 PNG = {"content-type": "image/png"}
 IMAGE_LIMIT = 20_000  # bytes (max_image_mib below)
+# the limits these tests probe; test_ray_serve.py runs the same tests against Ray Serve with them
+LIMITS = dict(admin_token=ADMIN, max_upload_mib=0.1, max_image_mib=IMAGE_LIMIT / 2**20, max_image_pixels=1_000_000,
+              queue_limit=4, max_images_per_request=8, max_wait_ms=1)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     store = tmp_path_factory.mktemp("registry")
-    settings = ServerSettings(backbone="random-tiny", store=str(store), admin_token=ADMIN, max_upload_mib=0.1,
-                              max_image_mib=IMAGE_LIMIT / 2**20, max_image_pixels=1_000_000, queue_limit=4,
-                              max_images_per_request=8, max_wait_ms=1)
+    settings = ServerSettings(backbone="random-tiny", store=str(store), **LIMITS)
     client = TestClient(create_app(settings, backbone=tiny_backbone()))
     with client:
         wait_until(lambda: client.get("/readyz").status_code == 200, 60)

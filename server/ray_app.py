@@ -1,0 +1,284 @@
+"""promptserve on Ray Serve: the same HTTP API, engine replicas routed by task.
+
+    serve run server.ray_app:app                     # settings from PROMPTSERVE_* / PROMPTSERVE_RAY_* env
+    serve deploy docs/ray-serve.yaml                 # the same, with autoscaling in a Serve config file
+    promptserve serve --ray --replicas 2 --store redis://127.0.0.1:6379/0
+
+Two deployments:
+
+- `PromptServeIngress`: the single-process server's FastAPI app itself (`create_app`, through
+  `@serve.ingress`), so routes, schemas, limits and errors are the same code. It decodes images and
+  validates uploads; only the classify step is handed to the engine replicas (a `Predictor`,
+  server/predictor.py). It holds the backbone for validation but no resident tasks.
+- `PromptServeEngine`: N replicas, each one ServerState (backbone once, the project's engine and
+  batcher, a bounded resident set). Requests carry the task as Ray Serve's multiplexed model id, so
+  Ray routes a task to a replica that already holds it; inside the replica the batcher still mixes
+  tasks in one forward. (`serve.batch` is not used: it splits batches by model id, which would undo
+  exactly that.) Every replica subscribes to the registry's change events, so an upload, rollback or
+  delete made through any ingress reaches every replica that holds the task.
+
+Ray does placement, autoscaling and restarts; nothing here routes on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import replace
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
+from pydantic import SecretStr
+from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from server.batcher import QueueFull
+from server.errors import ApiError
+from server.ray_settings import RaySettings
+from server.settings import ServerSettings
+from server.state import ServerState
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
+
+    from server.engine import ItemResult
+
+log = logging.getLogger("promptserve.server")
+REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+
+
+# ---- engine replicas -------------------------------------------------------------------------------------
+class _HeldTask:
+    """What Ray's multiplexer caches for a task. Ray calls `__del__` when its LRU unloads the task; the
+    replica then drops it from the bank too, so the tasks Ray routes here and the tasks held stay one set."""
+
+    def __init__(self, task: str, on_unload):
+        self.task, self._on_unload = task, on_unload
+
+    def __del__(self):  # Ray calls it (in a thread) on unload; the garbage collector may call it again
+        on_unload, self._on_unload = self._on_unload, None
+        if on_unload is not None:
+            on_unload(self.task)
+
+
+class EngineReplica:
+    """One engine replica: the backbone, a bounded resident set, the mixed-task batcher, a registry watch."""
+
+    async def __init__(self, settings: ServerSettings, affinity: bool = True):
+        context = serve.get_replica_context()
+        self.name = f"{context.deployment}#{context.replica_id.unique_id}"
+        self.actor_name = context.replica_id.to_full_id_str()
+        # no preload: the tasks held here are the ones Ray routes here (a preloaded task Ray does not know of
+        # would take a slot without attracting its requests); pinned tasks still load at start
+        self.state = ServerState(settings.model_copy(update={"preload": False, "seed_demo": False,
+                                                             "decode_threads": 1}))
+        await self.state.start()
+        self.engine = self.state.engine
+        self._loop = asyncio.get_running_loop()
+
+        async def load_task(task: str) -> _HeldTask:  # a plain function: Ray keeps its cache on the function
+            return await self._load(task)
+
+        self._load_task = serve.multiplexed(max_num_models_per_replica=settings.resident_max_tasks)(load_task)
+        self.affinity = affinity
+        log.info("engine replica %s ready", self.name)
+
+    async def _load(self, task: str) -> _HeldTask:
+        """Ray's multiplexed loader: a cold load through the engine (counted in its metrics)."""
+        await self.engine.acquire(task)
+        self.engine.release(task)
+        return _HeldTask(task, self._unloaded)
+
+    def _unloaded(self, task: str) -> None:
+        if task in self.engine.resident.pinned:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the replica is shutting down
+            asyncio.run_coroutine_threadsafe(self.engine.drop(task), self._loop)
+
+    async def classify(self, task: str, images: list[np.ndarray], top_k: int) -> list[ItemResult]:
+        """Answer one request's decoded images; they ride in this replica's next mixed-task batch."""
+        if serve.get_multiplexed_model_id():  # routed by task: Ray now knows this replica holds it
+            await self._load_task(task)
+        predictor = self.state.predictor
+        await predictor.acquire(task)
+        try:
+            results = await predictor.predict(task, images, top_k)
+        finally:
+            predictor.release(task)
+        return [replace(r, replica=self.name) for r in results]
+
+    async def status(self) -> dict:
+        """What this replica holds and has done (tests, the benchmark, operators)."""
+        registry = self.state.metrics.registry
+        return {"replica": self.name, "actor_name": self.actor_name,
+                "resident": {t: self.engine.resident.version(t) for t in self.engine.resident.tasks},
+                "cold_loads": _metric_total(registry, "promptserve_cold_loads_total"),
+                "batches": _metric_total(registry, "promptserve_batch_tasks_count"),
+                "batch_tasks_sum": _metric_total(registry, "promptserve_batch_tasks_sum"),
+                "images": _metric_total(registry, "promptserve_classify_images_total")}
+
+    async def check_health(self) -> None:
+        if self.state.error:  # Serve replaces a replica whose health check raises
+            raise RuntimeError(self.state.error)
+
+    async def __del__(self):  # Serve awaits it on graceful shutdown
+        await self.state.stop()
+
+
+def _metric_total(registry, sample_name: str) -> float:
+    return sum(s.value for metric in registry.collect() for s in metric.samples if s.name == sample_name)
+
+
+# ---- ingress -----------------------------------------------------------------------------------------------
+class RemotePredictor:
+    """The ingress's Predictor: the task must exist (404 before any image is decoded, as in one process);
+    the decoded images go to an engine replica, picked by Ray Serve by task when `affinity` is on."""
+
+    def __init__(self, state: ServerState, engine: DeploymentHandle, affinity: bool):
+        self.state, self.engine, self.affinity = state, engine, affinity
+
+    async def acquire(self, task: str) -> None:
+        await asyncio.to_thread(self.state.store.resolve, task)  # TaskNotFound -> 404 by the route
+
+    def release(self, task: str) -> None:
+        pass
+
+    async def predict(self, task: str, images: list[np.ndarray], top_k: int) -> list[ItemResult]:
+        handle = self.engine.options(multiplexed_model_id=task) if self.affinity else self.engine
+        for attempt in (1, 2):  # classification is idempotent: a request whose replica died is sent once more
+            try:
+                return await handle.classify.remote(task, images, top_k)
+            except RayTaskError as e:  # the replica raised: hand the route the original error, not Ray's wrapper
+                raise (e.cause if isinstance(e.cause, Exception) else e) from None
+            except BackPressureError as e:
+                raise QueueFull(str(e)) from None
+            except REPLICA_LOST as e:
+                log.warning("engine replica lost while answering %s (attempt %d): %s", task, attempt, e)
+        raise ApiError(503, "replica_unavailable", "the engine replica answering this task went away; Ray is "
+                                                   "replacing it: retry shortly", headers={"Retry-After": "1"})
+
+
+@serve.ingress()
+class Ingress:
+    """The single-process server's FastAPI app, with classify answered by the engine replicas."""
+
+    def __init__(self, engine: DeploymentHandle, settings: ServerSettings, affinity: bool = True):
+        self.engine, self.settings, self.affinity = engine, settings, affinity
+        self.state: ServerState | None = None
+
+    def __serve_build_asgi_app__(self):
+        from server.app import create_app
+
+        # the ingress validates uploads against the backbone but serves nothing itself: one bank row at most
+        settings = self.settings.model_copy(update={"preload": False, "pinned_tasks": [], "resident_max_tasks": 1,
+                                                    "device": "cpu"})
+        app = create_app(settings, predictor_factory=lambda state: RemotePredictor(state, self.engine,
+                                                                                   self.affinity))
+        self.state = app.state.server
+        return app
+
+    async def check_health(self) -> None:
+        if self.state is not None and self.state.error:
+            raise RuntimeError(self.state.error)
+
+
+# ---- the application ------------------------------------------------------------------------------------
+def build_app(settings: ServerSettings | None = None, ray_settings: RaySettings | None = None):
+    """The Serve application: `serve.run(build_app(...))`, or `app` below for `serve run`."""
+    settings = shareable(settings or ServerSettings())
+    rs = ray_settings or RaySettings()
+    engine = serve.deployment(EngineReplica).options(**rs.engine_options()).bind(settings, rs.affinity)
+    return serve.deployment(Ingress).options(**rs.ingress_options()).bind(engine, settings, rs.affinity)
+
+
+def shareable(settings: ServerSettings) -> ServerSettings:
+    """Settings every replica can use as they are: absolute paths (Ray workers do not share the driver's
+    working directory) and one admin token for every ingress replica (made here and printed once if unset)."""
+    update: dict = {}
+    for field in ("backbone", "backbone_weights", "store", "demo_tasks_dir"):
+        value = getattr(settings, field)
+        if value and "://" not in value and Path(value).exists():
+            update[field] = str(Path(value).resolve())
+    if not str(settings.store).startswith(("redis://", "rediss://", "unix://")):
+        update["store"] = str(Path(settings.store).resolve())  # a LocalStore directory (one machine only)
+    if settings.admin_token is None:
+        token = secrets.token_urlsafe(24)
+        print(f"promptserve: no admin token configured; generated one for this deployment: {token}\n"
+              "promptserve: set PROMPTSERVE_ADMIN_TOKEN to choose it", file=sys.stderr, flush=True)
+        update["admin_token"] = SecretStr(token)
+    return settings.model_copy(update=update) if update else settings
+
+
+@cache
+def _app_from_env():
+    return build_app(ServerSettings(), RaySettings())
+
+
+def __getattr__(name: str):
+    # `serve run server.ray_app:app` imports this attribute: built on first use (not at import), from the env
+    if name == "app":
+        return _app_from_env()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---- `promptserve serve --ray` -----------------------------------------------------------------------------
+def run(settings: ServerSettings, rs: RaySettings, ready_timeout_s: float = 600.0) -> None:
+    """Start (or join) Ray, deploy the application, wait until it answers, serve until Ctrl-C or SIGTERM."""
+    import ray
+
+    if rs.address:
+        ray.init(address=rs.address, log_to_driver=True)
+    else:
+        # a local instance gets the logical CPUs the replicas reserve even on a small machine (they then share
+        # cores): better than replicas that stay pending forever
+        cpus = max(os.cpu_count() or 1, math.ceil(rs.cpus_needed()))
+        ray.init(num_cpus=cpus, include_dashboard=False)
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_app(settings, rs), name=rs.app_name, route_prefix="/")
+        url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+        wait_ready(url, ready_timeout_s)
+        scaling = (f"{rs.min_replicas or 1}-{rs.max_replicas} (autoscaling)" if rs.autoscaling else str(rs.replicas))
+        print(f"promptserve on Ray Serve: {url} ({scaling} engine replicas, routed by "
+              f"{'task' if rs.affinity else 'load only'})", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, _interrupt)
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            serve.delete(rs.app_name)
+        if not rs.address:
+            serve.shutdown()
+        ray.shutdown()
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    """Until the ingress says ready (it loads the backbone and opens the store after Serve starts it)."""
+    deadline, last = time.monotonic() + timeout_s, "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5.0)
+            if r.status_code == 200:
+                return
+            last = r.text
+        except httpx.HTTPError as e:
+            last = str(e)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/readyz not ready within {timeout_s:.0f} s: {last}")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
