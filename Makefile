@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
-# redis-server for the Redis store tests; Fashion-MNIST for the trainer's dataset tests
+# redis-server for the Redis store tests; Fashion-MNIST for the trainer's dataset tests; chromium +
+# chromium-driver for the web page's browser tests
 system-deps:
 	@if ! command -v redis-server >/dev/null 2>&1; then \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -37,6 +38,11 @@ system-deps:
 	fi
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ]; then \
 	  apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || echo "dataset-fashion-mnist not installed: its tests skip"; \
+	fi
+	@if ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1)) || echo "could not install chromium: the web page's browser tests skip"; \
+	  else echo "chromium missing: run 'sudo apt-get install -y chromium chromium-driver' (the web page's browser tests skip without it)"; fi; \
 	fi
 
 test: venv system-deps

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 import promptserve
-from server import classify, health, tasks
+from server import classify, health, tasks, web
 from server.errors import BodyLimitMiddleware, api_error_handler
 from server.settings import ServerSettings
 from server.state import ServerState
@@ -75,6 +75,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
     app.include_router(classify.router)
     app.include_router(tasks.router)
     app.include_router(health.router)
+    app.include_router(web.router)  # the web page: Try, Registry, Live (server/web/)
     return app
 
 

@@ -1,0 +1,96 @@
+// Shared helpers for every page: calls to the public HTTP API, errors shown verbatim, a confirmation
+// dialog, formatting. Tokens are read from their password fields when a request is made: they live in
+// this tab's memory only (never in a URL, a cookie or web storage).
+"use strict";
+
+const ps = {};
+
+ps.el = (tag, attrs = {}, ...children) => {
+  // builds DOM with textContent only: task names and labels come from uploads and are never parsed as HTML
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+};
+
+ps.token = (id) => {
+  const input = document.getElementById(id);
+  return input && input.value.trim() ? input.value.trim() : null;
+};
+
+class ApiError extends Error {
+  constructor(status, code, detail) {
+    super(`HTTP ${status} ${code}: ${detail}`);
+    this.status = status;
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+// fetch + JSON; a non-2xx answer throws ApiError carrying the server's {error, detail} as sent
+ps.api = async (path, { method = "GET", body = null, headers = {}, token = null } = {}) => {
+  const allHeaders = { Accept: "application/json", ...headers };
+  if (token) allHeaders.Authorization = `Bearer ${token}`;
+  let response;
+  try {
+    response = await fetch(path, { method, body, headers: allHeaders });
+  } catch (err) {
+    throw new ApiError(0, "network", `the server did not answer (${err.message})`);
+  }
+  const text = await response.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!response.ok) {
+    const code = (data && data.error) || response.statusText || "error";
+    const detail = (data && data.detail) || text || "(no detail)";
+    throw new ApiError(response.status, code, detail);
+  }
+  return data;
+};
+
+ps.showError = (element, err) => {
+  element.textContent = err instanceof ApiError ? err.message : `Error: ${err.message || err}`;
+  element.hidden = false;
+};
+ps.clearError = (element) => { element.textContent = ""; element.hidden = true; };
+
+// a modal <dialog> (keyboard: Tab between the buttons, Esc cancels); resolves true on Confirm
+ps.confirm = (text) => new Promise((resolve) => {
+  const dialog = document.getElementById("confirm-dialog");
+  document.getElementById("confirm-text").textContent = text;
+  dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  dialog.returnValue = "";
+  dialog.showModal();
+  document.getElementById("confirm-ok").focus();
+});
+
+ps.shortVersion = (version) => (version ? version.slice(0, 12) : "–");
+ps.percent = (x) => (typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "–");
+ps.bytes = (n) => {
+  if (typeof n !== "number") return "–";
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+};
+ps.date = (value) => {
+  if (value === null || value === undefined || value === "") return "–";
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? String(value) : date.toISOString().replace("T", " ").slice(0, 16);
+};
+ps.ago = (unixSeconds) => {
+  if (!unixSeconds) return "not since start";
+  const s = Math.max(0, Date.now() / 1000 - unixSeconds);
+  if (s < 60) return `${Math.round(s)} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  return `${(s / 3600).toFixed(1)} h ago`;
+};
+ps.ms = (x) => (typeof x === "number" ? `${x < 10 ? x.toFixed(2) : x.toFixed(0)} ms` : "–");

@@ -1,0 +1,321 @@
+"""The web page in a real browser: Debian's Chromium, headless, driven by Selenium through the system
+chromedriver (no browser download), against a real `promptserve serve` process on the random-tiny backbone.
+
+Every answer the page shows is checked against the same request made over HTTP, so a page that showed a
+stale or made-up number would fail. Skips, saying how to install, where chromium or chromedriver is absent.
+
+    python tests/integration/test_web_ui.py URL docs/img   # screenshots of a running server (the README's)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python tests/integration/test_web_ui.py` too
+
+from tests.integration.server_utils import ADMIN, ServerProcess, image_bytes, prompt_set_bytes  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists()
+                                                else None)
+try:
+    import selenium  # noqa: F401
+
+    HAVE_SELENIUM = True
+except ImportError:
+    HAVE_SELENIUM = False
+
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM),
+    reason="browser tests need Debian's chromium + chromium-driver (apt-get install -y chromium chromium-driver; "
+           "`make test` does it when root) and selenium (the dev extra)")
+WAIT_S = 15
+
+
+def make_driver(width: int = 1280, height: int = 900):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # an explicit driver path: Selenium Manager never tries to download a browser or driver
+    return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+
+
+def console_errors(driver, allowed_statuses: tuple[int, ...] = ()) -> list[str]:
+    """SEVERE console entries, minus the network lines for statuses the test provoked on purpose."""
+    errors = []
+    for entry in driver.get_log("browser"):
+        if entry["level"] != "SEVERE":
+            continue
+        message = entry["message"]
+        if any(f"status of {status}" in message for status in allowed_statuses):
+            continue
+        errors.append(message)
+    return errors
+
+
+def wait_for(driver, predicate, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(lambda d: predicate(d), message=what)
+
+
+def by_css(driver, selector: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def web_server(tmp_path_factory):
+    """Two tasks (alpha, beta) seeded from a folder that also holds an example image for alpha."""
+    tmp = tmp_path_factory.mktemp("web")
+    seed = tmp / "seed"
+    (seed / "examples" / "alpha").mkdir(parents=True)
+    (seed / "alpha.safetensors").write_bytes(prompt_set_bytes(1))
+    (seed / "beta.safetensors").write_bytes(prompt_set_bytes(2, classes=4))
+    (seed / "examples" / "alpha" / "s1-c0__0.png").write_bytes(image_bytes(7))
+    server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(seed)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def driver(web_server):
+    """The browser starts while the server is still loading (both take seconds on a busy machine)."""
+    driver = make_driver() if CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM else None
+    try:
+        web_server.wait_ready()
+        yield driver
+    finally:
+        if driver is not None:
+            driver.quit()
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Write bytes to a named file the browser's file input can take."""
+    def write(name: str, data: bytes) -> str:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path)
+    return write
+
+
+# ---- helpers that drive the pages ------------------------------------------------------------------------
+def classify_on_try_page(driver, url: str, task: str, image_path: str) -> tuple[str, str]:
+    """Load Try, choose `task`, give it the image; returns (top label, full version) as the page shows them."""
+    driver.get(url + "/")
+    by_css(driver, f'.task-option[data-task="{task}"]').click()
+    before = len(driver.find_elements("css selector", ".result"))
+    by_css(driver, "#image-files").send_keys(image_path)
+    wait_for(driver, lambda d: len(d.find_elements("css selector", ".result")) > before, "a result card")
+    card = by_css(driver, ".result")  # newest first
+    assert card.get_attribute("data-task") == task
+    return (card.find_element("css selector", ".top-label").text,
+            card.find_element("css selector", ".version").get_attribute("title"))
+
+
+def confirm_dialog(driver) -> None:
+    wait_for(driver, lambda d: by_css(d, "#confirm-dialog").get_attribute("open") is not None, "the confirmation")
+    by_css(driver, "#confirm-ok").click()
+
+
+def open_task_page_with_token(driver, url: str, task: str, token: str = ADMIN) -> None:
+    driver.get(f"{url}/ui/tasks/{task}")
+    wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts")
+    by_css(driver, "#admin-token").send_keys(token)
+
+
+def page_current_version(driver) -> str:
+    return by_css(driver, "#task-facts .current-version").text
+
+
+def http_classify(url: str, task: str, data: bytes) -> httpx.Response:
+    return httpx.post(f"{url}/classify/{task}", files={"file": ("x.png", data, "image/png")}, timeout=30)
+
+
+# ---- tests ------------------------------------------------------------------------------------------------
+@needs_browser
+def test_try_page_lists_tasks_and_answers_like_the_api(web_server, driver, files):
+    url = web_server.url
+    driver.get(url + "/")
+    names = [e.get_attribute("data-task") for e in driver.find_elements("css selector", ".task-option")]
+    assert names == ["alpha", "beta"]
+    data = image_bytes(3)
+    label, version = classify_on_try_page(driver, url, "beta", files("cat.png", data))
+    expected = http_classify(url, "beta", data).json()
+    assert label == expected["predictions"][0]["label"]
+    assert version == expected["version"] == httpx.get(f"{url}/tasks/beta").json()["current"]["version"]
+    assert by_css(driver, ".result .timing").text.startswith("queue ")
+    # the example image of alpha is one click away and answers like the API does for its bytes
+    by_css(driver, '.task-option[data-task="alpha"]').click()
+    wait_for(driver, lambda d: d.find_elements("css selector", "button.example"), "alpha's example button")
+    by_css(driver, "button.example").click()
+    wait_for(driver, lambda d: by_css(d, ".result").get_attribute("data-task") == "alpha", "the example's result")
+    expected = http_classify(url, "alpha", image_bytes(7)).json()
+    assert by_css(driver, ".result .top-label").text == expected["predictions"][0]["label"]
+    assert console_errors(driver) == []
+
+
+@needs_browser
+def test_invalid_file_shows_the_servers_422_message(web_server, driver, files):
+    broken = image_bytes(1)[:60]  # a PNG cut short: the server's decoder refuses it
+    answer = http_classify(web_server.url, "alpha", broken)
+    assert answer.status_code == 422
+    driver.get(web_server.url + "/")
+    by_css(driver, "#image-files").send_keys(files("x.png", broken))  # the name the server's message quotes
+    error = wait_for(driver, lambda d: by_css(d, "#try-error").text, "the error message")
+    body = answer.json()
+    assert error == f"HTTP 422 {body['error']}: {body['detail']}"
+    assert console_errors(driver, allowed_statuses=(422,)) == []
+
+
+@needs_browser
+def test_upload_and_rollback_through_the_registry_page(web_server, driver, files):
+    url = web_server.url
+    old_version = httpx.get(f"{url}/tasks/alpha").json()["current"]["version"]
+    new_set = prompt_set_bytes(3)
+    new_version = hashlib.sha256(new_set).hexdigest()
+    new_path = files("alpha-v2.safetensors", new_set)
+
+    # a wrong token: the server's 403 shown verbatim, nothing changes
+    open_task_page_with_token(driver, url, "alpha", token="not-the-token")
+    by_css(driver, "#upload-file").send_keys(new_path)
+    by_css(driver, "#upload-form button[type=submit]").click()
+    confirm_dialog(driver)
+    error = wait_for(driver, lambda d: by_css(d, "#task-error").text, "the 403 message")
+    assert error == "HTTP 403 forbidden: the bearer token is not the admin token"
+    assert httpx.get(f"{url}/tasks/alpha").json()["current"]["version"] == old_version
+
+    # the right token: a new version, served at once on the Try page
+    open_task_page_with_token(driver, url, "alpha")
+    by_css(driver, "#upload-file").send_keys(new_path)
+    by_css(driver, "#upload-form button[type=submit]").click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: page_current_version(d) == new_version, "the new current version")
+    assert by_css(driver, "#task-status").text.startswith("Uploaded")
+    assert len(driver.find_elements("css selector", "#history-table tbody tr")) == 2
+    image = files("img.png", image_bytes(4))
+    label, version = classify_on_try_page(driver, url, "alpha", image)
+    assert version == new_version and label.startswith("s3-")
+
+    # roll back from the history table; Try answers with the old version again
+    open_task_page_with_token(driver, url, "alpha")
+    by_css(driver, f'#history-table tr[data-version="{old_version}"] button.rollback').click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: page_current_version(d) == old_version, "the rolled-back version")
+    label, version = classify_on_try_page(driver, url, "alpha", image)
+    assert version == old_version and label.startswith("s1-")
+    assert console_errors(driver, allowed_statuses=(403,)) == []
+
+
+@needs_browser
+def test_registry_table_and_live_view_show_the_servers_metrics(web_server, driver):
+    url = web_server.url
+    for _ in range(3):
+        assert http_classify(url, "beta", image_bytes(5)).status_code == 200
+    expected = httpx.get(f"{url}/ui/live.json").json()["tasks"]["beta"]["requests"]
+    driver.get(url + "/ui/tasks")
+    row = wait_for(driver, lambda d: d.find_elements("css selector", '#tasks-table tr[data-task="beta"]'), "beta's row")
+    cells = [c.text for c in row[0].find_elements("css selector", "th, td")]
+    assert cells[0] == "beta" and cells[3] == "4" and cells[8] == str(expected)
+    driver.get(url + "/ui/live")
+    wait_for(driver, lambda d: "beta" in by_css(d, "#rps-legend").text, "beta in the requests/s legend")
+    assert "distinct tasks per batch" in by_css(driver, "#batch-summary").text
+    assert console_errors(driver) == []
+
+
+def test_live_json_agrees_with_the_prometheus_counters(web_server):
+    """Rates integrated over the window give back the counters (the sampler starts before any request)."""
+    url = web_server.wait_ready().url
+    for i in range(4):
+        assert http_classify(url, "alpha" if i % 2 else "beta", image_bytes(i)).status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # one more sample after the last request
+        live = httpx.get(f"{url}/ui/live.json").json()
+        metrics = httpx.get(f"{url}/metrics").text
+        if live["points"] and live["now"] - live["points"][-1]["t"] < live["interval_s"] and \
+                _counter(metrics, "promptserve_batch_tasks_count") == _integrated(live, "batches"):
+            break
+        time.sleep(0.5)
+    assert _integrated(live, "batches") == _counter(metrics, "promptserve_batch_tasks_count") > 0
+    assert _integrated(live, "tasks") == _counter(metrics, "promptserve_batch_tasks_sum")
+    for task in ("alpha", "beta"):
+        served = sum(v for line, v in _samples(metrics, "promptserve_classify_requests_total")
+                     if f'task="{task}"' in line)
+        assert live["tasks"][task]["requests"] == served > 0
+        assert live["tasks"][task]["latency_p50_ms"] > 0
+
+
+def _samples(metrics_text: str, name: str):
+    for line in metrics_text.splitlines():
+        if line.startswith(name):
+            yield line, float(line.rsplit(" ", 1)[1])
+
+
+def _counter(metrics_text: str, name: str) -> int:
+    return round(sum(v for line, v in _samples(metrics_text, name) if line.split(" ")[0] == name))
+
+
+def _integrated(live: dict, what: str) -> int:
+    """Batches (or batch-task slots) over the window from the per-interval rates."""
+    total, previous = 0.0, None
+    for point in live["points"]:
+        if previous is not None:
+            batches = point["batches_per_s"] * (point["t"] - previous)
+            total += batches if what == "batches" else batches * (point["tasks_per_batch"] or 0)
+        previous = point["t"]
+    return round(total)
+
+
+# ---- screenshots for the README --------------------------------------------------------------------------
+def capture_screenshots(url: str, out: Path) -> None:
+    """Each page of a running demo server (`make serve`), after a few example images were classified."""
+    out.mkdir(parents=True, exist_ok=True)
+    driver = make_driver(1280, 1000)
+    try:
+        driver.get(url + "/")
+        for task in ("gtsrb", "dtd10"):
+            by_css(driver, f'.task-option[data-task="{task}"]').click()
+            wait_for(driver, lambda d: d.find_elements("css selector", "button.example"), "examples")
+            time.sleep(0.3)
+            for button in driver.find_elements("css selector", "button.example")[:2]:
+                button.click()
+                time.sleep(0.4)
+        wait_for(driver, lambda d: len(d.find_elements("css selector", ".result")) >= 4, "four results")
+        driver.save_screenshot(str(out / "web-try.png"))
+        driver.get(url + "/ui/tasks")
+        wait_for(driver, lambda d: d.find_elements("css selector", "#tasks-table tr[data-task]"), "the task table")
+        driver.save_screenshot(str(out / "web-registry.png"))
+        driver.get(url + "/ui/tasks/gtsrb")
+        wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts")
+        driver.save_screenshot(str(out / "web-task.png"))
+        driver.get(url + "/ui/live")
+        time.sleep(2.5)
+        driver.save_screenshot(str(out / "web-live.png"))
+        driver.set_window_size(400, 900)  # a phone
+        driver.get(url + "/")
+        time.sleep(1.0)
+        driver.save_screenshot(str(out / "web-try-phone.png"))
+    finally:
+        driver.quit()
+
+
+if __name__ == "__main__":
+    capture_screenshots(sys.argv[1].rstrip("/"), Path(sys.argv[2]))
