@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    c.exit_on_sigterm()
     c.set_threads(args.threads)
     print(c.machine(), "\n")
     bb = c.backbone(args.size)

@@ -1,8 +1,9 @@
 """Shared helpers for the benchmark scripts: backbone sizes, prompt sets, the FLOP model, timing, tables.
 
-Timing rule for every script: the variants being compared run interleaved (A B C A B C ...) after a warm-up
-call each, so load from other processes on a shared machine hits all of them alike; a script reports the best
-(or median) of its bounded repeats and the ratios between variants measured side by side in the same run.
+Timing rule for every script: the variants being compared run interleaved (rounds of A B C, shuffled per round)
+after a warm-up call each, so load from other processes on a shared machine hits all of them alike; a script
+reports the best (or median) of its bounded repeats and the ratios between variants measured side by side in the
+same run.
 
 Clock: engine-level scripts default to `cpu`, the CPU time of this process (time.process_time). With one
 torch thread it is the compute the call needed, and it does not count the time the scheduler gave the core to
@@ -89,18 +90,23 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1,
                 budget_s: float | None = None, clock: str = "cpu") -> dict[str, list[float]]:
     """Seconds per call of each function on `clock`: `warmup` untimed rounds, then up to `repeats` interleaved
-    rounds (every function once per round), stopping early after a round once `budget_s` wall seconds have
-    passed (at least one round runs)."""
-    now = CLOCKS[clock]
+    rounds (every function once per round, in a new seeded random order each round, so that no variant always
+    runs right after the same one), stopping early after a round once `budget_s` wall seconds have passed (at
+    least one round runs). out[key][i] is round i's call of `key`, so rounds pair up (see paired_ratio)."""
+    import random
+
+    now, rng = CLOCKS[clock], random.Random(0)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     out: dict[str, list[float]] = {k: [] for k in fns}
     start = time.perf_counter()
     for _ in range(repeats):
-        for key, fn in fns.items():
+        order = list(fns)
+        rng.shuffle(order)
+        for key in order:
             t0 = now()
-            fn()
+            fns[key]()
             out[key].append(now() - t0)
         if budget_s is not None and time.perf_counter() - start > budget_s:
             break
@@ -206,6 +212,13 @@ def encoded_image(size: int, seed: int = 0, fmt: str = "JPEG") -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format=fmt, quality=90)
     return buf.getvalue()
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so `finally` blocks stop the servers a script started (uvicorn, redis)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def wait_ready(url: str, timeout_s: float = 180.0, alive: Callable[[], bool] = lambda: True) -> None:

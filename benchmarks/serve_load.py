@@ -217,6 +217,7 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--engine-repeats", type=int, default=5)
     args = parser.parse_args()
+    c.exit_on_sigterm()
     torch.set_num_threads(1)
     print(c.machine(), "(client process; the server runs 1 torch thread)\n")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
