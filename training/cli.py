@@ -14,6 +14,16 @@ from pathlib import Path
 
 import typer
 
+from promptserve.cli import (
+    BACKBONE_FLAG,
+    PRETRAINED_FLAG,
+    RANDOM_INIT_FLAG,
+    TIMM_KWARGS_FLAG,
+    WEIGHTS_FLAG,
+    artifact_metadata,
+    backbone_from_flags,
+    fail,
+)
 from training.config import TrainConfig
 
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -22,20 +32,6 @@ _D = TrainConfig  # defaults live in one place: the dataclass
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def load_backbone(backbone: str, weights: Path | None = None, timm_kwargs: str = "{}"):
-    """A weights file written by `promptserve pretrain` (timm name in its metadata), or a timm model name
-    with optional --weights and --timm-kwargs JSON."""
-    from promptserve.backbone import Backbone
-
-    if Path(backbone).is_file():
-        return Backbone.from_file(backbone)
-    try:
-        kwargs = json.loads(timm_kwargs or "{}")
-    except json.JSONDecodeError as e:
-        raise typer.BadParameter(f"--timm-kwargs is not JSON: {e}") from None
-    return Backbone.from_timm(backbone, weights=weights, **kwargs)
 
 
 def default_task_name(out: Path) -> str:
@@ -68,29 +64,44 @@ def push_artifact(target: str, task: str, blob: bytes, token: str = "") -> str:
 
 def train(
     data: str = typer.Option(..., help="ImageFolder dir or .tar (train/, test/, optional val/), or fmnist:DIR"),
-    backbone: str = typer.Option(..., help="weights file from `promptserve pretrain`, or a timm model name"),
+    backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
+    random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
     out: Path = typer.Option(..., help="artifact path (*.safetensors); report and plots are written beside it"),
     method: str = typer.Option(_D.method, help="linear | vpt-shallow | vpt-deep | e2vpt | full"),
-    weights: Path | None = typer.Option(None, help="weights for a timm-name --backbone (.safetensors/.pth)"),
-    timm_kwargs: str = typer.Option("{}", help="JSON kwargs for timm.create_model with a timm-name --backbone"),
     epochs: int = typer.Option(_D.epochs), batch_size: int = typer.Option(_D.batch_size),
     optimizer: str = typer.Option(_D.optimizer, help="sgd (momentum 0.9) | adamw"),
-    lr: float = typer.Option(_D.lr, help="base lr for batch 256 (scaled by batch/256); 0: method default"),
-    weight_decay: float = typer.Option(_D.weight_decay, help="-1: the optimizer's default"),
+    lr: float | None = typer.Option(None, help="base lr for batch 256 (scaled by batch/256); default: the "
+                                    "method's (the hp-search grid's centre)"),
+    weight_decay: float | None = typer.Option(None, help="default: the optimizer's (the grid's centre)"),
     warmup_epochs: float = typer.Option(_D.warmup_epochs),
     visual_tokens: int = typer.Option(_D.visual_tokens, help="visual prompt tokens per layer"),
     kv_tokens: int = typer.Option(_D.kv_tokens, help="key-value prompt tokens per layer (e2vpt)"),
     separate_kv: bool = typer.Option(False, help="separate key and value prompts instead of one shared tensor"),
     train_size: int = typer.Option(_D.train_size, help="class-balanced seeded subset (VTAB-1k: 1000); 0: all"),
-    val_size: int = typer.Option(_D.val_size, help="held out of the subset for tuning (800/200)"),
+    val_fraction: float = typer.Option(_D.val_fraction, help="validation split when the data has no val/: this "
+                                       "fraction of the training images, class-balanced (0: none)"),
+    val_max: int = typer.Option(_D.val_max, help="at most this many validation images (VTAB-1k: 800/200)"),
+    seeds: int = typer.Option(_D.seeds, help="train the final config with N seeds: report mean +- sd, save the "
+                              "best seed on validation (val is then kept out of the final runs)"),
+    prompt_dropout: float = typer.Option(_D.prompt_dropout, help="dropout on the visual prompts while training "
+                                         "(official code: 0.1)"),
     seed: int = typer.Option(_D.seed), augment: bool = typer.Option(_D.augment, help="random crop + flip"),
     token_prune: float = typer.Option(_D.token_prune, help="fraction of visual tokens pruned per layer"),
     segment_prune: float = typer.Option(_D.segment_prune, help="fraction of kept tokens' segments zeroed"),
     segments: int = typer.Option(_D.segments, help="segments per token (paper 8, official code 16)"),
     interleaved: bool = typer.Option(False, help="interleaved segments (dim j in segment j mod R)"),
-    importance: str = typer.Option(_D.importance, help="abs: E|dL/drho| ; signed: -E[dL/drho]"),
+    importance: str = typer.Option(_D.importance, help="abs: E|dL/drho| over stage-1 batches (paper); signed: "
+                                   "E[dL/drho] from one pass after stage 1 (official code); lowest pruned"),
+    segment_rule: str = typer.Option(_D.segment_rule, help="global: lowest segments of each layer; per-token: "
+                                     "the same count per token (official code)"),
+    min_segments_kept: int = typer.Option(_D.min_segments_kept, help="per-token rule: segments every token keeps"),
     search: bool = typer.Option(False, help="choose the pruning ratios on the val split"),
-    hp_search: bool = typer.Option(False, help="lr x weight-decay grid on the val split (expensive)"),
+    hp_search: bool | None = typer.Option(None, "--hp-search/--no-hp-search", help="lr x weight-decay grid "
+                                          "scored on the val split, then the best retrained [default: on for "
+                                          "prompt methods]"),
+    hp_epochs: int | None = typer.Option(None, help="epochs of each hp-search point [default: epochs // 2]"),
+    cache: bool = typer.Option(True, help="decode cache in $PROMPTSERVE_CACHE/datasets (default "
+                               "~/.cache/promptserve/datasets; delete it to clear); --no-cache skips it"),
     final_on_all: bool = typer.Option(_D.final_on_all, help="train the final artifact on train + val"),
     threads: int = typer.Option(_D.threads), device: str = typer.Option(_D.device),
     progress: bool = typer.Option(True, help="progress bars"),
@@ -99,80 +110,92 @@ def train(
     token: str = typer.Option("", envvar="PROMPTSERVE_TOKEN", help="bearer token for an http --push"),
 ) -> None:
     """Train one task; write the artifact, <out>.report.json and PNG plots; optionally push it."""
-    from training.report import write_atomic, write_report
+    from training.config import TrainConfigError
+    from training.imagefolder import DatasetError
+    from training.report import write_outputs
     from training.trainer import train_task
 
-    cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
-                      epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                      warmup_epochs=warmup_epochs, augment=augment, train_size=train_size, val_size=val_size,
-                      final_on_all=final_on_all, seed=seed, token_prune=token_prune, segment_prune=segment_prune,
-                      segments=segments, segment_layout="interleaved" if interleaved else "contiguous",
-                      importance=importance, search=search, hp_search=hp_search, threads=threads, device=device,
-                      progress=progress)
     try:
-        bb = load_backbone(backbone, weights, timm_kwargs)
-        _log(f"backbone {bb.spec} ({bb.num_params:,} params, fingerprint {bb.fingerprint[:12]})")
+        cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
+                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                          warmup_epochs=warmup_epochs, augment=augment, train_size=train_size,
+                          val_fraction=val_fraction, val_max=val_max, seeds=seeds, prompt_dropout=prompt_dropout,
+                          segment_rule=segment_rule, min_segments_kept=min_segments_kept, hp_epochs=hp_epochs,
+                          cache=cache,
+                          final_on_all=final_on_all, seed=seed, token_prune=token_prune, segment_prune=segment_prune,
+                          segments=segments, segment_layout="interleaved" if interleaved else "contiguous",
+                          importance=importance, search=search, hp_search=hp_search, threads=threads, device=device,
+                          progress=progress)
+    except TrainConfigError as e:
+        raise typer.BadParameter(str(e)) from None
+    try:
+        bb = backbone_from_flags("train", backbone, pretrained, weights, random_init, timm_kwargs)
+        _log(f"backbone {bb.source.describe()} ({bb.num_params:,} params, fingerprint {bb.fingerprint[:12]})")
         result = train_task(cfg, data, bb, log=_log)
         out = Path(out)
-        write_atomic(out, result["artifact"])
         result["report"]["metrics"]["artifact_bytes"] = len(result["artifact"])
         result["report"]["artifact"] = str(out)
-        for p in write_report(result["report"], out.parent, out.name.removesuffix(".safetensors")):
-            _log(f"wrote {p}")
-        _log(f"wrote {out} ({len(result['artifact']):,} bytes)")
+        for p in write_outputs(out, result["artifact"], result["report"]):
+            _log(f"wrote {p}" + (f" ({len(result['artifact']):,} bytes)" if p == out else ""))
         if push:
             if result["kind"] != "prompt_set":
                 raise typer.BadParameter("--push uploads prompt sets; a `full` artifact is a whole model")
             _log(f"pushed {task_name or default_task_name(out)}: "
                  f"{push_artifact(push, task_name or default_task_name(out), result['artifact'], token)}")
+    except (DatasetError, TrainConfigError) as e:  # a user's data or settings: one line, no traceback
+        _log(f"error: {e}")
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        _log("interrupted: every file is written whole (temp file + rename) or not at all")
+        _log("interrupted: nothing was written (the artifact, report and plots are written together at the end)")
         raise typer.Exit(130) from None
 
 
 def evaluate(
-    data: str = typer.Option(..., help="ImageFolder dir or .tar, or fmnist:DIR"),
+    data: str = typer.Option(..., help="ImageFolder dir or .tar (only the --split folder is needed), or fmnist:DIR"),
     task: Path = typer.Option(..., help="a prompt set, or a `full` model artifact"),
-    backbone: str = typer.Option("", help="the backbone the prompt set was trained on (file or timm name)"),
-    weights: Path | None = typer.Option(None), timm_kwargs: str = typer.Option("{}"),
-    split: str = typer.Option("test"), batch_size: int = typer.Option(256),
+    split: str = typer.Option("test", help="the split to score: test, val or train"),
+    batch_size: int = typer.Option(256),
+    backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
+    random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
 ) -> float:
-    """Accuracy of an artifact on a split, computed exactly as the server computes predictions."""
-    from safetensors import safe_open
+    """Accuracy of an artifact on one split, computed exactly as the server computes predictions. Without
+    --backbone, the backbone the artifact records is rebuilt (and its fingerprint checked)."""
+    import numpy as np
 
     from training.data import load_splits
+    from training.imagefolder import DatasetError
     from training.loop import accuracy_module, accuracy_prompt_set
 
-    with safe_open(str(task), "pt") as f:
-        meta = f.metadata() or {}
+    meta = artifact_metadata("eval", task)
     full = meta.get("method") == "full" and "timm_name" in meta
-    if full:
-        bb = load_backbone(str(task))
-    elif not backbone:
-        raise typer.BadParameter("--backbone is needed to evaluate a prompt set (the weights it was trained on)")
-    else:
-        bb = load_backbone(backbone, weights, timm_kwargs)
+    if full and (backbone or pretrained or weights or random_init):
+        fail("eval", f"{task} is a `full` model: it is its own backbone, drop --backbone/--pretrained/--weights")
+    bb = (backbone_from_flags("eval", str(task)) if full else
+          backbone_from_flags("eval", backbone, pretrained, weights, random_init, timm_kwargs, (str(task), meta)))
     dc = bb.data_config
-    splits = dict(zip(("train", "val", "test"), load_splits(data, dc.input_size, dc.interpolation), strict=True))
-    arr = splits.get(split)
+    try:  # only the asked split is listed and decoded: a folder with just test/ works
+        (arr,) = load_splits(data, dc.input_size, dc.interpolation, progress=False, splits=(split,))
+    except DatasetError as e:
+        fail("eval", str(e))
     if arr is None:
-        raise typer.BadParameter(f"{data} has no '{split}' split")
+        fail("eval", f"{data} has no '{split}' split ({split}/<class>/<image> folders)")
     labels = json.loads(meta.get("labels", "[]"))
     index = {c: i for i, c in enumerate(labels)}
     unknown = sorted(set(arr.classes) - set(index))
     if unknown:
-        raise typer.BadParameter(f"classes {unknown} of {data} are not among the artifact's labels")
-    y = [index[arr.classes[i]] for i in arr.labels]
-    import numpy as np
-
-    y = np.asarray(y, dtype=np.int64)
+        fail("eval", f"classes {unknown} of {data} are not among the artifact's labels")
+    y = np.asarray([index[arr.classes[i]] for i in arr.labels], dtype=np.int64)
     if full:
         acc = accuracy_module(bb.model, dc, arr.images, y, batch_size)
     else:
         from promptserve.promptset import PromptSet
 
         acc = accuracy_prompt_set(bb, PromptSet.load(task), arr.images, y, batch_size)
-    print(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc}), flush=True)
+    stored = json.loads(meta.get("metrics", "{}")).get(f"{split}_acc")
+    line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"
+    print(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""), flush=True)
+    print(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc,
+                      "stored_accuracy": stored}), flush=True)
     return acc
 
 
@@ -181,21 +204,27 @@ def pretrain(
     out: Path = typer.Option(..., help="weights .safetensors (fp16, with the metadata Backbone.from_file reads)"),
     model: str = typer.Option("vit_tiny_patch16_224", help="timm model name"),
     model_kwargs: str = typer.Option('{"img_size": 32, "patch_size": 4, "depth": 6}', help="JSON timm kwargs"),
-    epochs: int = typer.Option(8), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
-    seed: int = typer.Option(0), threads: int = typer.Option(0),
+    epochs: int = typer.Option(30), batch_size: int = typer.Option(128), lr: float = typer.Option(1e-3),
+    warmup_epochs: float = typer.Option(2.0), seed: int = typer.Option(0),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default); may change on --resume"),
     limit_train: int = typer.Option(0, help="use only N training images (smoke runs)"),
+    resume: bool = typer.Option(False, help="continue from <out>.ckpt.pt (same recipe; saved after every epoch)"),
 ) -> None:
-    """Pretrain the small demo backbone from scratch; resumes from <out>.ckpt.pt if present."""
+    """Pretrain the small demo backbone from scratch, checkpointing every epoch to <out>.ckpt.pt."""
     from training.pretrain import PretrainConfig
     from training.pretrain import pretrain as run_pretrain
 
     cfg = PretrainConfig(data=data, out=str(out), model=model, model_kwargs=json.loads(model_kwargs), epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, threads=threads, limit_train=limit_train)
+                         batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed, threads=threads,
+                         limit_train=limit_train, resume=resume)
     try:
         result = run_pretrain(cfg)
     except KeyboardInterrupt:
-        _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun to resume")
+        _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun with --resume")
         raise typer.Exit(130) from None
+    except (FileExistsError, ValueError) as e:
+        _log(f"error: {e}")
+        raise typer.Exit(2) from None
     _log(json.dumps(result["history"][-1]))
 
 

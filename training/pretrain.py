@@ -31,16 +31,17 @@ class PretrainConfig:
     out: str
     model: str = "vit_tiny_patch16_224"
     model_kwargs: dict = field(default_factory=lambda: {"img_size": 32, "patch_size": 4, "depth": 6})
-    epochs: int = 8
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 2.0
     label_smoothing: float = 0.1
     drop_path: float = 0.1
     seed: int = 0
-    threads: int = 0  # 0: torch's default
+    threads: int = 0  # 0: torch's default; the only field a resumed run may change
     limit_train: int = 0  # 0: all (a small number makes a smoke run)
+    resume: bool = False  # continue from <out>.ckpt.pt; its recipe must match this one
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1:
@@ -109,12 +110,15 @@ def pretrain(cfg: PretrainConfig) -> dict:
         return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     history, start_epoch = [], 0
-    if ckpt_path.exists():
+    if ckpt_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or delete it to start over")
+    if cfg.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
+        _check_same_recipe(state.get("config", {}), cfg)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         history, start_epoch = state["history"], state["epoch"]
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
@@ -146,12 +150,24 @@ def pretrain(cfg: PretrainConfig) -> dict:
             len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
         test_acc = evaluate(model, test.images[sample], test.labels[sample], data_cfg)
         history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                        "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0})
+                        "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0,
+                        "threads": torch.get_num_threads()})
         print(json.dumps(history[-1]), flush=True)
+        tmp = ckpt_path.with_suffix(".tmp")  # a kill mid-save must not destroy the previous checkpoint
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
-                    "epoch": epoch + 1}, ckpt_path)
+                    "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
+        tmp.replace(ckpt_path)
         _export(model, cfg, train.classes, history, out)
     return {"history": history, "out": str(out)}
+
+
+def _check_same_recipe(saved: dict, cfg: PretrainConfig) -> None:
+    """A resumed run continues the same cosine schedule on the same data: only the thread count may change."""
+    free = {"threads", "resume"}
+    diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if k in saved and k not in free and saved[k] != v}
+    if diff:
+        raise ValueError("the checkpoint was made with another recipe; differences (checkpoint, now): "
+                         + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items()))
 
 
 def _export(model, cfg: PretrainConfig, classes: list[str], history: list[dict], out: Path) -> None:
