@@ -2,7 +2,8 @@
 
 Saved (as JSON) inside every artifact's `config` metadata and beside it in report.json, so a result can be
 reproduced from the artifact alone. Learning rates are BASE rates for batch 256: the optimizer gets
-lr * batch_size / 256 (the paper's scaling rule).
+lr * batch_size / 256 (the paper's scaling rule). `None` means "the method's default" and is resolved
+here, so the saved config always holds the value that ran.
 """
 
 from __future__ import annotations
@@ -11,19 +12,24 @@ from dataclasses import asdict, dataclass, field
 
 METHODS = ("linear", "vpt-shallow", "vpt-deep", "e2vpt", "full")
 OPTIMIZERS = ("sgd", "adamw")
+IMPORTANCE = ("abs", "signed")
+SEGMENT_RULES = ("global", "per-token")
 
-# per-method base lrs (batch 256). Checked on the demo backbone (sign digits, 4-epoch runs): SGD at 8 made
-# prompts diverge, AdamW at 0.16 trained stably and beat lower rates on val, for prompts and the head alike.
-# AdamW is the default because short CPU schedules leave no room for the paper's lr grid and AdamW is far
-# less sensitive to the lr scale. Full fine-tuning moves every weight, so it takes a much smaller step.
+# per-method base lrs (batch 256): the hp-search grid's centre. Checked on the demo backbone (sign digits,
+# 4-epoch runs): SGD at 8 made prompts diverge, AdamW at 0.16 trained stably and beat lower rates on val, for
+# prompts and the head alike. Full fine-tuning moves every weight, so it takes a much smaller step.
 DEFAULT_LR = {("sgd", "linear"): 8.0, ("sgd", "vpt-shallow"): 1.0, ("sgd", "vpt-deep"): 1.0, ("sgd", "e2vpt"): 1.0,
               ("sgd", "full"): 0.05, ("adamw", "linear"): 0.16, ("adamw", "vpt-shallow"): 0.16,
               ("adamw", "vpt-deep"): 0.16, ("adamw", "e2vpt"): 0.16, ("adamw", "full"): 1e-3}
 DEFAULT_WD = {"sgd": 1e-4, "adamw": 0.01}
+# the hp-search grid around the centre: 3 learning rates x 2 weight decays. AdamW's decay is decoupled
+# (lr * wd per step), so 0.01 is nearly no decay on a short schedule: its grid goes up a decade instead of to 0.
+LR_FACTORS = (0.25, 1.0, 4.0)
+WD_GRID = {"sgd": lambda wd: [0.0, wd], "adamw": lambda wd: [wd, 10 * wd]}
 
 
 class TrainConfigError(ValueError):
-    pass
+    """A setting that cannot work; the message names the flag and what to use instead."""
 
 
 @dataclass
@@ -35,41 +41,48 @@ class TrainConfig:
     shared_kv: bool = True
     visual_init: str = "vpt_uniform"
     kv_init: str = "he_uniform"
+    prompt_dropout: float = 0.0  # dropout on the visual prompts while training (official code: 0.1)
     # optimisation
     epochs: int = 20
     batch_size: int = 64
     optimizer: str = "adamw"
-    lr: float = 0.0  # base lr at batch 256; 0 = the method's default (DEFAULT_LR)
-    weight_decay: float = -1.0  # -1 = the optimizer's default (DEFAULT_WD)
+    lr: float | None = None  # base lr at batch 256; None: the method's default (DEFAULT_LR)
+    weight_decay: float | None = None  # None: the optimizer's default (DEFAULT_WD)
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.0
-    grad_clip: float = 1.0  # 0 = off
+    grad_clip: float | None = 1.0  # None: no clipping
     augment: bool = False
     amp: bool = True  # used on CUDA only
-    # data (VTAB-1k protocol: 1000 images, 800/200 for tuning, then train on all 1000)
+    # data: a class-balanced seeded subset (VTAB-1k: 1000), a validation split held out of it
     train_size: int = 1000  # 0 = every training image
-    val_size: int = 200
-    final_on_all: bool = True  # after tuning, train the final artifact on train + val
+    val_fraction: float = 0.2  # of the training images, when the data has no val/ split
+    val_max: int = 200  # ... but at most this many (VTAB-1k: 800/200)
+    final_on_all: bool = True  # one seed: after tuning, train the final artifact on train + val
     seed: int = 0
+    seeds: int = 1  # train the final config with seeds seed..seed+N-1; save the best on validation
+    # hyper-parameter search (VTAB protocol): lr x wd grid, each point trained on train and scored on val
+    hp_search: bool | None = None  # None: on for prompt methods, off for linear / full
+    lr_grid: list[float] = field(default_factory=list)  # empty: LR_FACTORS x the lr
+    wd_grid: list[float] = field(default_factory=list)  # empty: WD_GRID[optimizer](weight_decay)
+    hp_epochs: int | None = None  # the search's short schedule; None: half of epochs (at least 1)
     # E2VPT pruning (visual prompts only)
     token_prune: float = 0.5  # fraction of visual tokens removed per layer
     segment_prune: float = 0.25  # fraction of the kept tokens' segments zeroed per layer
     segments: int = 8  # R segments per token (paper 8; the official code 16 interleaved)
     segment_layout: str = "contiguous"  # or "interleaved": dim j belongs to segment j % R
-    importance: str = "abs"  # S = E|dL/drho| ; "signed": S = -E[dL/drho] (official code)
+    segment_rule: str = "global"  # global: lowest segments of the layer; per-token: the same count per token
+    min_segments_kept: int = 1  # per-token rule: every kept token keeps at least this many segments
+    importance: str = "abs"  # abs: E|dL/drho| over stage-1 batches; signed: E[dL/drho], one pass after stage 1
     search: bool = False  # choose (token_prune, segment_prune) from the grids below on the val split
     token_grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     segment_grid: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
     search_tolerance: float = 0.01  # keep the most pruning within this val accuracy of the best
-    # optional lr x wd grid on the val split (the paper's protocol; expensive)
-    hp_search: bool = False
-    lr_grid: list[float] = field(default_factory=list)
-    wd_grid: list[float] = field(default_factory=list)
-    # runtime
+    # runtime (not saved: they do not change the result)
     eval_batch_size: int = 256
     threads: int = 0  # 0 = torch's default
     device: str = "cpu"
     progress: bool = True
+    cache: bool = True  # the decode cache (see training/imagefolder.py)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -80,32 +93,57 @@ class TrainConfig:
             raise TrainConfigError("epochs and batch_size must be >= 1")
         if self.visual_tokens < 0 or self.kv_tokens < 0:
             raise TrainConfigError("visual_tokens and kv_tokens must be >= 0")
-        if self.lr == 0.0:
+        if self.lr is None:
             self.lr = DEFAULT_LR[(self.optimizer, self.method)]
-        if self.weight_decay < 0:
+        if self.weight_decay is None:
             self.weight_decay = DEFAULT_WD[self.optimizer]
         if not 0 < self.lr < 100:
             raise TrainConfigError(f"lr={self.lr}: expected a base learning rate in (0, 100)")
-        for name in ("token_prune", "segment_prune", "search_tolerance"):
+        if self.weight_decay < 0:
+            raise TrainConfigError(f"weight_decay={self.weight_decay}: use >= 0 (or leave it out for the default)")
+        for name in ("token_prune", "segment_prune", "search_tolerance", "prompt_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise TrainConfigError(f"{name}={getattr(self, name)}: a fraction in [0, 1]")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TrainConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) (0: no validation split)")
+        if self.val_max < 0 or self.train_size < 0:
+            raise TrainConfigError("val_max and train_size must be >= 0 (train_size 0: every image)")
         if any(not 0.0 <= f <= 1.0 for f in [*self.token_grid, *self.segment_grid]):
             raise TrainConfigError("pruning grids hold fractions in [0, 1]")
         if self.segments < 1:
             raise TrainConfigError(f"segments={self.segments}: use >= 1 (paper: 8, official code: 16)")
         if self.segment_layout not in ("contiguous", "interleaved"):
             raise TrainConfigError(f"segment_layout={self.segment_layout!r}: 'contiguous' or 'interleaved'")
-        if self.importance not in ("abs", "signed"):
-            raise TrainConfigError(f"importance={self.importance!r}: 'abs' or 'signed'")
-        if self.hp_search and not (self.lr_grid or self.wd_grid):
-            self.lr_grid = [self.lr * f for f in (0.25, 1.0, 4.0)]
-            self.wd_grid = [0.0, self.weight_decay]
-        if (self.search or self.hp_search) and self.val_size <= 0:
-            raise TrainConfigError("--search / --hp-search choose on a validation split: set val_size > 0")
+        if self.segment_rule not in SEGMENT_RULES:
+            raise TrainConfigError(f"segment_rule={self.segment_rule!r}: choose one of {SEGMENT_RULES}")
+        if not 1 <= self.min_segments_kept <= self.segments:
+            raise TrainConfigError(f"min_segments_kept={self.min_segments_kept}: between 1 and segments "
+                                   f"({self.segments})")
+        if self.importance not in IMPORTANCE:
+            raise TrainConfigError(f"importance={self.importance!r}: choose one of {IMPORTANCE}")
+        if self.seeds < 1:
+            raise TrainConfigError(f"seeds={self.seeds}: train at least one seed")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise TrainConfigError(f"grad_clip={self.grad_clip}: a positive norm, or None for no clipping")
+        if self.hp_search is None:
+            self.hp_search = self.uses_prompts
+        if self.hp_epochs is None:
+            self.hp_epochs = max(1, self.epochs // 2)
+        if self.hp_epochs < 1:
+            raise TrainConfigError(f"hp_epochs={self.hp_epochs}: use >= 1")
+        if self.hp_search and not self.lr_grid:
+            self.lr_grid = [round(self.lr * f, 6) for f in LR_FACTORS]
+        if self.hp_search and not self.wd_grid:
+            self.wd_grid = WD_GRID[self.optimizer](self.weight_decay)
 
     @property
     def uses_prompts(self) -> bool:
         return self.method in ("vpt-shallow", "vpt-deep", "e2vpt")
+
+    @property
+    def tunes(self) -> bool:
+        """Does anything get chosen on the validation split?"""
+        return bool(self.hp_search or (self.search and self.prunes))
 
     @property
     def effective_lr(self) -> float:
@@ -124,7 +162,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("progress")
+        for runtime in ("progress", "cache"):
+            d.pop(runtime)
         return d
 
     @classmethod

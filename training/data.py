@@ -7,6 +7,10 @@ the server runs, so a trained artifact is evaluated on what it will be served (i
 Data sources (`--data`):
     DIR or FILE.tar          ImageFolder: train/<class>/..., test/<class>/..., optional val/<class>/...
     fmnist:DIR  or  DIR      Fashion-MNIST IDX files (train-images-idx3-ubyte[.gz], t10k-...) in DIR
+
+Validation split (when the data has no val/): a fraction of the training images (default 20%, at most
+200: VTAB-1k's 800/200), class-balanced and seeded, at least one image per class and never a class's
+last training image. Decoded splits are cached on disk: see training/imagefolder.py.
 """
 
 from __future__ import annotations
@@ -23,7 +27,16 @@ import torch
 from PIL import Image
 
 from promptserve.preprocess import image_to_uint8, normalise
-from training.imagefolder import IMAGE_EXTENSIONS, DatasetError, ImageArray, cache_dir, list_splits, load_split
+from training.imagefolder import (
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    ImageArray,
+    Member,
+    cache_dir,
+    list_members,
+    list_splits,
+    load_split,
+)
 
 FMNIST_CLASSES = ["t-shirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                   "ankle-boot"]
@@ -65,7 +78,7 @@ def _read_idx(path: Path, offset: int) -> np.ndarray:
         return np.frombuffer(f.read(), np.uint8, offset=offset)
 
 
-def load_idx_split(root: str | Path, split: str, size: int, interpolation: str) -> ImageArray:
+def load_idx_split(root: str | Path, split: str, size: int, interpolation: str, use_cache: bool = True) -> ImageArray:
     """Fashion-MNIST (or MNIST) IDX split -> RGB uint8 at `size`. Each 28x28 grey image goes through PIL
     exactly as a client's PNG of it would on the server (grey -> RGB -> resize)."""
     root = Path(root)
@@ -77,7 +90,7 @@ def load_idx_split(root: str | Path, split: str, size: int, interpolation: str) 
     key = hashlib.sha256(f"idx|{img_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}|{interpolation}"
                          .encode()).hexdigest()[:24]
     cached = cache_dir() / f"{key}.npz"
-    if cached.exists():
+    if use_cache and cached.exists():
         with np.load(cached, allow_pickle=False) as z:
             return ImageArray(z["images"], z["labels"], list(FMNIST_CLASSES))
     raw = _read_idx(img_path, 16).reshape(-1, 28, 28)  # (N, 28, 28) grey
@@ -85,6 +98,8 @@ def load_idx_split(root: str | Path, split: str, size: int, interpolation: str) 
     if len(raw) != len(labels):
         raise DatasetError(f"{img_path} has {len(raw)} images but {lbl_path} has {len(labels)} labels")
     images = np.stack([image_to_uint8(Image.fromarray(a, mode="L"), size, interpolation) for a in raw])
+    if not use_cache:
+        return ImageArray(images, labels, list(FMNIST_CLASSES))
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, images=images, labels=labels)
@@ -92,7 +107,7 @@ def load_idx_split(root: str | Path, split: str, size: int, interpolation: str) 
     return ImageArray(images, labels, list(FMNIST_CLASSES))
 
 
-def check_class_folders(source: Path, split: str) -> None:
+def check_class_folders(source: Path, split: str, members: list[Member]) -> None:
     """An ImageFolder class folder with no images is almost always a mistake (a failed copy): say so
     instead of silently training a head with one class fewer."""
     if source.is_dir():
@@ -104,19 +119,19 @@ def check_class_folders(source: Path, split: str) -> None:
                 raise DatasetError(f"class folder {d} has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                                    "add images or remove the folder")
     elif tarfile.is_tarfile(source):
-        with tarfile.open(source) as tar:
-            members = tar.getmembers()
-        dirs = {m.name.rstrip("/") for m in members if m.isdir() and len(Path(m.name).parts) >= 2
-                and Path(m.name).parts[-2] == split}
-        filled = {str(Path(m.name).parent) for m in members if m.isfile()
-                  and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS}
+        with tarfile.open(source) as tar:  # directories are not in the file listing: read their headers
+            dirs = {m.name.rstrip("/") for m in tar.getmembers() if m.isdir() and len(Path(m.name).parts) >= 2
+                    and Path(m.name).parts[-2] == split}
+        filled = {str(Path(m.name).parent) for m in members if Path(m.name).suffix.lower() in IMAGE_EXTENSIONS}
         empty = sorted(d for d in dirs if d not in filled)
         if empty:
             raise DatasetError(f"class folder(s) {empty} in {source} have no images: add images or remove them")
 
 
-def load_splits(data: str, size: int, interpolation: str) -> tuple[ImageArray, ImageArray | None, ImageArray | None]:
-    """(train, val or None, test or None) from any supported source, labels in the train split's order."""
+def load_splits(data: str, size: int, interpolation: str, use_cache: bool = True, progress: bool = True,
+                splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[ImageArray | None, ...]:
+    """The asked splits (default train, val, test; None where absent) from any supported source, labels in
+    the train split's order (or, without a train split, the split's own sorted classes)."""
     if data.startswith("fmnist:"):
         data = data[len("fmnist:"):]
         if not is_idx_dir(Path(data)):
@@ -127,58 +142,92 @@ def load_splits(data: str, size: int, interpolation: str) -> tuple[ImageArray, I
         raise DatasetError(f"data path {source} does not exist: pass an ImageFolder directory or .tar, or a "
                            "directory of Fashion-MNIST IDX files")
     if is_idx_dir(source):
-        return (load_idx_split(source, "train", size, interpolation), None,
-                load_idx_split(source, "test", size, interpolation))
-    splits = list_splits(source)
-    if "train" not in splits:
-        raise DatasetError(f"{source} has no train/<class>/<image> folders (splits found: {splits or 'none'})")
-    for split in ("train", "val", "test"):
-        check_class_folders(source, split)
-    train = load_split(source, "train", size, interpolation)
-    if len(train.classes) < 2:
-        raise DatasetError(f"{source} train split has {len(train.classes)} class: a classifier needs at least 2")
-    val = load_split(source, "val", size, interpolation, train.classes) if "val" in splits else None
-    test = load_split(source, "test", size, interpolation, train.classes) if "test" in splits else None
-    return train, val, test
+        return tuple(load_idx_split(source, s, size, interpolation, use_cache) if s in IDX_FILES else None
+                     for s in splits)
+    members = list_members(source)  # one listing (a tar's headers are read once)
+    present = list_splits(source, members)
+    if "train" in splits and "train" not in present:
+        raise DatasetError(f"{source} has no train/<class>/<image> folders (splits found: {present or 'none'})")
+    for split in splits:
+        check_class_folders(source, split, members)
+    loaded: dict[str, ImageArray | None] = {}
+    classes = None
+    for split in sorted(splits, key=lambda s: s != "train"):  # train first: it fixes the label order
+        if split not in present:
+            loaded[split] = None
+            continue
+        loaded[split] = load_split(source, split, size, interpolation, classes, use_cache, members, progress)
+        if split == "train":
+            classes = loaded[split].classes
+            if len(classes) < 2:
+                raise DatasetError(f"{source} train split has {len(classes)} class: a classifier needs at least 2")
+    return tuple(loaded[s] for s in splits)
 
 
 # ---- VTAB-1k subsets ----------------------------------------------------------------------------------
-def balanced_pick(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Indices of a class-balanced, seeded subset of size min(n, len(labels)): classes take turns
-    (in a seeded order) giving one shuffled example each, so counts differ by at most one and a
-    class with too few images simply runs out."""
+def balanced_pick(labels: np.ndarray, n: int, seed: int, cap: np.ndarray | None = None) -> np.ndarray:
+    """Indices of a class-balanced, seeded subset of size min(n, available): classes take turns (in a
+    seeded order) giving one shuffled example each, so counts differ by at most one and a class with too
+    few images simply runs out. cap[c] (optional) bounds what class c may give."""
     rng = np.random.default_rng(seed)
     classes = rng.permutation(np.unique(labels))
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    if cap is not None:
+        pools = [p[:cap[c]] for p, c in zip(pools, classes, strict=True)]
     order = [pool[r] for r in range(max(len(p) for p in pools)) for pool in pools if r < len(pool)]
     return np.sort(np.asarray(order[:n], dtype=np.int64))
+
+
+def validation_split(labels: np.ndarray, classes: list[str], fraction: float, at_most: int,
+                     seed: int) -> np.ndarray:
+    """Indices held out for validation: round(fraction * N) images, at most `at_most`, at least one per
+    class, class-balanced and seeded; no class gives more than its share (fraction of its images, at least
+    one) and none gives its last image, so an unbalanced folder keeps its small classes in training."""
+    counts = np.bincount(labels, minlength=len(classes))
+    thin = [f"{classes[c]} ({counts[c]})" for c in range(len(classes)) if counts[c] < 2]
+    if thin:
+        raise DatasetError(f"too few images to hold out a validation split: class(es) {', '.join(thin)} need at "
+                           "least 2 training images (one to train, one to validate): add images, add a val/ "
+                           "split, or pass --val-fraction 0 --no-hp-search")
+    n = min(at_most, max(len(classes), round(fraction * len(labels))))
+    cap = np.minimum(counts - 1, np.maximum(1, np.round(fraction * counts).astype(np.int64)))
+    return balanced_pick(labels, n, seed, cap=cap)
 
 
 def _take(a: ImageArray, idx: np.ndarray) -> ImageArray:
     return ImageArray(a.images[idx], a.labels[idx], a.classes)
 
 
-def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int = 0, val_size: int = 200,
-              seed: int = 0, log=print) -> TaskData:
-    """train_size > 0: a class-balanced seeded subset (VTAB-1k: 1000). Without a val/ split, val_size
-    images of that subset (class-balanced, seeded) are held out as `val` and `train` keeps the rest;
+def warn_thin_classes(train: ImageArray, log=print, at_least: int = 10) -> None:
+    counts = np.bincount(train.labels, minlength=len(train.classes))
+    thin = [f"{train.classes[c]} ({counts[c]})" for c in np.argsort(counts, kind="stable") if counts[c] < at_least]
+    if thin:
+        log(f"warning: {len(thin)} of {len(train.classes)} classes have fewer than {at_least} training images: "
+            f"{', '.join(thin[:10])}{' ...' if len(thin) > 10 else ''}; their accuracy will be noisy and the "
+            "model may barely learn them: add images")
+
+
+def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int = 0, val_fraction: float = 0.2,
+              val_max: int = 200, seed: int = 0, log=print, use_cache: bool = True, progress: bool = True) -> TaskData:
+    """train_size > 0: a class-balanced seeded subset (VTAB-1k: 1000). Without a val/ split, a validation
+    split is held out of it (see `validation_split`; val_fraction 0: none) and `train` keeps the rest;
     the caller decides whether the final run trains on train + val (VTAB-1k protocol)."""
-    train, val, test = load_splits(data, size, interpolation)
+    train, val, test = load_splits(data, size, interpolation, use_cache, progress)
     if train_size:
         if train_size >= len(train):
             log(f"--train-size {train_size} >= the {len(train)} training images: using all of them")
         else:
+            log(f"using a class-balanced subset of {train_size} of the {len(train)} training images (--train-size)")
             train = _take(train, balanced_pick(train.labels, train_size, seed))
-    if val is None and val_size:
-        if val_size >= len(train):
-            raise DatasetError(f"val_size={val_size} leaves no training images out of {len(train)}")
-        v = balanced_pick(train.labels, val_size, seed + 1)
+    if val is None and val_fraction > 0 and val_max > 0:
+        v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1)
         rest = np.setdiff1d(np.arange(len(train)), v)
         train, val = _take(train, rest), _take(train, v)
     missing = sorted(set(range(len(train.classes))) - set(np.unique(train.labels).tolist()))
     if missing:
         raise DatasetError(f"classes {[train.classes[i] for i in missing]} have no training images after "
                            "subsetting: raise --train-size")
+    warn_thin_classes(train, log)
     return TaskData(train, val, test, list(train.classes), data)
 
 

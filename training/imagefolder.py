@@ -1,7 +1,12 @@
 """Read an ImageFolder tree (`root/<split>/<class>/<image>`) from a directory or a `.tar`, decoded once.
 
-Small-image datasets are decoded to one uint8 array per split and cached on disk (keyed by the source's
-path, size and mtime plus the target size), so a training epoch never touches JPEG decoding again.
+Decode cache: each split is decoded to one uint8 array and saved as
+`$PROMPTSERVE_CACHE/datasets/<key>.npz` (default `~/.cache/promptserve/datasets/`), so a training run
+never touches JPEG decoding after the first. The key hashes the split's member list (every image's path,
+size in bytes and mtime, from the directory or the tar's headers), the class order, the target size and
+the interpolation: adding, removing, replacing or touching an image makes a new entry. Clear it with
+`rm -rf ~/.cache/promptserve/datasets` (or the $PROMPTSERVE_CACHE one); `promptserve train --no-cache`
+decodes without reading or writing it.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from promptserve.preprocess import image_to_uint8
+from training.progress import bar
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".gif", ".tif", ".tiff"}
 
@@ -35,6 +41,15 @@ class ImageArray:
         return len(self.labels)
 
 
+@dataclass(frozen=True)
+class Member:
+    """One file of a directory or tar: its path inside the source, size in bytes and mtime."""
+
+    name: str
+    size: int
+    mtime: float
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("PROMPTSERVE_CACHE", Path.home() / ".cache" / "promptserve")) / "datasets"
 
@@ -44,69 +59,83 @@ def _decode(data: bytes | str | Path, size: int, interpolation: str) -> np.ndarr
     return image_to_uint8(data, size, interpolation)
 
 
-def _split_entries(names: list[str], split: str) -> list[tuple[str, str]]:
-    """(class, member name) for every image under `<anything>/<split>/<class>/` in a list of paths."""
-    entries = []
-    for name in names:
-        parts = Path(name).parts
-        if len(parts) < 3 or Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if parts[-3] == split:
-            entries.append((parts[-2], name))
-    return sorted(entries)
-
-
-def list_splits(source: str | Path) -> list[str]:
-    """The split folders (train, val, test, ...) present in a directory or tar."""
-    names = _member_names(Path(source))
-    return sorted({Path(n).parts[-3] for n in names if len(Path(n).parts) >= 3
-                   and Path(n).suffix.lower() in IMAGE_EXTENSIONS})
-
-
-def _member_names(source: Path) -> list[str]:
+def list_members(source: str | Path) -> list[Member]:
+    """Every file of a directory (stat) or tar (header fields: no data is read), sorted by name."""
+    source = Path(source)
     if not source.exists():
         raise DatasetError(f"data path {source} does not exist: pass an ImageFolder directory or .tar")
     if source.is_dir():
-        return [str(p.relative_to(source)) for p in source.rglob("*") if p.is_file()]
+        out = []
+        for p in source.rglob("*"):
+            if p.is_file():
+                st = p.stat()
+                out.append(Member(str(p.relative_to(source)), st.st_size, st.st_mtime))
+        return sorted(out, key=lambda m: m.name)
     if tarfile.is_tarfile(source):
         with tarfile.open(source) as tar:
-            return [m.name for m in tar.getmembers() if m.isfile()]
+            return sorted((Member(m.name, m.size, m.mtime) for m in tar.getmembers() if m.isfile()),
+                          key=lambda m: m.name)
     raise DatasetError(f"{source} is neither a directory nor a tar archive")
 
 
-def load_split(source: str | Path, split: str, size: int, interpolation: str = "bicubic",
-               classes: list[str] | None = None, use_cache: bool = True) -> ImageArray:
-    """Decode every image of one split, resized to size x size. `classes` fixes the label order
-    (pass the train split's classes when loading val/test so indices agree)."""
-    source = Path(source).resolve()
-    stat = source.stat() if source.exists() else None
-    key = hashlib.sha256(f"{source}|{stat and stat.st_size}|{stat and stat.st_mtime_ns}|{split}|{size}|"
-                         f"{interpolation}|{classes}".encode()).hexdigest()[:24]
-    cached = cache_dir() / f"{key}.npz"
-    if use_cache and cached.exists():
-        with np.load(cached, allow_pickle=False) as z:
-            return ImageArray(z["images"], z["labels"], [str(c) for c in z["classes"]])
+def _split_entries(members: list[Member], split: str) -> list[tuple[str, Member]]:
+    """(class, member) for every image under `<anything>/<split>/<class>/`."""
+    entries = []
+    for m in members:
+        parts = Path(m.name).parts
+        if len(parts) >= 3 and parts[-3] == split and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS:
+            entries.append((parts[-2], m))
+    return sorted(entries, key=lambda e: (e[0], e[1].name))
 
-    names = _member_names(source)
-    entries = _split_entries(names, split)
+
+def list_splits(source: str | Path, members: list[Member] | None = None) -> list[str]:
+    """The split folders (train, val, test, ...) present in a directory or tar."""
+    members = list_members(source) if members is None else members
+    return sorted({Path(m.name).parts[-3] for m in members if len(Path(m.name).parts) >= 3
+                   and Path(m.name).suffix.lower() in IMAGE_EXTENSIONS})
+
+
+def cache_key(entries: list[tuple[str, Member]], size: int, interpolation: str, classes: list[str]) -> str:
+    h = hashlib.sha256(f"imagefolder/2|{size}|{interpolation}|{classes}".encode())
+    for c, m in entries:
+        h.update(f"\n{c}|{m.name}|{m.size}|{m.mtime}".encode())
+    return h.hexdigest()[:24]
+
+
+def load_split(source: str | Path, split: str, size: int, interpolation: str = "bicubic",
+               classes: list[str] | None = None, use_cache: bool = True, members: list[Member] | None = None,
+               progress: bool = True) -> ImageArray:
+    """Decode every image of one split, resized to size x size. `classes` fixes the label order
+    (pass the train split's classes when loading val/test so indices agree); `members` reuses a
+    listing from `list_members` (a big tar's headers are read once per run, not once per split)."""
+    source = Path(source).resolve()
+    members = list_members(source) if members is None else members
+    entries = _split_entries(members, split)
     if not entries:
-        found = sorted({Path(n).parts[-3] for n in names if len(Path(n).parts) >= 3})
-        raise DatasetError(f"no images under '{split}/<class>/' in {source} (splits found: {found or 'none'})")
+        raise DatasetError(f"no images under '{split}/<class>/' in {source} (splits found: "
+                           f"{list_splits(source, members) or 'none'})")
     present = sorted({c for c, _ in entries})
     classes = classes or present
     unknown = sorted(set(present) - set(classes))
     if unknown:
         raise DatasetError(f"split '{split}' of {source} has classes the train split lacks: {unknown}")
+    cached = cache_dir() / f"{cache_key(entries, size, interpolation, classes)}.npz"
+    if use_cache and cached.exists():
+        with np.load(cached, allow_pickle=False) as z:
+            return ImageArray(z["images"], z["labels"], [str(c) for c in z["classes"]])
+
     index = {c: i for i, c in enumerate(classes)}
     images = np.empty((len(entries), size, size, 3), np.uint8)
     labels = np.array([index[c] for c, _ in entries], np.int64)
+    steps = bar(enumerate(entries), desc=f"decode {split}", total=len(entries), enabled=progress)
     if source.is_dir():
-        for i, (_, name) in enumerate(entries):
-            images[i] = _decode(source / name, size, interpolation)
+        for i, (_, m) in steps:
+            images[i] = _decode(source / m.name, size, interpolation)
     else:
         with tarfile.open(source) as tar:
-            for i, (_, name) in enumerate(entries):
-                images[i] = _decode(tar.extractfile(name).read(), size, interpolation)
+            for i, (_, m) in steps:
+                images[i] = _decode(tar.extractfile(m.name).read(), size, interpolation)
+    steps.close()
     result = ImageArray(images, labels, list(classes))
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)

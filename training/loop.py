@@ -2,7 +2,8 @@
 
 Cosine schedule with linear warm-up, SGD (momentum 0.9) or AdamW at lr * batch / 256, bf16 autocast on
 CUDA only, seeded batch order (CPU runs are bit-for-bit repeatable with the same thread count).
-Ctrl-C propagates as KeyboardInterrupt: nothing is written until a run has finished.
+Ctrl-C propagates as KeyboardInterrupt: nothing is written until a run has finished. Progress bars draw
+only on a terminal (training/progress.py); the per-epoch log lines are the progress in a log file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from promptserve.backbone import Backbone
 from promptserve.model import PromptedViT
@@ -23,6 +23,7 @@ from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
 from training.config import TrainConfig
 from training.data import augment
+from training.progress import StepClock, bar
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -45,13 +46,14 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], inputs, labels: np.ndarray,
         cfg: TrainConfig, *, prepare: Callable | None = None, after_backward: Callable[[], None] | None = None,
-        desc: str = "train", salt: int = 0, log=print) -> list[dict]:
+        desc: str = "train", salt: int = 0, log=print, clock: StepClock | None = None) -> list[dict]:
     """Train `params` (the optimizer sees nothing else) for cfg.epochs; returns per-epoch history.
 
     inputs: (N, S, S, 3) uint8 images (normalised per batch by `prepare`, default: the server's
     normalise + optional augmentation) or any (N, ...) tensor with a custom `prepare`.
     forward(x) -> logits (B, C). after_backward(): called between backward and the optimizer step
-    (E2VPT reads the mask gradients there)."""
+    (E2VPT reads the mask gradients there). clock: counts steps for the run's time estimate.
+    `forward.train(True)` (prompt dropout) is set for the loop only."""
     device = torch.device(cfg.device)
     n = len(labels)
     bs = min(cfg.batch_size, n)
@@ -61,51 +63,59 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + salt)
     y_all = torch.as_tensor(labels)
     amp = cfg.amp and device.type == "cuda"
-    history, step = [], 0
     n_params = sum(p.numel() for p in params)
     log(f"[{desc}] {n} images, {cfg.epochs} epochs x {steps} steps, batch {bs}, {cfg.optimizer} "
         f"lr {cfg.effective_lr:.4g} (base {cfg.lr:g} x {bs}/256), wd {cfg.weight_decay:g}, "
         f"trainable {n_params:,} params")
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False, mininterval=2, dynamic_ncols=True)
-        for s in bar:
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total, warmup, cfg.effective_lr)
-            idx = order[s * bs:(s + 1) * bs]
-            if prepare is None:
-                x = normalise(inputs[idx.numpy()], _data_cfg(forward))
-                if cfg.augment:
-                    x = augment(x, gen)
-            else:
-                x = prepare(inputs, idx)
-            x, y = x.to(device), y_all[idx].to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = forward(x)  # (B, C)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"[{desc}] loss is {loss.item()} at epoch {epoch + 1} step {s}: "
-                                         "lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if after_backward is not None:
-                after_backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step += 1
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-        bar.close()
-        history.append({"stage": desc, "epoch": epoch + 1, "train_loss": loss_sum / seen,
-                        "train_acc": correct / seen, "lr_end": opt.param_groups[0]["lr"],
-                        "seconds": round(time.time() - t0, 2)})
-        log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
-            f"({time.time() - t0:.1f}s)")
+    set_mode = getattr(forward, "train", None)  # prompt dropout is on only while this loop runs
+    if set_mode is not None:
+        set_mode(True)
+    try:
+        history, step = [], 0
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen)
+            t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+            progress = bar(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", enabled=cfg.progress)
+            for s in progress:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step, total, warmup, cfg.effective_lr)
+                idx = order[s * bs:(s + 1) * bs]
+                if prepare is None:
+                    x = normalise(inputs[idx.numpy()], _data_cfg(forward))
+                    if cfg.augment:
+                        x = augment(x, gen)
+                else:
+                    x = prepare(inputs, idx)
+                x, y = x.to(device), y_all[idx].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = forward(x)  # (B, C)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"[{desc}] loss is {loss.item()} at epoch {epoch + 1} step {s}: "
+                                             "lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if after_backward is not None:
+                    after_backward()
+                if cfg.grad_clip:
+                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                if clock is not None:
+                    clock.step()
+                step += 1
+                seen += len(y)
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            progress.close()
+            history.append({"stage": desc, "epoch": epoch + 1, "train_loss": loss_sum / seen,
+                            "train_acc": correct / seen, "lr_end": opt.param_groups[0]["lr"],
+                            "seconds": round(time.time() - t0, 2)})
+            log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
+                f"({time.time() - t0:.1f}s)")
+    finally:
+        if set_mode is not None:
+            set_mode(False)
     return history
 
 
@@ -124,6 +134,9 @@ class PromptForward:
         self.params = params
         self.data_config = backbone.data_config
 
+    def train(self, mode: bool) -> None:
+        self.params.train(mode)  # prompt dropout; the frozen backbone has none to switch
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_batch(x, self.params.prompt_batch(x.shape[0]))
 
@@ -140,30 +153,30 @@ class ModuleForward:
 
 # ---- evaluation ---------------------------------------------------------------------------------------
 def predict_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, batch_size: int = 256,
-                       device: str = "cpu") -> np.ndarray:
+                       device: str = "cpu", progress: bool = False) -> np.ndarray:
     """Predicted class per image exactly as the server computes it: validate + add_task into a
     PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`."""
     model = PromptedViT(backbone)
     model.add_task("eval", ps)
     preds = []
-    for i in range(0, len(images), batch_size):
+    for i in bar(range(0, len(images), batch_size), desc="evaluate", enabled=progress):
         x = normalise(images[i:i + batch_size], backbone.data_config).to(device)
         preds.append(model(x, ["eval"] * len(x)).argmax(1).cpu())
     return torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
 
 
 def accuracy_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, labels: np.ndarray,
-                        batch_size: int = 256) -> float:
-    return float((predict_prompt_set(backbone, ps, images, batch_size) == labels).mean())
+                        batch_size: int = 256, progress: bool = False) -> float:
+    return float((predict_prompt_set(backbone, ps, images, batch_size, progress=progress) == labels).mean())
 
 
 @torch.no_grad()
 def accuracy_module(model: nn.Module, data_config, images: np.ndarray, labels: np.ndarray,
-                    batch_size: int = 256) -> float:
+                    batch_size: int = 256, progress: bool = False) -> float:
     model.eval()
     p = next(model.parameters())
     correct = 0
-    for i in range(0, len(images), batch_size):
+    for i in bar(range(0, len(images), batch_size), desc="evaluate", enabled=progress):
         x = normalise(images[i:i + batch_size], data_config).to(p.device, p.dtype)
         correct += (model(x).argmax(1).cpu().numpy() == labels[i:i + batch_size]).sum()
     return float(correct / len(labels))

@@ -56,13 +56,16 @@ class PromptParams(nn.Module):
     multiplied into the visual prompts in the graph; they require grad (for dL/drho) but are plain
     tensors, not parameters, so the optimizer never moves them.
     seg_keep: after segment pruning, a fixed 0/1 (M_i, R) mask that keeps pruned segments at zero.
+    prompt_dropout: dropout on the visual prompts in training mode only (`.train()`); the stored
+    tensors and every evaluation use the prompts as they are.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, visual_tokens: dict[int, int], kv_tokens: dict[int, int],
                  deep: bool = True, shared_kv: bool = True, visual_init: str = "vpt_uniform",
                  kv_init: str = "he_uniform", seed: int = 0, with_masks: bool = False, segments: int = 8,
-                 segment_layout: str = "contiguous"):
+                 segment_layout: str = "contiguous", prompt_dropout: float = 0.0):
         super().__init__()
+        self.prompt_dropout = prompt_dropout
         L, D, H, d = backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim
         self.L, self.D, self.H, self.d = L, D, H, d
         self.deep, self.shared_kv, self.segments, self.segment_layout = deep, shared_kv, segments, segment_layout
@@ -90,6 +93,7 @@ class PromptParams(nn.Module):
                 self.masks[int(k)] = (torch.ones(v.shape[0], requires_grad=True),
                                       torch.ones(v.shape[0], segments, requires_grad=True))
         self.seg_keep: dict[int, torch.Tensor] = {}
+        self.eval()  # nn.Module starts in training mode; prompt dropout belongs inside fit() only
 
     # ---- forward pieces -------------------------------------------------------------------------
     def effective_visual(self, i: int) -> torch.Tensor:
@@ -104,10 +108,19 @@ class PromptParams(nn.Module):
 
     def prompt_batch(self, batch_size: int) -> PromptBatch:
         visual = {int(k): self.effective_visual(int(k)) for k in self.visual}
+        if self.training and self.prompt_dropout:
+            # one dropout pattern per batch (the prompts are shared by its samples), as in the official code
+            visual = {i: nn.functional.dropout(v, self.prompt_dropout) for i, v in visual.items()}
         key = {int(k): v for k, v in self.key.items()}
         value = None if self.shared_kv else {int(k): v for k, v in self.value.items()}
         return PromptBatch.for_one_task(batch_size, self.L, visual, key, value, self.head_weight, self.head_bias,
                                         deep=self.deep, pooling=self.pooling)
+
+    def empty_tokens(self) -> dict[int, int]:
+        """{layer: count} of visual tokens that are all zero as stored: a served set must have none."""
+        with torch.no_grad():
+            counts = {int(k): int((self.effective_visual(int(k)) == 0).all(dim=1).sum()) for k in self.visual}
+        return {i: c for i, c in counts.items() if c}
 
     def visual_lengths(self) -> dict[int, int]:
         return {int(k): v.shape[0] for k, v in self.visual.items()}
@@ -140,7 +153,7 @@ def build_prompt_params(backbone: Backbone, num_classes: int, cfg, **kw) -> Prom
     kv = dict.fromkeys(range(L), p)
     return PromptParams(backbone, num_classes, visual, kv, deep=deep, shared_kv=cfg.shared_kv,
                         visual_init=cfg.visual_init, kv_init=cfg.kv_init, seed=cfg.seed, segments=cfg.segments,
-                        segment_layout=cfg.segment_layout, **kw)
+                        segment_layout=cfg.segment_layout, prompt_dropout=cfg.prompt_dropout, **kw)
 
 
 def prompt_config_dict(params: PromptParams, cfg) -> dict:

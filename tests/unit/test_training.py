@@ -18,8 +18,8 @@ from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
 from training.config import TrainConfig, TrainConfigError
-from training.data import balanced_pick, load_task
-from training.e2vpt import Importance, apply_pruning, n_pruned, prune
+from training.data import balanced_pick, load_task, validation_split
+from training.e2vpt import Importance, apply_pruning, n_pruned, one_pass_importance, prune
 from training.imagefolder import DatasetError
 from training.loop import PromptForward
 from training.methods import build_prompt_params, expand_segments
@@ -56,8 +56,8 @@ def make_folder(root: Path, classes=("a", "b", "c"), n_train=20, n_test=8, size=
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=16, train_size=0, val_size=12, visual_tokens=4, kv_tokens=4, progress=False,
-                warmup_epochs=0.5, segments=4)
+    base = dict(epochs=2, batch_size=16, train_size=0, val_fraction=0.2, val_max=12, visual_tokens=4, kv_tokens=4,
+                progress=False, warmup_epochs=0.5, segments=4, hp_search=False)
     return TrainConfig(**{**base, **kw})
 
 
@@ -76,7 +76,7 @@ def test_balanced_pick_is_balanced_and_seeded():
 
 def test_load_task_subset_and_val_split(tmp_path):
     root = make_folder(tmp_path / "ds")
-    data = load_task(str(root), 16, "bicubic", train_size=30, val_size=9, seed=0, **QUIET)
+    data = load_task(str(root), 16, "bicubic", train_size=30, val_fraction=0.3, val_max=200, seed=0, **QUIET)
     assert len(data.train) == 21 and len(data.val) == 9 and len(data.test) == 24
     assert np.bincount(data.val.labels).tolist() == [3, 3, 3]
     assert data.train.images.shape == (21, 16, 16, 3) and data.train.images.dtype == np.uint8
@@ -92,12 +92,12 @@ def test_bad_paths_and_empty_classes_give_clear_errors(tmp_path):
     root = make_folder(tmp_path / "ds", n_train=2, n_test=1)
     (root / "train" / "empty").mkdir()
     with pytest.raises(DatasetError, match="empty.*no images"):
-        load_task(str(root), 16, val_size=0)
+        load_task(str(root), 16, val_fraction=0)
     tar_path = tmp_path / "ds.tar"
     with tarfile.open(tar_path, "w") as tar:
         tar.add(root, arcname="ds")
     with pytest.raises(DatasetError, match="no images"):
-        load_task(str(tar_path), 16, val_size=0)
+        load_task(str(tar_path), 16, val_fraction=0)
 
 
 def test_fashion_mnist_idx_dir(tmp_path):
@@ -108,7 +108,7 @@ def test_fashion_mnist_idx_dir(tmp_path):
             f.write(struct.pack(">IIII", 2051, n, 28, 28) + imgs.tobytes())
         with gzip.open(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
             f.write(struct.pack(">II", 2049, n) + (np.arange(n) % 10).astype(np.uint8).tobytes())
-    data = load_task(f"fmnist:{tmp_path}", 16, train_size=20, val_size=0)
+    data = load_task(f"fmnist:{tmp_path}", 16, train_size=20, val_fraction=0)
     assert data.train.images.shape == (20, 16, 16, 3) and len(data.test) == 10 and len(data.classes) == 10
     # grey in, RGB out: all three channels equal
     assert np.array_equal(data.test.images[..., 0], data.test.images[..., 2])
@@ -152,12 +152,17 @@ def test_pruning_removes_exactly_the_asked_fraction(token_prune, segment_prune):
     tok = {i: torch.rand(8, generator=gen) for i in range(3)}
     seg = {i: torch.rand(8, 4, generator=gen) for i in range(3)}
     p = prune(tok, seg, token_prune, segment_prune)
+    emptied_total = 0
     for i in range(3):
-        kept = p.keep[i]
-        assert len(kept) == 8 - round(token_prune * 8)
-        dropped = sorted(set(range(8)) - set(kept.tolist()))
-        assert tok[i][dropped].max() <= tok[i][kept].min() if dropped else True  # lowest scores go
-        assert int((~p.seg_keep[i]).sum()) == n_pruned(segment_prune, len(kept) * 4)
+        p_i = prune({i: tok[i]}, {i: seg[i]}, token_prune, segment_prune)  # per layer: its emptied count
+        kept, k = p_i.keep[i], 8 - round(token_prune * 8)
+        assert len(kept) + p_i.emptied == k  # tokens left with no segment are pruned as tokens
+        by_score = torch.sort(tok[i], descending=True, stable=True).indices[:k]
+        assert set(kept.tolist()) <= set(by_score.tolist())  # lowest token scores go first
+        assert int((~p_i.seg_keep[i]).sum()) + 4 * p_i.emptied == n_pruned(segment_prune, k * 4)
+        assert bool(p_i.seg_keep[i].any(dim=1).all())
+        emptied_total += p_i.emptied
+    assert p.emptied == emptied_total
 
 
 def test_apply_pruning_removes_tokens_and_zeroes_segments():
@@ -227,19 +232,165 @@ def test_loss_falls_on_a_real_subset(monkeypatch):
         monkeypatch.setenv("PROMPTSERVE_CACHE", USER_CACHE)
     bb = tiny_backbone(10)
     # a random tiny ViT gives weak features, so the head (trained on cached features) carries the fall
-    out = train_task(cfg(method="linear", epochs=15, train_size=200, val_size=0, optimizer="adamw", lr=1.0),
+    out = train_task(cfg(method="linear", epochs=15, train_size=200, val_fraction=0, optimizer="adamw", lr=1.0),
                      str(tar), bb, **QUIET)
     losses = [h["train_loss"] for h in out["report"]["history"]]
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_hp_search_and_signed_importance(tmp_path):
+# ---- the protocol: validation split, cache, hp search, seeds ---------------------------------------------------
+def test_validation_split_is_a_fraction_capped_balanced_and_seeded(tmp_path):
+    root = make_folder(tmp_path / "ds", n_train=80, n_test=1)  # 240 training images
+    logs = []
+    data = load_task(str(root), 16, train_size=0, val_fraction=0.2, val_max=200, seed=0, log=logs.append)
+    assert len(data.val) == 48 and len(data.train) == 192  # 20%, not an absolute 200
+    assert np.bincount(data.val.labels).tolist() == [16, 16, 16]
+    capped = load_task(str(root), 16, val_fraction=0.5, val_max=30, seed=0, **QUIET)
+    assert len(capped.val) == 30
+    again = load_task(str(root), 16, val_fraction=0.2, val_max=200, seed=0, **QUIET)
+    assert np.array_equal(again.val.images, data.val.images)
+    assert not any("fewer than" in m for m in logs)
+
+
+def test_small_classes_warn_and_a_class_of_one_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "ds", n_train=6, n_test=1)
+    logs = []
+    data = load_task(str(root), 16, val_fraction=0.2, seed=0, log=logs.append)
+    assert np.bincount(data.val.labels).tolist() == [1, 1, 1]  # at least one per class
+    assert any("fewer than 10 training images" in m and "a (5)" in m for m in logs), logs
+    for f in sorted((root / "train" / "b").glob("*.png"))[1:]:
+        f.unlink()
+    with pytest.raises(DatasetError, match=r"b \(1\).*at least 2"):
+        load_task(str(root), 16, val_fraction=0.2, **QUIET)
+    assert len(load_task(str(root), 16, val_fraction=0, **QUIET).train) == 13  # no split asked: it trains
+
+
+def test_an_unbalanced_class_keeps_most_of_its_images_for_training(tmp_path):
+    labels = np.repeat(np.arange(2), [100, 5])
+    v = validation_split(labels, ["big", "small"], 0.2, 200, seed=0)
+    counts = np.bincount(labels[v], minlength=2)
+    assert counts[1] == 1 and counts[0] == 20  # the small class gives its share, not an equal count
+
+
+def test_decode_cache_sees_an_added_image_and_no_cache_skips_it(tmp_path):
+    root = make_folder(tmp_path / "ds", n_train=4, n_test=1)
+    first = load_task(str(root), 16, val_fraction=0, **QUIET)
+    cached = list((tmp_path / "cache" / "datasets").glob("*.npz"))
+    assert cached  # written
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(root / "train" / "a" / "new.png")
+    second = load_task(str(root), 16, val_fraction=0, **QUIET)
+    assert len(second.train) == len(first.train) + 1
+    n_entries = len(list((tmp_path / "cache" / "datasets").glob("*.npz")))
+    (root / "train" / "a" / "new.png").unlink()
+    third = load_task(str(root), 16, val_fraction=0, use_cache=False, **QUIET)
+    assert len(third.train) == len(first.train)
+    assert len(list((tmp_path / "cache" / "datasets").glob("*.npz"))) == n_entries  # --no-cache wrote nothing
+
+
+def test_config_uses_none_for_defaults_and_hp_search_defaults_on_for_prompts():
+    c = TrainConfig(method="vpt-deep")
+    assert c.lr == 0.16 and c.weight_decay == 0.01 and c.hp_search is True
+    assert c.lr_grid == [0.04, 0.16, 0.64] and c.wd_grid == [0.01, 0.1] and c.hp_epochs == c.epochs // 2
+    assert TrainConfig(method="linear").hp_search is False and TrainConfig(method="full").hp_search is False
+    with pytest.raises(TrainConfigError, match="weight_decay"):
+        TrainConfig(weight_decay=-1.0)
+    with pytest.raises(TrainConfigError, match="segment_rule"):
+        TrainConfig(segment_rule="random")
+
+
+def test_hp_search_picks_the_best_val_point_then_trains_on_train_plus_val(tmp_path):
     bb = tiny_backbone()
     root = make_folder(tmp_path / "ds")
-    out = train_task(cfg(method="e2vpt", epochs=1, importance="signed", hp_search=True, lr_grid=[0.04, 0.16],
-                         wd_grid=[0.0]), str(root), bb, **QUIET)
-    rows = out["report"]["hp_search"]
-    assert [r["lr"] for r in rows] == [0.04, 0.16]
-    assert out["report"]["config"]["lr"] == max(rows, key=lambda r: r["val_acc"])["lr"]
-    assert out["report"]["metrics"]["hp_search_best_val_acc"] == max(r["val_acc"] for r in rows)
-    assert len(out["report"]["importance"]["token"]["0"]) == 4
+    out = train_task(cfg(method="vpt-deep", hp_search=True, lr_grid=[0.001, 0.16], wd_grid=[0.0, 0.01],
+                         hp_epochs=1), str(root), bb, **QUIET)
+    rep = out["report"]
+    rows = rep["hp_search"]["grid"]
+    assert [(r["lr"], r["weight_decay"]) for r in rows] == [(0.001, 0.0), (0.001, 0.01), (0.16, 0.0), (0.16, 0.01)]
+    best = max(rows, key=lambda r: r["val_acc"])
+    assert (rep["config"]["lr"], rep["config"]["weight_decay"]) == (best["lr"], best["weight_decay"])
+    assert rep["metrics"]["train_images"] == 60 and rep["seeds"]["final_data"] == "train + val"
+    assert rep["hp_search"]["binomial_sd"] > 0 and rep["metrics"]["val_acc"] is None
+
+
+def test_seeds_report_mean_sd_and_save_the_best_on_validation(tmp_path):
+    bb = tiny_backbone()
+    root = make_folder(tmp_path / "ds")
+    out = train_task(cfg(method="vpt-deep", seeds=3, epochs=1), str(root), bb, **QUIET)
+    seeds = out["report"]["seeds"]
+    runs = seeds["runs"]
+    assert [r["seed"] for r in runs] == [0, 1, 2] and seeds["final_data"] == "train"  # val kept out
+    assert seeds["saved_seed"] == max(runs, key=lambda r: r["val_acc"])["seed"]
+    tests = [r["test_acc"] for r in runs]
+    assert seeds["test_acc_mean"] == pytest.approx(np.mean(tests))
+    assert seeds["test_acc_sd"] == pytest.approx(np.std(tests, ddof=1))
+    ps = PromptSet.load(out["artifact"])
+    assert ps.config["train"]["seed"] == seeds["saved_seed"]
+    saved = next(r for r in runs if r["seed"] == seeds["saved_seed"])
+    assert ps.metrics["test_acc"] == saved["test_acc"] and ps.metrics["val_acc"] == saved["val_acc"]
+
+
+def test_no_validation_split_with_tuning_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "ds", n_train=4, n_test=1)
+    with pytest.raises(TrainConfigError, match="--no-hp-search"):
+        train_task(cfg(method="vpt-deep", hp_search=True, val_fraction=0), str(root), tiny_backbone(), **QUIET)
+
+
+# ---- E2VPT faithfulness ---------------------------------------------------------------------------------------
+def test_prompt_dropout_acts_only_while_training():
+    bb = tiny_backbone()
+    params = build_prompt_params(bb, 3, cfg(method="vpt-deep", prompt_dropout=0.5))
+    fwd = PromptForward(bb, params)
+    x = torch.randn(2, 3, 16, 16)
+    assert not params.training  # evaluation and the stored tensors never see dropout
+    with torch.no_grad():
+        served = fwd(x)
+        fwd.train(True)
+        dropped = fwd(x)
+        fwd.train(False)
+        assert not torch.equal(served, dropped) and torch.equal(served, fwd(x))
+
+
+def test_signed_importance_is_the_official_rule():
+    """E[dL/drho] (signed, not negated) from one pass after stage 1, and the LOWEST are pruned."""
+    bb = tiny_backbone()
+    params = build_prompt_params(bb, 3, cfg(method="e2vpt"), with_masks=True)
+    images = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
+    fwd = PromptForward(bb, params)
+    scorer = one_pass_importance(fwd, params, images, labels, batch_size=4, progress=False)
+    assert scorer.batches == 3 and all(p.grad is None for p in params.parameters())  # no step, grads dropped
+    x = normalise(images, bb.data_config)
+    grads = []
+    for start in range(0, 10, 4):
+        loss = torch.nn.functional.cross_entropy(fwd(x[start:start + 4]), torch.as_tensor(labels[start:start + 4]))
+        grads.append(torch.autograd.grad(loss, params.masks[0][0])[0])
+    tok, _ = scorer.scores()
+    torch.testing.assert_close(tok[0], torch.stack(grads).mean(0))
+    p = prune(tok, scorer.scores()[1], 0.5, 0.0)
+    assert set(p.keep[0].tolist()) == set(torch.sort(tok[0], descending=True).indices[:2].tolist())
+
+
+def test_segment_pruning_never_keeps_an_all_zero_token():
+    tok = {0: torch.tensor([4.0, 3.0, 2.0, 1.0])}
+    seg = {0: torch.tensor([[9.0, 9, 9, 9], [8, 8, 8, 8], [7, 7, 7, 7], [0, 0, 0, 0]])}
+    p = prune(tok, seg, 0.0, 0.25)  # global: the 4 lowest segments are all of token 3's
+    assert p.keep[0].tolist() == [0, 1, 2] and p.emptied == 1 and bool(p.seg_keep[0].all(dim=1).all())
+    assert p.summary({0: 4})["tokens_emptied_by_segments"] == 1
+    per_token = prune(tok, seg, 0.0, 1.0, rule="per-token", min_segments_kept=2)
+    assert per_token.keep[0].tolist() == [0, 1, 2, 3] and per_token.seg_keep[0].sum(dim=1).tolist() == [2, 2, 2, 2]
+    assert per_token.emptied == 0
+
+
+@pytest.mark.parametrize("rule", ["global", "per-token"])
+def test_trained_e2vpt_sets_have_no_all_zero_token(tmp_path, rule):
+    bb = tiny_backbone()
+    root = make_folder(tmp_path / "ds")
+    out = train_task(cfg(method="e2vpt", epochs=1, token_prune=0.25, segment_prune=0.75, segment_rule=rule,
+                         importance="signed"), str(root), bb, **QUIET)
+    ps = PromptSet.load(out["artifact"])
+    for i in range(bb.num_layers):
+        v = ps.visual(i)
+        if v is not None:
+            assert bool(v.abs().sum(dim=1).gt(0).all()), (rule, i)
+    assert out["report"]["importance"]["rule"] == "signed"
+    assert "segments_kept" in out["report"]["pruning"]
