@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Backbone": "backbone", "BackboneError": "backbone", "DataConfig": "backbone",
+    "Backbone": "backbone", "BackboneError": "backbone", "BackboneSpec": "backbone", "DataConfig": "backbone",
+    "RandomWeightsWarning": "backbone", "load_backbone": "backbone", "load_recorded_backbone": "backbone",
     "PromptBank": "bank", "PromptBatch": "bank",
     "ConfigError": "config", "PromptConfig": "config",
     "PromptedViT": "model",
@@ -32,7 +33,15 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
-    from promptserve.backbone import Backbone, BackboneError, DataConfig  # noqa: F401
+    from promptserve.backbone import (  # noqa: F401
+        Backbone,
+        BackboneError,
+        BackboneSpec,
+        DataConfig,
+        RandomWeightsWarning,
+        load_backbone,
+        load_recorded_backbone,
+    )
     from promptserve.bank import PromptBank, PromptBatch  # noqa: F401
     from promptserve.config import ConfigError, PromptConfig  # noqa: F401
     from promptserve.fileformat import (  # noqa: F401

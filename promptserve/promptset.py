@@ -143,8 +143,11 @@ class PromptSet:
             raise FingerprintError("metadata 'backbone_fingerprint' is missing: set it to the fingerprint "
                                    "of the backbone the prompts were trained on (Backbone.fingerprint)")
         if self.backbone_fingerprint != backbone.fingerprint:
-            raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]}, this server runs "
-                                   f"{backbone.fingerprint[:12]} ({backbone.name}): retrain on this backbone")
+            from promptserve.backbone import describe_backbone
+
+            raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]} "
+                                   f"({describe_backbone(self.backbone)}); this one is {backbone.fingerprint[:12]} "
+                                   f"({backbone.source.describe()}): use that backbone, or retrain on this one")
         for name, t in self.tensors.items():
             if t.dtype not in TORCH_DTYPES:
                 raise DTypeError(f"tensor {name!r} has dtype {t.dtype}: use float16, bfloat16 or float32")

@@ -13,9 +13,15 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def serve(
-    backbone: str = typer.Option(None, help="Weights file, timm name (+ --backbone-weights) or random-tiny. "
-                                            "Default: the demo backbone in assets/backbones/."),
-    backbone_weights: str = typer.Option(None, help="Weights for a timm model name."),
+    backbone: str = typer.Option(None, help="A project backbone file, a timm model name (with --pretrained or "
+                                            "--weights) or random-tiny. Default: the demo backbone in "
+                                            "assets/backbones/."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights for a timm-name "
+                                                                "--backbone (downloaded: needs a network)."),
+    weights: str = typer.Option(None, "--weights", "--backbone-weights",
+                                help="A local .safetensors/.pth/.bin state dict for a timm-name --backbone."),
+    random_init: bool = typer.Option(False, "--random-init", help="Random (seeded) weights on purpose (warns)."),
+    timm_kwargs: str = typer.Option(None, help="JSON kwargs for timm.create_model with a timm-name --backbone."),
     store: str = typer.Option(None, help="Registry: a directory (default ./registry) or a redis:// URL."),
     host: str = typer.Option(None, help="Bind address (default 127.0.0.1; 0.0.0.0 exposes the server)."),
     port: int = typer.Option(None, help="Port (default 8000)."),
@@ -40,11 +46,16 @@ def serve(
     import uvicorn
 
     from promptserve.backbone import BackboneError
+    from promptserve.cli import fail, parse_timm_kwargs
     from server.app import create_app
-    from server.loading import check_backbone_spec
+    from server.loading import backbone_spec
     from server.settings import ServerSettings
 
-    flags = dict(backbone=backbone, backbone_weights=backbone_weights, store=store, host=host, port=port,
+    # flags override the PROMPTSERVE_BACKBONE* settings; an absent flag leaves the setting alone
+    flags = dict(backbone=backbone, backbone_weights=weights, backbone_pretrained=pretrained or None,
+                 backbone_random_init=random_init or None,
+                 backbone_kwargs=None if timm_kwargs is None else parse_timm_kwargs("serve", timm_kwargs),
+                 store=store, host=host, port=port,
                  device=device, dtype=dtype, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_limit=queue_limit,
                  resident_max_tasks=resident_max_tasks, resident_max_mib=resident_max_mib, pinned_tasks=pin or None,
                  max_upload_mib=max_upload_mib, max_image_mib=max_image_mib, max_image_pixels=max_image_pixels,
@@ -52,10 +63,9 @@ def serve(
     settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # fail before binding the port when the backbone cannot possibly load
-        check_backbone_spec(settings.backbone, settings.backbone_weights, settings.backbone_pretrained)
+        backbone_spec(settings)
     except BackboneError as e:
-        typer.echo(f"promptserve serve: {e}", err=True)
-        raise typer.Exit(2) from None
+        fail("serve", str(e))
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
 

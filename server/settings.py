@@ -19,13 +19,18 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROMPTSERVE_", extra="ignore")
 
     # ---- the frozen model --------------------------------------------------------------------------
+    # the same rules as every other command (promptserve.backbone.load_backbone); flags --backbone,
+    # --weights, --pretrained, --random-init, --timm-kwargs
     backbone: str = Field(DEMO_BACKBONE, description=(
-        "A weights file written by `promptserve pretrain` (its metadata names the timm model), a timm model "
-        "name (with backbone_weights or backbone_pretrained), or `random-tiny`: a small seeded random ViT "
+        "A project backbone file (written by `promptserve pretrain`; its metadata names the timm model), a timm "
+        "model name (with backbone_weights or backbone_pretrained), or `random-tiny`: a small seeded random ViT "
         "for tests and smoke runs, never chosen implicitly."))
-    backbone_weights: str | None = Field(None, description="Weights (.safetensors/.pth) for a timm model name.")
-    backbone_pretrained: bool = Field(False, description="Download timm's pretrained weights (needs a network).")
-    backbone_kwargs: dict = Field(default_factory=dict, description="timm.create_model kwargs (JSON in the env).")
+    backbone_weights: str | None = Field(None, description=(
+        "A local .safetensors/.pth/.bin state dict for a timm model name (flag --weights)."))
+    backbone_pretrained: bool = Field(False, description="timm's pretrained weights, downloaded (flag --pretrained).")
+    backbone_random_init: bool = Field(False, description="Seeded random weights on purpose (flag --random-init).")
+    backbone_kwargs: dict = Field(default_factory=dict, description=(
+        "timm.create_model kwargs for a timm model name (JSON in the env; flag --timm-kwargs)."))
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the engine; 0 keeps torch's default.")

@@ -68,9 +68,10 @@ class ServerState:
             raise
 
     async def _start(self) -> None:
+        from promptserve.backbone import build_backbone
         from server.batcher import Batcher
         from server.engine import Engine
-        from server.loading import backbone_labels, load_backbone
+        from server.loading import backbone_labels, backbone_spec
 
         s = self.settings
         if s.torch_threads:
@@ -78,8 +79,7 @@ class ServerState:
 
             torch.set_num_threads(s.torch_threads)
         if self.backbone is None:
-            self.backbone = await asyncio.to_thread(load_backbone, s.backbone, s.backbone_weights,
-                                                    s.backbone_pretrained, s.backbone_kwargs)
+            self.backbone = await asyncio.to_thread(build_backbone, backbone_spec(s))
         log.info("backbone %s (fingerprint %s)", self.backbone.name, self.backbone.fingerprint[:12])
         if self.store is None:
             from prompt_store import open_store
@@ -88,7 +88,7 @@ class ServerState:
         if s.seed_demo:
             from server.demo import seed_registry
 
-            labels = backbone_labels(s.backbone, self.backbone)
+            labels = backbone_labels(self.backbone)
             await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
         self.engine = engine = Engine(self.backbone, self.store, s, self.metrics)
         self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)

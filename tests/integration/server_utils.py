@@ -19,9 +19,8 @@ import torch
 from PIL import Image
 
 from prompt_store.testing import free_port
-from promptserve.backbone import Backbone
+from promptserve.backbone import Backbone, random_tiny_backbone
 from server.demo import demo_prompt_set
-from server.loading import random_tiny_backbone
 
 ADMIN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

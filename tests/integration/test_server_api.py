@@ -8,11 +8,11 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
 
+from promptserve.backbone import random_tiny_backbone
 from promptserve.model import PromptedViT
 from promptserve.preprocess import image_to_uint8, normalise
 from promptserve.promptset import PromptSet
 from server.app import create_app
-from server.loading import random_tiny_backbone
 from server.settings import ServerSettings
 
 PNG = {"content-type": "image/png"}

@@ -10,13 +10,12 @@ import torch
 from PIL import Image
 
 from prompt_store import open_store
-from promptserve.backbone import BackboneError
+from promptserve.backbone import BackboneError, load_backbone, random_tiny_backbone
 from promptserve.model import PromptedViT
 from promptserve.promptset import PromptSet
 from server.demo import demo_prompt_set, seed_registry
 from server.errors import ApiError
 from server.images import decode_image
-from server.loading import load_backbone, random_tiny_backbone
 from server.residency import ResidentSet
 from server.settings import ServerSettings
 
@@ -80,7 +79,7 @@ def test_load_backbone_from_a_pretrain_style_file(tmp_path, backbone):
 
     from safetensors.torch import save_file
 
-    from server.loading import RANDOM_TINY_KWARGS
+    from promptserve.backbone import RANDOM_TINY_KWARGS
 
     path = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in backbone.model.state_dict().items()}, str(path),
