@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from promptserve.preprocess import image_to_uint8, normalise
 from promptserve.promptset import PromptSet
 from training import cli
 
+REPO = Path(__file__).resolve().parents[2]
 TIMM_KWARGS = {"img_size": 16, "patch_size": 4, "depth": 2, "embed_dim": 32, "num_heads": 2, "num_classes": 3}
 
 
@@ -68,7 +74,7 @@ def folder(tmp_path_factory) -> Path:
 def _train(app, args):
     result = CliRunner().invoke(app, ["train", "--no-progress", "--epochs", "2", "--batch-size", "8",
                                       "--visual-tokens", "4", "--kv-tokens", "2", "--segments", "4",
-                                      "--val-size", "9", *args])
+                                      "--val-max", "9", "--no-hp-search", *args])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return result
 
@@ -146,5 +152,46 @@ def test_push_to_http_server_with_token(app, backbone_file, folder, tmp_path):
 def test_bad_data_path_is_a_clear_error(app, backbone_file, tmp_path):
     result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "missing"), "--backbone", str(backbone_file),
                                       "--out", str(tmp_path / "x.safetensors")])
-    assert result.exit_code != 0 and "does not exist" in str(result.exception)
+    assert result.exit_code == 2 and "does not exist" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_folder_too_small_to_split_is_one_line(app, backbone_file, tmp_path):
+    root = tmp_path / "tiny"
+    for c, n in (("a", 3), ("b", 1)):
+        (root / "train" / c).mkdir(parents=True)
+        for j in range(n):
+            Image.fromarray(np.full((16, 16, 3), 40 * j, np.uint8)).save(root / "train" / c / f"{j}.png")
+    result = CliRunner().invoke(app, ["train", "--data", str(root), "--backbone", str(backbone_file),
+                                      "--out", str(tmp_path / "x.safetensors"), "--no-progress"])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "b (1)" in errors[0], result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.safetensors").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_writes_nothing(backbone_file, folder, tmp_path):
+    """A real SIGINT to a training subprocess: exit code 130, one line, no artifact/report/plot/temp file;
+    with stdout not a terminal the log has no progress-bar carriage returns."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    cmd = [sys.executable, "-m", "training.cli", "train", "--data", str(folder), "--backbone", str(backbone_file),
+           "--out", str(out_dir / "t.safetensors"), "--method", "vpt-deep", "--epochs", "400", "--batch-size", "4",
+           "--visual-tokens", "2", "--no-hp-search", "--threads", "1"]
+    env = {**os.environ, "PROMPTSERVE_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    lines, deadline = [], time.monotonic() + 120
+    try:
+        for line in iter(proc.stdout.readline, b""):  # wait until training is under way
+            lines.append(line.decode())
+            if "epoch 1/400" in lines[-1] or time.monotonic() > deadline:
+                break
+        assert any("epoch 1/400" in x for x in lines), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    log = "".join(lines) + rest.decode()
+    assert proc.returncode == 130, log
+    assert log.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in log
+    assert "\r" not in log  # no tqdm redraws in a log file
+    assert list(out_dir.iterdir()) == []
