@@ -50,7 +50,7 @@ def run_one(args, task: str, name: str, extra: list[str]) -> dict:
            "--out", str(artifact), "--epochs", str(args.full_epochs if name == "full" and args.full_epochs
                                                     else args.epochs), "--batch-size", str(args.batch_size),
            "--optimizer", args.optimizer, "--threads", "1", "--no-progress", "--seed", str(args.seed),
-           "--task-name", task, *extra]
+           "--task-name", task, "--seeds", str(args.seeds), *(() if args.hp_search else ("--no-hp-search",)), *extra]
     t0 = time.time()
     with open(out_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
@@ -81,6 +81,9 @@ def main(argv=None) -> None:
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--ablation-task", default="gtsrb", help="'' to skip the ablation")
+    p.add_argument("--hp-search", action="store_true", help="the trainer's lr x wd grid per run (off: the fixed "
+                   "per-method rates docs/results.md's tables used)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per run (mean +- sd in each report)")
     args = p.parse_args(argv)
     todo = jobs(args)
     print(f"{len(todo)} runs, {args.workers} at a time", flush=True)
