@@ -208,7 +208,8 @@ def _finish(cfg, backbone, data, final, res, row, seed_rows, report, t0, log) ->
                        tuned_percent=100 * ps.num_params() / backbone.num_params)
         if report["pruning"]:
             metrics.update({k: v for k, v in report["pruning"].items() if k not in ("kept", "segments_kept")})
-        metrics["visual_tokens"] = sum(res.params.visual_lengths().values())
+        metrics["visual_tokens"] = (report["pruning"]["visual_tokens_before"] if report["pruning"]
+                                    else sum(res.params.visual_lengths().values()))  # before any pruning
         metrics["prompt_set_bytes"] = len(prompt_set(res.params, backbone, labels, cfg, metrics).to_bytes())
         artifact, kind = prompt_set(res.params, backbone, labels, cfg, metrics).to_bytes(), "prompt_set"
         check = accuracy_prompt_set(backbone, PromptSet.load(artifact), data.test.images, data.test.labels,

@@ -50,7 +50,8 @@ def e2vpt_table(reports: dict) -> str:
         if r is None:
             continue
         m, c = r["metrics"], r["config"]
-        lines.append(f"| {t} | {_pct(m.get('test_acc'))} | {_pct(m.get('val_acc'))} | {c['token_prune']} / "
+        lines.append(f"| {t} | {_pct(m.get('test_acc'))} | {_pct(m.get('search_val_acc', m.get('val_acc')))} | "
+                     f"{c['token_prune']} / "
                      f"{c['segment_prune']} | {m.get('visual_tokens_kept')} / {m.get('visual_tokens')} | "
                      f"{100 * m.get('visual_pruned_fraction', 0):.1f} | {m['tuned_params']:,} | "
                      f"{m.get('artifact_bytes', m.get('prompt_set_bytes'))} | {m['total_seconds']:.0f} |")
