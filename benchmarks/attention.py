@@ -104,7 +104,7 @@ def cpu_table(batches: list[int], reps: int) -> None:
 def cuda_table(batches: list[int]) -> None:
     from triton.testing import do_bench
 
-    from kernels.prompt_attention import prompt_attention_triton
+    from kernels.triton_attention import prompt_attention_triton
 
     print(f"{torch.cuda.get_device_name()}, ViT-B/16 attention layer: N = 1 + {VISUAL} + {PATCHES}, {HEADS} heads, "
           f"d = {HEAD_DIM}, key/value prompts <= {KV}; median ms (triton.testing.do_bench)\n")

@@ -38,7 +38,7 @@ def prompt_attention(q, k, v, prompt_k, prompt_v, task_index, prompt_len, pad_st
                      scale=None, impl: str | None = None) -> torch.Tensor:
     """See `kernels.reference.prompt_attention_reference` for the contract; returns (B, N, H * d)."""
     if resolve_impl(q, impl) == "triton":
-        from kernels.prompt_attention import prompt_attention_triton
+        from kernels.triton_attention import prompt_attention_triton
 
         return prompt_attention_triton(q, k, v, prompt_k, prompt_v, task_index, prompt_len,
                                        pad_start, pad_end, scale=scale)

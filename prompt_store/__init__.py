@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from prompt_store.base import (
     DEFAULT_MAX_BYTES,
+    BrokenRecord,
     ChangeEvent,
+    FsckReport,
     InvalidPromptSet,
     InvalidTaskName,
     PromptStore,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     TaskNotFound,
     TaskRecord,
@@ -30,6 +33,6 @@ def open_store(spec: str, **kw) -> PromptStore:
     return LocalStore(spec, **kw)
 
 
-__all__ = ["DEFAULT_MAX_BYTES", "ChangeEvent", "InvalidPromptSet", "InvalidTaskName", "LocalStore", "PromptStore",
-           "StoreError", "StoreUnavailable", "TaskNotFound", "TaskRecord", "TooLarge", "VersionNotFound",
-           "open_store"]
+__all__ = ["DEFAULT_MAX_BYTES", "BrokenRecord", "ChangeEvent", "FsckReport", "InvalidPromptSet", "InvalidTaskName",
+           "LocalStore", "PromptStore", "StoreError", "StoreFull", "StoreUnavailable", "TaskNotFound", "TaskRecord",
+           "TooLarge", "VersionNotFound", "open_store"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -83,6 +82,35 @@ class StoreUnavailable(StoreError):
     pass
 
 
+class StoreFull(StoreError):
+    """The store's disk (or Redis's memory) is full: nothing was stored."""
+
+
+class BrokenRecord(StoreError):
+    """A task's record in the store cannot be read; only that task is affected (see `promptserve tasks fsck`)."""
+
+    def __init__(self, message: str, reason: str = "unreadable"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class FsckReport:
+    """What `fsck` found (and, with repair, fixed): names and short reasons, never file contents."""
+
+    broken_tasks: dict[str, str] = field(default_factory=dict)  # task -> why its record cannot be read
+    orphan_blobs: list[str] = field(default_factory=list)  # versions no task's history names
+    temp_files: list[str] = field(default_factory=list)  # left by writers that died
+    repaired: bool = False
+
+    @property
+    def clean(self) -> bool:
+        return not (self.broken_tasks or self.orphan_blobs or self.temp_files)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "clean": self.clean}
+
+
 def check_task_name(task: str) -> str:
     # The name becomes a file name and a Redis key, so this is also the path-traversal guard.
     if not isinstance(task, str) or not TASK_NAME.fullmatch(task):  # match() would allow "x\n"
@@ -116,40 +144,12 @@ def inspect_upload(task: str, data: bytes, max_bytes: int) -> Upload:
     if len(data) > max_bytes:
         raise TooLarge(f"prompt set is {len(data):,} bytes, over the store's limit of {max_bytes:,} bytes")
     try:
-        header, metadata = parse_header(data)
+        header = parse_header(data)  # the one header parser, shared with PromptSet.load
     except PromptSetError as e:
         raise InvalidPromptSet(f"not a valid prompt set: {e}", e.reason) from None
-    return Upload(data=data, version=hashlib.sha256(data).hexdigest(), meta=_record_fields(header, metadata, len(data)))
-
-
-def _record_fields(header: dict, metadata: dict[str, str], size: int) -> dict:
-    shape = header["head.weight"].get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) for n in shape)):
-        raise InvalidPromptSet(f"not a valid prompt set: tensor 'head.weight' has shape {shape!r}, "
-                               "expected (classes, dim)", "shape")
-    classes = shape[0]
-    labels = _json_metadata(metadata, "labels", None, "labels")
-    if labels is None:  # the same default PromptSet.load uses, so store and server agree
-        labels = [str(i) for i in range(classes)]
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise InvalidPromptSet("not a valid prompt set: metadata 'labels' must be a JSON list of strings", "labels")
-    if len(labels) != classes:
-        raise InvalidPromptSet(f"not a valid prompt set: {len(labels)} labels for a head of {classes} classes",
-                               "labels")
-    metrics = _json_metadata(metadata, "metrics", {}, "format")
-    if not isinstance(metrics, dict):
-        raise InvalidPromptSet("not a valid prompt set: metadata 'metrics' must be a JSON object", "format")
-    return {"size": size, "labels": labels, "method": metadata.get("method", "e2vpt"), "metrics": metrics,
-            "backbone_fingerprint": metadata.get("backbone_fingerprint", "")}
-
-
-def _json_metadata(metadata: dict[str, str], key: str, default, reason: str):
-    if key not in metadata:
-        return default
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError:
-        raise InvalidPromptSet(f"not a valid prompt set: metadata {key!r} is not valid JSON", reason) from None
+    meta = {"size": len(data), "labels": header.labels, "method": header.metadata.get("method", "e2vpt"),
+            "metrics": header.metrics, "backbone_fingerprint": header.metadata.get("backbone_fingerprint", "")}
+    return Upload(data=data, version=hashlib.sha256(data).hexdigest(), meta=meta)
 
 
 def match_version(task: str, wanted: str, versions: list[str]) -> str:
@@ -181,9 +181,19 @@ class PromptStore(ABC):
     def resolve(self, task: str) -> TaskRecord:
         """The task's current version and what its header says."""
 
-    @abstractmethod
     def list(self) -> list[TaskRecord]:
-        """Every task's current record, sorted by task name."""
+        """Every readable task's current record, sorted by task name (unreadable ones: `scan`)."""
+        return self.scan()[0]
+
+    @abstractmethod
+    def scan(self) -> tuple[list[TaskRecord], dict[str, str]]:
+        """(every readable task's current record sorted by name, {task: why its record cannot be read}).
+        A broken record is that task's problem only: it never fails the listing of the others."""
+
+    @abstractmethod
+    def fsck(self, repair: bool = False) -> FsckReport:
+        """Report unreadable task records, unreferenced blobs and leftover temp files; with `repair`, move
+        unreadable records aside (the task disappears; its blobs stay until swept) and remove the rest."""
 
     @abstractmethod
     def history(self, task: str) -> list[TaskRecord]:

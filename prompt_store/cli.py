@@ -155,6 +155,29 @@ def rollback(task: str,
         typer.echo(f"{task} -> {record.version[:12]} (put {record.created})")
 
 
+@app.command()
+def fsck(store: str = STORE, repair: bool = typer.Option(False, "--repair", help=(
+             "Move unreadable task records aside (to quarantine/), remove orphan blobs and leftover temp files.")),
+         as_json: bool = AS_JSON) -> None:
+    """Check the registry: unreadable task records, versions with no blob, orphan blobs, temp files.
+    Exit 0 when clean (or repaired), 1 when problems remain."""
+    with _opened(store) as s:
+        report = s.fsck(repair=repair)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for task, reason in sorted(report.broken_tasks.items()):
+            typer.echo(f"broken task {task}: {reason}" + (" (moved aside)" if repair else ""))
+        for version in report.orphan_blobs:
+            typer.echo(f"orphan blob {version[:12]}" + (" (removed)" if repair else ""))
+        for name in report.temp_files:
+            typer.echo(f"leftover temp file {name}" + (" (removed)" if repair else ""))
+        typer.echo(f"{store}: " + ("clean" if report.clean else "repaired" if repair else
+                                   "problems found; `promptserve tasks fsck --repair` fixes them"))
+    if not (report.clean or repair):
+        raise typer.Exit(1)
+
+
 @app.command("rm")
 def remove(task: str, store: str = STORE, as_json: bool = AS_JSON) -> None:
     """Remove TASK and every version no other task uses."""

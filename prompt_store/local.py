@@ -5,6 +5,7 @@
     tasks/<task>.json            line 1: {"current": record, "change": "put"|"rollback"}
                                  line 2: {"history": [{"version", "created"}, ...]}  (list() reads line 1 only)
     tmp/                         files being written; anything left here is a crashed writer's and is removed
+    quarantine/                  unreadable task files `fsck --repair` moved aside (kept for a human to look at)
     .lock                        serialises writers, threads and processes alike
 
 Crash safety: every file is written to tmp/, fsynced, then moved into place with os.replace and the
@@ -17,6 +18,7 @@ worst an unreferenced blob remains, which the next delete sweeps away. Readers t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -32,9 +34,12 @@ from pydantic_core import from_json  # about twice as fast as json.loads: list()
 
 from prompt_store.base import (
     DEFAULT_MAX_BYTES,
+    BrokenRecord,
     ChangeEvent,
+    FsckReport,
     PromptStore,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     TaskNotFound,
     TaskRecord,
@@ -65,7 +70,7 @@ class LocalStore(PromptStore):
 
     # ---- reads (no lock: every file they open was renamed into place whole) ------------------------
     def resolve(self, task: str) -> TaskRecord:
-        return TaskRecord.from_dict(self._read_task(task)["current"])
+        return _record(self._read_task(task))
 
     def get(self, task: str, version: str | None = None) -> bytes:
         state = self._read_task(task)
@@ -76,11 +81,11 @@ class LocalStore(PromptStore):
         except FileNotFoundError:  # only a concurrent delete of this task removes a blob it names
             raise TaskNotFound(f"task {task!r} was deleted while it was being read") from None
 
-    def list(self) -> list[TaskRecord]:
+    def scan(self) -> tuple[list[TaskRecord], dict[str, str]]:
         with os.scandir(self.tasks) as entries:
             names = sorted(e.name for e in entries if e.name.endswith(".json") and not e.name.startswith("."))
         # A record is parsed again only when its bytes changed: a warm list() of 10,000 tasks is file reads.
-        known, fresh, records = self._listed, {}, []
+        known, fresh, records, broken = self._listed, {}, [], {}
         tasks_fd = os.open(self.tasks, os.O_RDONLY)
         try:
             for name in names:
@@ -89,13 +94,17 @@ class LocalStore(PromptStore):
                     continue
                 record = known.get(head)
                 if record is None:
-                    record = TaskRecord.from_dict(self._decode(head, self.tasks / name)["current"])
+                    try:
+                        record = _record(self._decode(head, self.tasks / name))
+                    except BrokenRecord as e:
+                        broken[name.removesuffix(".json")] = e.reason
+                        continue
                 fresh[head] = record
                 records.append(record)
         finally:
             os.close(tasks_fd)
         self._listed = fresh
-        return records
+        return records, broken
 
     def history(self, task: str) -> list[TaskRecord]:
         state = self._read_task(task)
@@ -104,13 +113,13 @@ class LocalStore(PromptStore):
     # ---- writes (under the lock) --------------------------------------------------------------------
     def put(self, task: str, data: bytes) -> TaskRecord:
         upload = inspect_upload(task, data, self.max_bytes)  # before the lock: a refused put touches nothing
-        with self._writing():
+        with self._writing(), self._undo_on_failure() as written:
             state = self._read_state(self._task_path(task)) or {"history": []}
             blob, sidecar = self._blob_path(upload.version), self._sidecar_path(upload.version)
-            if not blob.exists():
-                self._write_atomic(blob, upload.data)
-            if not sidecar.exists():
-                self._write_atomic(sidecar, _dumps(upload.meta))
+            for path, content in ((blob, upload.data), (sidecar, _dumps(upload.meta))):
+                if not path.exists():
+                    self._write_atomic(path, content)
+                    written.append(path)
             created = next((h["created"] for h in state["history"] if h["version"] == upload.version), None)
             if created is None:  # new to this task: append it (a re-put of a known version only moves the pointer)
                 created = utc_now()
@@ -139,26 +148,84 @@ class LocalStore(PromptStore):
             _fsync_dir(self.tasks)
             self._sweep_unreferenced_blobs()
 
-    def _sweep_unreferenced_blobs(self) -> None:
-        """Remove blobs no task's history names: the deleted task's, and any a crashed put left behind."""
+    def _sweep_unreferenced_blobs(self) -> list[str]:
+        """Remove blobs no task's history names: the deleted task's, and any a crashed put left behind.
+        Skipped while a task record is unreadable: its history is unknown, so any blob may be its."""
+        referenced = self._referenced_versions()
+        if referenced is None:
+            log.warning("%r: not sweeping unreferenced blobs while a task record is unreadable (run fsck)", self)
+            return []
+        orphans = self._orphans(referenced)
+        for path in orphans:
+            path.unlink(missing_ok=True)
+        _fsync_dir(self.blobs)
+        return sorted({p.name.split(".", 1)[0] for p in orphans})
+
+    def _referenced_versions(self) -> set[str] | None:
         referenced = set()
         for path in self.tasks.glob("*.json"):
-            state = self._read_state(path)
+            try:
+                state = self._read_state(path)
+            except BrokenRecord:
+                return None
             referenced.update(h["version"] for h in (state or {}).get("history", []))
-        for path in self.blobs.iterdir():
-            if path.name.split(".", 1)[0] not in referenced:
-                path.unlink(missing_ok=True)
-        _fsync_dir(self.blobs)
+        return referenced
+
+    def _orphans(self, referenced: set[str]) -> list[Path]:
+        return [p for p in self.blobs.iterdir() if p.name.split(".", 1)[0] not in referenced]
+
+    def fsck(self, repair: bool = False) -> FsckReport:
+        with self._writing(clean_tmp=False):
+            report = FsckReport(temp_files=sorted(p.name for p in self.tmp.iterdir()), repaired=repair)
+            for path in sorted(self.tasks.glob("*.json")):
+                try:
+                    state = self._read_state(path)
+                    if state is not None:
+                        _record(state)
+                        missing = [h["version"] for h in state["history"] if not self._blob_path(h["version"]).exists()]
+                        if missing:
+                            raise BrokenRecord(f"version {missing[0][:12]} has no blob", "missing_blob")
+                except (BrokenRecord, KeyError, TypeError) as e:
+                    report.broken_tasks[path.stem] = getattr(e, "reason", "unexpected_layout")
+            if repair and report.broken_tasks:
+                quarantine = self.root / "quarantine"
+                quarantine.mkdir(exist_ok=True)
+                for task in report.broken_tasks:
+                    os.replace(self.tasks / f"{task}.json", quarantine / f"{task}.json")
+                _fsync_dir(self.tasks)
+            referenced = self._referenced_versions()
+            if referenced is not None:
+                report.orphan_blobs = sorted({p.name.split(".", 1)[0] for p in self._orphans(referenced)})
+                if repair:
+                    self._sweep_unreferenced_blobs()
+            if repair:
+                self._remove_leftover_temp_files()
+        return report
 
     @contextlib.contextmanager
-    def _writing(self):
+    def _undo_on_failure(self):
+        """Remove the files a failed write already put in place (a full disk must not leave orphans), and
+        report a full disk as StoreFull."""
+        written: list[Path] = []
+        try:
+            yield written
+        except BaseException as e:
+            for path in written:
+                path.unlink(missing_ok=True)
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull("the registry's disk is full: nothing was stored; free space and retry") from None
+            raise
+
+    @contextlib.contextmanager
+    def _writing(self, clean_tmp: bool = True):
         try:
             self._lock.acquire()
         except LockTimeout:
             raise StoreUnavailable(f"registry {self.root} is locked by another writer for over "
                                    f"{self._lock.timeout:.0f} s ({self._lock.lock_file})") from None
         try:
-            self._remove_leftover_temp_files()
+            if clean_tmp:
+                self._remove_leftover_temp_files()
             yield
         finally:
             self._lock.release()
@@ -223,10 +290,14 @@ class LocalStore(PromptStore):
     @staticmethod
     def _decode(data: bytes, path: Path) -> dict:
         try:
-            return from_json(data)
+            state = from_json(data)
         except ValueError as e:
-            raise StoreError(f"registry file {path} is not valid JSON ({e}); it was not written by LocalStore") \
-                from None
+            raise BrokenRecord(f"registry file {path.parent.name}/{path.name} is not valid JSON ({e}); it was not "
+                               "written by LocalStore (`promptserve tasks fsck --repair` moves it aside)",
+                               "unreadable") from None
+        if not isinstance(state, dict):
+            raise BrokenRecord(f"registry file {path.parent.name}/{path.name} is not a JSON object", "unreadable")
+        return state
 
     # ---- change events ------------------------------------------------------------------------------
     def _new_watcher(self, callback: Callable[[ChangeEvent], None]) -> _DirectoryWatcher:
@@ -283,6 +354,13 @@ class _DirectoryWatcher:
             self.callback(event)
         except Exception:  # a failing callback must not end the watch for every later change
             log.exception("change callback failed for task %r", task)
+
+
+def _record(state: dict) -> TaskRecord:
+    try:
+        return TaskRecord.from_dict(state["current"])
+    except (KeyError, TypeError) as e:
+        raise BrokenRecord(f"a task record lacks its current version ({e})", "unexpected_layout") from None
 
 
 def _is_task_file(change: watchfiles.Change, path: str) -> bool:

@@ -33,9 +33,12 @@ from redis.retry import Retry
 
 from prompt_store.base import (
     DEFAULT_MAX_BYTES,
+    BrokenRecord,
     ChangeEvent,
+    FsckReport,
     PromptStore,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     TaskNotFound,
     TaskRecord,
@@ -103,13 +106,16 @@ return 1
 class RedisStore(PromptStore):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", prefix: str = "promptserve:",
                  max_bytes: int = DEFAULT_MAX_BYTES, retries: int = 5, backoff_s: float = 0.05,
-                 max_backoff_s: float = 2.0, socket_timeout_s: float = 10.0):
+                 max_backoff_s: float = 2.0, socket_timeout_s: float = 2.0, connect_timeout_s: float = 2.0,
+                 retry_s: float = 5.0):
+        """socket_timeout_s bounds each command (a hung Redis), connect_timeout_s each connection attempt;
+        a failing call is retried with back-off for at most retry_s in all, then StoreUnavailable."""
         if not prefix:
             raise ValueError("prefix must not be empty: it keeps deployments sharing one Redis apart")
         self.url, self.prefix, self.max_bytes = url, prefix, max_bytes
-        self.retries, self.backoff_s, self.max_backoff_s = retries, backoff_s, max_backoff_s
+        self.retries, self.backoff_s, self.max_backoff_s, self.retry_s = retries, backoff_s, max_backoff_s, retry_s
         # redis-py's own retries are off: ours add back-off and end in one StoreUnavailable that names the server.
-        self._redis = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=2.0,
+        self._redis = redis.Redis.from_url(url, retry=Retry(NoBackoff(), 0), socket_connect_timeout=connect_timeout_s,
                                            socket_timeout=socket_timeout_s)
         self._put = self._redis.register_script(PUT_LUA)
         self._rollback = self._redis.register_script(ROLLBACK_LUA)
@@ -132,13 +138,17 @@ class RedisStore(PromptStore):
                 return fn()
             except CONNECTION_ERRORS as e:
                 error = e
-                if attempt < self.retries:
+                if attempt < self.retries and time.monotonic() - start + delay < self.retry_s:
                     time.sleep(delay)
                     delay = min(2 * delay, self.max_backoff_s)
+                else:
+                    break
             except redis.ResponseError as e:
+                if str(e).startswith("OOM"):  # maxmemory reached under noeviction: Redis's "disk full"
+                    raise StoreFull(f"Redis is out of memory: nothing was stored ({what})") from None
                 raise StoreError(f"Redis at {_safe_url(self.url)} refused {what}: {e}") from None
         raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {what} failed "
-                               f"{self.retries + 1} times over {time.monotonic() - start:.1f} s ({error})") from None
+                               f"{attempt + 1} times over {time.monotonic() - start:.1f} s ({error})") from None
 
     # ---- reads --------------------------------------------------------------------------------------
     def resolve(self, task: str) -> TaskRecord:
@@ -146,7 +156,7 @@ class RedisStore(PromptStore):
         raw = self._call(f"resolve {task!r}", lambda: self._redis.hget(self._key("records"), task))
         if raw is None:
             raise TaskNotFound(f"no task {task!r}")
-        return TaskRecord.from_dict(json.loads(raw))
+        return _record(task, raw)
 
     def get(self, task: str, version: str | None = None) -> bytes:
         check_task_name(task)
@@ -162,14 +172,31 @@ class RedisStore(PromptStore):
             raise TaskNotFound(f"task {task!r} was deleted while it was being read")
         return data
 
-    def list(self) -> list[TaskRecord]:
-        raw = self._call("list", lambda: self._redis.hvals(self._key("records")))
-        # A record is parsed again only when its bytes changed: a warm list() of 10,000 tasks is one HVALS.
-        known, fresh = self._listed, {}
-        for value in raw:
-            fresh[value] = known.get(value) or TaskRecord.from_dict(from_json(value))
+    def scan(self) -> tuple[list[TaskRecord], dict[str, str]]:
+        raw = self._call("list", lambda: self._redis.hgetall(self._key("records")))
+        # A record is parsed again only when its bytes changed: a warm list() of 10,000 tasks is one HGETALL.
+        known, fresh, broken = self._listed, {}, {}
+        for task, value in raw.items():
+            try:
+                fresh[value] = known.get(value) or _record(task.decode(errors="replace"), value)
+            except BrokenRecord as e:
+                broken[task.decode(errors="replace")] = e.reason
         self._listed = fresh
-        return sorted(fresh.values(), key=lambda r: r.task)
+        return sorted(fresh.values(), key=lambda r: r.task), broken
+
+    def fsck(self, repair: bool = False) -> FsckReport:
+        """Unreadable records and records whose blob is gone; with repair, their pointers are removed.
+        (Orphan blobs cannot arise: every change is one Lua script.)"""
+        _, broken = self.scan()
+        pointers = self._call("fsck", self._pointers)
+        for task, version in pointers.items():
+            blob = self._key("blob", version)
+            if task not in broken and not self._call("fsck", lambda b=blob: self._redis.exists(b)):
+                broken[task] = "missing_blob"
+        if repair and broken:
+            self._call("fsck repair", lambda: self._redis.hdel(self._key("records"), *broken)
+                       + self._redis.hdel(self._key("current"), *broken))
+        return FsckReport(broken_tasks=broken, repaired=repair)
 
     def history(self, task: str) -> list[TaskRecord]:
         check_task_name(task)
@@ -343,6 +370,13 @@ class _ChannelWatcher:
             self.callback(event)
         except Exception:  # a failing callback must not end the watch for every later change
             log.exception("change callback failed for %r", event)
+
+
+def _record(task: str, raw: bytes) -> TaskRecord:
+    try:
+        return TaskRecord.from_dict(from_json(raw))
+    except (ValueError, TypeError) as e:
+        raise BrokenRecord(f"the record of task {task!r} in Redis cannot be read ({e})", "unreadable") from None
 
 
 def _safe_url(url: str) -> str:

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load as st_load
@@ -23,6 +23,7 @@ from safetensors.torch import save as st_save
 
 from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors belong to the file format)
     FORMAT,
+    RANK,
     DTypeError,
     FingerprintError,
     FormatError,
@@ -31,6 +32,7 @@ from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors bel
     NonFiniteError,
     PromptSetError,
     ShapeError,
+    TooLargeError,
     canonical_bytes,
     parse_header,
 )
@@ -39,14 +41,6 @@ if TYPE_CHECKING:
     from promptserve.backbone import Backbone
 
 TORCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-def _json_field(metadata: dict[str, str], key: str, default: Any) -> Any:
-    if key not in metadata:
-        return default
-    try:
-        return json.loads(metadata[key])
-    except json.JSONDecodeError:
-        raise FormatError(f"metadata {key!r} is not valid JSON") from None
 
 
 @dataclass
@@ -66,20 +60,15 @@ class PromptSet:
     def load(cls, source: str | Path | bytes) -> PromptSet:
         data = source if isinstance(source, bytes | bytearray) else Path(source).read_bytes()
         data = bytes(data)
-        _, meta = parse_header(data)
+        header = parse_header(data)  # the one header parser: every malformation is a PromptSetError
         try:
             tensors = st_load(data)
         except Exception as e:  # safetensors raises its own error types on a corrupt body
             raise FormatError(f"corrupt safetensors body: {e}") from None
-        labels = _json_field(meta, "labels", None)
-        if labels is None:
-            labels = [str(i) for i in range(tensors["head.weight"].shape[0])]
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise LabelsError("metadata 'labels' must be a JSON list of strings")
+        meta = header.metadata
         return cls(tensors=tensors, backbone_fingerprint=meta.get("backbone_fingerprint", ""),
-                   backbone=meta.get("backbone", ""), labels=labels, method=meta.get("method", "e2vpt"),
-                   config=_json_field(meta, "config", {}), metrics=_json_field(meta, "metrics", {}),
-                   created=meta.get("created", ""), _bytes=data)
+                   backbone=meta.get("backbone", ""), labels=header.labels, method=meta.get("method", "e2vpt"),
+                   config=header.config, metrics=header.metrics, created=meta.get("created", ""), _bytes=data)
 
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "backbone": self.backbone, "backbone_fingerprint": self.backbone_fingerprint,
@@ -148,7 +137,15 @@ class PromptSet:
             raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]} "
                                    f"({describe_backbone(self.backbone)}); this one is {backbone.fingerprint[:12]} "
                                    f"({backbone.source.describe()}): use that backbone, or retrain on this one")
+        for needed in ("head.weight", "head.bias"):
+            if needed not in self.tensors:
+                raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
+        if not isinstance(self.config, dict):
+            raise FormatError("metadata 'config' must be a JSON object")
         for name, t in self.tensors.items():
+            rank = RANK.get(name) or RANK.get(name.partition(".")[0])
+            if rank is not None and t.ndim != rank:
+                raise ShapeError(f"tensor {name!r} has {t.ndim} dimensions, it needs {rank}")
             if t.dtype not in TORCH_DTYPES:
                 raise DTypeError(f"tensor {name!r} has dtype {t.dtype}: use float16, bfloat16 or float32")
             if not bool(torch.isfinite(t).all()):

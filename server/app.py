@@ -15,10 +15,13 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 
 import promptserve
 from server import classify, health, tasks, web
-from server.errors import BodyLimitMiddleware, api_error_handler
+from server.auth import ApiTokenGuard
+from server.errors import BodyLimitMiddleware, RedactSecrets, api_error_handler
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -35,6 +38,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        RedactSecrets.install()  # here, after uvicorn configured its loggers
         # load in the background: /healthz answers at once, /readyz says 503 until the work is done
         starting = asyncio.create_task(state.start(), name="promptserve-start")
         starting.add_done_callback(_log_start_failure)
@@ -55,6 +59,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
     app.state.server = state
     app.add_exception_handler(HTTPException, api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_exception_handler(Exception, _internal_error)
 
     def body_limit(scope) -> int:
@@ -71,12 +76,46 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
         if scope.get("method") == "PUT":  # a streamed upload over the limit is counted by its route
             state.metrics.refusals.labels("too_large").inc()
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, on_refused=count_refused_upload)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, on_refused=count_refused_upload,
+                       timeout_s=settings.body_timeout_s)
+    app.add_middleware(ApiTokenGuard, state=state)  # added last: runs first, before any body is read
     app.include_router(classify.router)
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.include_router(web.router)  # the web page: Try, Registry, Live (server/web/)
+    _document_api_token(app, settings)
     return app
+
+
+def _document_api_token(app: FastAPI, settings: ServerSettings) -> None:
+    """Declare the API token in /openapi.json exactly where it is required: everywhere but the probes,
+    and only when the server has one (ApiTokenGuard enforces it)."""
+    if settings.api_token is None:
+        return
+    from server.auth import PUBLIC_PATHS
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = build()
+            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+            schemes["ApiToken"] = {"type": "http", "scheme": "bearer",
+                                   "description": "PROMPTSERVE_API_TOKEN (the admin token works too)."}
+            for path, operations in schema.get("paths", {}).items():
+                if path in PUBLIC_PATHS:
+                    continue
+                for operation in operations.values():
+                    responses = operation.setdefault("responses", {})
+                    for code in ("401", "403"):
+                        responses.setdefault(code, {"description": "Missing or wrong API token", "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+                    if "AdminToken" not in str(operation.get("security", "")):
+                        operation["security"] = [{"ApiToken": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _log_start_failure(task: asyncio.Task) -> None:
@@ -93,6 +132,15 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
     return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts)}, status_code=422)
 
 
+async def _client_disconnected(request, exc: ClientDisconnect) -> Response:
+    """The client went away while sending its body: one log line, counted as 499, never a 500."""
+    log.info("client %s closed the connection before its request was read: %s %s (499)",
+             request.client.host if request.client else "?", request.method, request.url.path)
+    return Response(status_code=499)
+
+
 async def _internal_error(request, exc: Exception) -> JSONResponse:
-    """Anything unexpected still answers JSON (Starlette logs the traceback after this handler runs)."""
-    return JSONResponse({"error": "internal", "detail": f"{type(exc).__name__}: {exc}"}, status_code=500)
+    """Anything unexpected still answers JSON, without internals: the details go to the log (Starlette logs
+    the traceback after this handler runs). Connection: close, since the request may not have been read whole."""
+    return JSONResponse({"error": "internal", "detail": "the server failed to answer this request; the error was "
+                                                        "logged"}, status_code=500, headers={"Connection": "close"})

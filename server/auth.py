@@ -1,4 +1,6 @@
-"""Bearer-token dependencies: the admin token guards every write; the optional API token guards classify."""
+"""Bearer tokens: the admin token guards every write (a route dependency); the optional API token, when set,
+guards every endpoint but the probes (/healthz, /readyz), the docs and metrics included (an ASGI guard, since
+FastAPI's own /docs and /openapi.json routes take no dependencies). The admin token opens everything."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import secrets
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.errors import ApiError
 from server.state import ServerState, get_state
@@ -13,8 +17,6 @@ from server.state import ServerState, get_state
 # auto_error=False: a missing header becomes our own JSON 401 rather than FastAPI's 403
 admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
                           description="The admin token (PROMPTSERVE_ADMIN_TOKEN, or the one printed at start).")
-api_bearer = HTTPBearer(auto_error=False, scheme_name="ApiToken",
-                        description="Only when the server sets PROMPTSERVE_API_TOKEN.")
 
 
 def _check(expected: str, credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
@@ -31,7 +33,36 @@ def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(adm
     _check(state.admin_token, credentials, "admin token")
 
 
-def require_api_token(credentials: HTTPAuthorizationCredentials | None = Depends(api_bearer),
-                      state: ServerState = Depends(get_state)) -> None:
-    if state.api_token is not None:
-        _check(state.api_token, credentials, "API token")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # orchestrator probes carry no tokens
+
+
+class ApiTokenGuard:
+    """401/403 for any request without the API token (or the admin token) while one is configured."""
+
+    def __init__(self, app: ASGIApp, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        expected = self.state.api_token
+        if scope["type"] != "http" or expected is None or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = _bearer(scope)
+        try:
+            if token is None:
+                _check(expected, None, "API token")
+            elif not secrets.compare_digest(token.encode(), self.state.admin_token.encode()):
+                _check(expected, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token), "API token")
+        except ApiError as e:
+            await JSONResponse({"error": e.error, "detail": e.detail}, status_code=e.status_code,
+                               headers=e.headers)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _bearer(scope: Scope) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None

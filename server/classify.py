@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from time import perf_counter
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
-from server.auth import require_api_token
 from server.batcher import QueueFull
 from server.engine import ItemResult
 from server.errors import ApiError, translated
-from server.images import SUPPORTED_CONTENT_TYPES, decode_image
+from server.images import SUPPORTED_CONTENT_TYPES, ImageProbe, decode_probed, probe_image
 from server.metrics import UNKNOWN_TASK
 from server.schemas import ClassifyResponse, Prediction, Timing, error_responses
 from server.state import ServerState, ready_state
 from server.tasks import check_task_name
 
 router = APIRouter(tags=["classify"])
+log = logging.getLogger("promptserve.server")
+CLIENT_CLOSED = 499  # nginx's code for "the client went away before the answer": not a server error
 REPLICA_HEADER = "X-Promptserve-Replica"  # names the engine replica that answered (Ray Serve; absent in one process)
 
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
@@ -39,36 +43,36 @@ _REQUEST_BODY = {
     "/classify/{task}",
     response_model=ClassifyResponse | list[ClassifyResponse],
     summary="Classify one or several images with a task",
-    dependencies=[Depends(require_api_token)],
-    responses=error_responses(401, 403, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 500, 503, 504),
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
 async def classify(request: Request, response: Response, task: str,
                    top_k: int | None = Query(None, ge=1, le=1000, description="Labels per image (default 5)."),
                    state: ServerState = Depends(ready_state)):
     start = perf_counter()
-    metrics, engine, predictor = state.metrics, state.engine, state.predictor
+    metrics, predictor, deadline_s = state.metrics, state.predictor, state.settings.request_timeout_s
     label, status = UNKNOWN_TASK, 500
     try:
         check_task_name(task)
-        with translated(task):
-            await predictor.acquire(task)  # 404 for a task the store does not have; cold load otherwise
-        label = task
         try:
-            blobs, several = await _read_images(request, state)
-            loop = asyncio.get_running_loop()
-            dcfg, max_pixels = engine.data_config, state.settings.max_image_pixels
-            pixels = await asyncio.gather(*[
-                loop.run_in_executor(state.decode_pool, decode_image, data, dcfg, max_pixels, name)
-                for name, data in blobs])
-            try:
-                results: list[ItemResult] = await predictor.predict(task, list(pixels),
-                                                                    top_k or state.settings.default_top_k)
-            except QueueFull as e:
-                raise ApiError(503, "queue_full", f"the server is at capacity ({e}); retry shortly",
-                               headers={"Retry-After": "1"}) from None
-        finally:
-            predictor.release(task)
+            async with asyncio.timeout(deadline_s):
+                with translated(task):
+                    await predictor.acquire(task)  # 404 for a task the store does not have; cold load otherwise
+                label = task
+                try:
+                    blobs, several = await _read_images(request, state)
+                    pixels = await _decode(blobs, state)
+                    try:
+                        results: list[ItemResult] = await predictor.predict(task, pixels,
+                                                                            top_k or state.settings.default_top_k)
+                    except QueueFull as e:
+                        raise ApiError(503, "queue_full", f"the server is at capacity ({e}); retry shortly",
+                                       headers={"Retry-After": "1"}) from None
+                finally:
+                    predictor.release(task)
+        except TimeoutError:
+            raise ApiError(504, "timeout", f"no answer within the server's {deadline_s:g} s request deadline; "
+                                           "retry, or send fewer images", headers={"Retry-After": "1"}) from None
         if results[0].replica:
             response.headers[REPLICA_HEADER] = results[0].replica
         total_ms = 1e3 * (perf_counter() - start)
@@ -76,11 +80,29 @@ async def classify(request: Request, response: Response, task: str,
         status = 200
         metrics.request_seconds.labels(task).observe(total_ms / 1e3)
         return answers if several else answers[0]
-    except ApiError as e:
+    except HTTPException as e:  # ours, and Starlette's own (a malformed multipart body is its 400)
         status = e.status_code
+        raise
+    except ClientDisconnect:
+        status = CLIENT_CLOSED
         raise
     finally:
         metrics.requests.labels(label, str(status)).inc()
+
+
+async def _decode(blobs: list[tuple[str, bytes]], state: ServerState) -> list:
+    """Check every image's header against the pixel limits first (nothing decoded when one is over), then
+    decode them in the shared pool, where this request takes its turn with the others."""
+    limits, input_size = state.limits, state.engine.data_config.input_size
+    probes: list[ImageProbe] = [probe_image(data, input_size, limits.max_image_pixels, name) for name, data in blobs]
+    total = sum(p.decode_pixels for p in probes)
+    if total > limits.max_request_pixels:
+        raise ApiError(413, "too_many_pixels", f"the images of this request decode to {total} pixels, over the "
+                                               f"limit of {limits.max_request_pixels} per request: send fewer "
+                                               "or smaller images")
+    owner, dcfg = object(), state.engine.data_config  # one owner per request: the pool is fair across them
+    return list(await asyncio.gather(*[state.decoder.run(owner, p.decode_pixels, decode_probed, p, dcfg)
+                                       for p in probes]))
 
 
 def _answer(task: str, r: ItemResult, total_ms: float) -> ClassifyResponse:
@@ -99,6 +121,9 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
         form = await request.form(max_files=s.max_images_per_request + 1, max_fields=16, max_part_size=64 * 1024)
         try:
             several = "files" in form
+            if len(form.getlist("file")) > 1 or (several and "file" in form):
+                raise ApiError(422, "several_file_parts", "the multipart body has more than one image under "
+                                                          "`file`: send several images as `files` parts")
             parts = [("file", p) for p in form.getlist("file")] + [
                 (f"files[{i}]", p) for i, p in enumerate(form.getlist("files"))]
             if not parts:

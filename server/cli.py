@@ -35,7 +35,16 @@ def serve(
     pin: list[str] = typer.Option(None, help="A task to keep resident (repeatable)."),
     max_upload_mib: float = typer.Option(None, help="Largest prompt-set upload."),
     max_image_mib: float = typer.Option(None, help="Largest encoded image."),
-    max_image_pixels: int = typer.Option(None, help="Largest image width*height."),
+    max_image_pixels: int = typer.Option(None, help="Largest image width*height (default: from the backbone)."),
+    max_request_pixels: int = typer.Option(None, help="Pixels one request may decode (default 8 images' worth)."),
+    max_prompt_tokens_per_layer: int = typer.Option(None, help="Prompt tokens per layer (default 2x the sequence)."),
+    request_timeout_s: float = typer.Option(None, help="Classify deadline in seconds (504 beyond)."),
+    body_timeout_s: float = typer.Option(None, help="Seconds a request body may take to arrive (408 beyond)."),
+    keep_alive_timeout_s: int = typer.Option(None, help="Seconds an idle keep-alive connection stays open."),
+    admin_token_file: Path = typer.Option(None, exists=True, dir_okay=False, help=(
+        "Read the admin token from this file (or PROMPTSERVE_ADMIN_TOKEN); never put it on the command line.")),
+    api_token_file: Path = typer.Option(None, exists=True, dir_okay=False, help=(
+        "Read the API token from this file (or PROMPTSERVE_API_TOKEN).")),
     seed_demo: bool = typer.Option(None, "--seed-demo/--no-seed-demo",
                                    help="Seed a store that has no task for this backbone from assets/tasks "
                                         "(or with generated demo tasks)."),
@@ -59,6 +68,10 @@ def serve(
                  device=device, dtype=dtype, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_limit=queue_limit,
                  resident_max_tasks=resident_max_tasks, resident_max_mib=resident_max_mib, pinned_tasks=pin or None,
                  max_upload_mib=max_upload_mib, max_image_mib=max_image_mib, max_image_pixels=max_image_pixels,
+                 max_request_pixels=max_request_pixels, max_prompt_tokens_per_layer=max_prompt_tokens_per_layer,
+                 request_timeout_s=request_timeout_s, body_timeout_s=body_timeout_s,
+                 keep_alive_timeout_s=keep_alive_timeout_s, admin_token=_read_token(admin_token_file),
+                 api_token=_read_token(api_token_file),
                  seed_demo=True if seed_from else seed_demo, demo_tasks_dir=seed_from)
     settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -67,7 +80,8 @@ def serve(
     except BackboneError as e:
         fail("serve", str(e))
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(),
+                timeout_keep_alive=settings.keep_alive_timeout_s)
 
 
 def classify(
@@ -75,13 +89,16 @@ def classify(
     task: str = typer.Option(..., "--task", "-t", help="Task name."),
     url: str = typer.Option(DEFAULT_URL, envvar="PROMPTSERVE_URL", help="Server URL."),
     top_k: int = typer.Option(5, help="Labels per image."),
-    token: str = typer.Option(None, envvar="PROMPTSERVE_API_TOKEN", help="API token, when the server sets one."),
+    token: str = typer.Option(None, envvar="PROMPTSERVE_API_TOKEN", help=(
+        "API token, when the server sets one (visible in the process list: prefer the env or --token-file).")),
+    token_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Read the API token from this file."),
     as_json: bool = typer.Option(False, "--json", help="Print the server's JSON answer."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for the answer."),
 ) -> None:
     """Classify images with a task on a running server."""
     import httpx
 
+    token = _read_token(token_file) or token
     files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -104,15 +121,18 @@ def push(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A prompt set (.safetensors)."),
     task: str = typer.Option(..., "--task", "-t", help="Task name to point at this prompt set."),
     url: str = typer.Option(DEFAULT_URL, envvar="PROMPTSERVE_URL", help="Server URL."),
-    token: str = typer.Option(None, envvar="PROMPTSERVE_ADMIN_TOKEN", help="Admin token (printed by `serve` "
-                                                                             "when none was configured)."),
+    token: str = typer.Option(None, envvar="PROMPTSERVE_ADMIN_TOKEN", help=(
+        "Admin token (printed by `serve` when none was configured); visible in the process list: prefer the "
+        "env or --token-file.")),
+    token_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Read the admin token from this file."),
     timeout: float = typer.Option(120.0, help="Seconds to wait for the answer."),
 ) -> None:
     """Upload a prompt set to a running server: validated, stored, and served by the next request."""
     import httpx
 
+    token = _read_token(token_file) or token
     if not token:
-        _fail("an admin token is needed: --token or PROMPTSERVE_ADMIN_TOKEN")
+        _fail("an admin token is needed: PROMPTSERVE_ADMIN_TOKEN, --token-file or --token")
     try:
         r = httpx.put(f"{url.rstrip('/')}/tasks/{task}", content=file.read_bytes(), timeout=timeout,
                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
@@ -122,6 +142,16 @@ def push(
         _fail_response(r)
     record = r.json()
     typer.echo(f"{record['task']} -> {record['version']} ({record['size']} bytes, {len(record['labels'])} labels)")
+
+
+def _read_token(path: Path | None) -> str | None:
+    """A token file's first line (so it never has to appear in the process list); None without a file."""
+    if path is None:
+        return None
+    words = path.read_text().split()
+    if not words:
+        _fail(f"token file {path} is empty")
+    return words[0]
 
 
 def _fail_response(r) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from promptserve.fileformat import parse_header
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet, ShapeError, prompt_set_nbytes
@@ -29,6 +30,7 @@ from server.residency import ResidentSet
 
 if TYPE_CHECKING:
     from promptserve.backbone import Backbone
+    from server.limits import Limits
     from server.metrics import Metrics
     from server.settings import ServerSettings
 
@@ -57,8 +59,9 @@ class ItemResult:
 
 
 class Engine:
-    def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics):
-        self.backbone, self.store, self.metrics = backbone, store, metrics
+    def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics,
+                 limits: Limits | None = None):
+        self.backbone, self.store, self.metrics, self.limits = backbone, store, metrics, limits
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
         self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)
@@ -83,6 +86,8 @@ class Engine:
             raise ShapeError(f"prompt set pools with {pooling!r}, this backbone pools with {self.model.pooling!r}")
 
     def parse(self, data: bytes) -> PromptSet:
+        if self.limits is not None:  # from the header alone, before a long prompt set is loaded
+            parse_header(data).check_limits(self.limits.max_prompt_tokens, self.limits.max_prompt_bytes)
         ps = PromptSet.load(data)
         self.check(ps)
         return ps

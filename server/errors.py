@@ -6,7 +6,10 @@ including from inside the body stream (the size guard does that), and still reac
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import re
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -16,6 +19,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptserve.promptset import PromptSetError
+
+log = logging.getLogger("promptserve.server")
 
 
 class ApiError(HTTPException):
@@ -47,13 +52,23 @@ def store_error(exc: Exception, task: str) -> ApiError:
         (ps.VersionNotFound, 404, "unknown_version"),
         (ps.TaskNotFound, 404, "unknown_task"),
         (ps.StoreUnavailable, 503, "store_unavailable"),
+        (ps.StoreFull, 507, "insufficient_storage"),
     ]
+    if isinstance(exc, ps.BrokenRecord):  # this task's record only; the others serve on
+        log.error("the stored record of task %r cannot be read: %s", task, exc)
+        return ApiError(500, "broken_task", f"the stored record of task {task!r} cannot be read; the other tasks "
+                                            "are not affected (an operator can run `promptserve tasks fsck`)")
     for kind, status, code in table:
         if isinstance(exc, kind):
-            headers = {"Retry-After": "1"} if status == 503 else None
+            if status == 503:  # the message names the store's address: log it, answer without it
+                log.warning("prompt store unavailable (task %r): %s", task, exc)
+                return ApiError(503, code, "the prompt store is unreachable; retry shortly", {"Retry-After": "1"})
             code = getattr(exc, "reason", None) or code  # InvalidPromptSet carries the validator's code
-            return ApiError(status, code, str(exc) or f"{code}: {task}", headers)
-    return ApiError(500, "store_error", f"the prompt store failed: {exc}")
+            return ApiError(status, code, str(exc) or f"{code}: {task}")
+    # a damaged record: the store's message names files, so it goes to the log only
+    log.error("prompt store failed for task %r: %s", task, exc)
+    return ApiError(500, "store_error", f"the stored record of task {task!r} cannot be read; the server log "
+                                        "says why (`promptserve tasks fsck` repairs the registry)")
 
 
 class BodyLimitMiddleware:
@@ -64,10 +79,11 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int],
-                 on_refused: Callable[[Scope], None] | None = None):
+                 on_refused: Callable[[Scope], None] | None = None, timeout_s: float | None = None):
         self.app = app
         self.limit_for = limit_for
         self.on_refused = on_refused
+        self.timeout_s = timeout_s  # the whole body must arrive within it (slow-body clients get 408)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,10 +98,19 @@ class BodyLimitMiddleware:
                                status_code=413)(scope, receive, send)
             return
         seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
 
         async def limited_receive() -> Message:
             nonlocal seen
-            message = await receive()
+            if deadline is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    raise ApiError(408, "body_timeout", f"the request body did not arrive within "
+                                                        f"{self.timeout_s:g} s", {"Connection": "close"}) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
@@ -105,6 +130,26 @@ def _header(scope: Scope, name: bytes) -> str | None:
 def _too_large(size: int, limit: int, at_least: bool = False) -> str:
     return (f"request body of {'at least ' if at_least else ''}{size} bytes is over this route's limit "
             f"of {limit} bytes")
+
+
+class RedactSecrets(logging.Filter):
+    """Blank secret-looking query parameters (token=..., api_key=...) in uvicorn's access log: a client that
+    put its token in the URL was refused, but the URL itself must not land in the log."""
+
+    SECRET = re.compile(r"(?i)([?&][^=&#]*(?:token|key|secret|password|auth)[^=&#]*=)[^&#\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.SECRET.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.msg, str):
+            record.msg = self.SECRET.sub(r"\1***", record.msg)
+        return True
+
+    @classmethod
+    def install(cls) -> None:
+        logger = logging.getLogger("uvicorn.access")
+        if not any(isinstance(f, cls) for f in logger.filters):
+            logger.addFilter(cls())
 
 
 @contextmanager

@@ -56,8 +56,15 @@ class TaskDetail(BaseModel):
     resident_version: str | None = Field(None, description="The version this replica serves (None: not resident).")
 
 
+class BrokenTask(BaseModel):
+    task: str
+    reason: str = Field(description="Why its stored record cannot be read, e.g. unreadable, missing_blob.")
+
+
 class TaskList(BaseModel):
     tasks: list[TaskSummary]
+    broken: list[BrokenTask] = Field(default_factory=list, description=(
+        "Tasks whose stored record cannot be read: they answer 500 (broken_task); every other task serves."))
 
 
 class RollbackRequest(BaseModel):

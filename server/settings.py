@@ -62,14 +62,34 @@ class ServerSettings(BaseSettings):
     # ---- request limits ------------------------------------------------------------------------------
     max_upload_mib: float = Field(64.0, gt=0, description="Largest prompt-set upload (413 beyond).")
     max_image_mib: float = Field(10.0, gt=0, description="Largest encoded image (413 beyond).")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="Largest width*height (decompression bombs: 422).")
+    max_image_pixels: int | None = Field(None, ge=1, description=(
+        "Largest width*height of one image (422 from the header alone). Unset: 32x the backbone's input side "
+        "squared, kept within 2048^2..6000x4000."))
+    max_request_pixels: int | None = Field(None, ge=1, description=(
+        "Pixels all images of one request may decode (413 beyond). Unset: 8 x max_image_pixels."))
+    max_pixels_in_flight: int | None = Field(None, ge=1, description=(
+        "Pixels the whole server decodes at once; requests wait their turn (fairly). Unset: 2 x max_request_pixels."))
+    max_prompt_tokens_per_layer: int | None = Field(None, ge=0, description=(
+        "Visual or key/value prompt tokens in one layer of a prompt set (413 beyond). Unset: 2x the backbone's "
+        "sequence length."))
+    max_prompt_mib: float | None = Field(None, gt=0, description=(
+        "Prompt tensors (head excluded) of one prompt set (413 beyond). Unset: what the token limit implies."))
     max_images_per_request: int = Field(32, ge=1, le=1024)
     default_top_k: int = Field(5, ge=1)
+
+    # ---- time limits -------------------------------------------------------------------------------
+    request_timeout_s: float = Field(30.0, gt=0, description="A classify not answered in this time gets 504.")
+    body_timeout_s: float = Field(20.0, gt=0, description="A request body must arrive within this time (408).")
+    keep_alive_timeout_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
+    redis_timeout_s: float = Field(2.0, gt=0, description="Redis connect and command timeout (socket).")
+    redis_retry_s: float = Field(5.0, ge=0, description=(
+        "How long a Redis call retries a lost or hung connection before the request gets 503."))
 
     # ---- security ------------------------------------------------------------------------------------
     admin_token: SecretStr | None = Field(None, description=(
         "Bearer token for uploads, rollback and delete. Unset: one is generated at start and printed once."))
-    api_token: SecretStr | None = Field(None, description="When set, /classify needs `Authorization: Bearer` it.")
+    api_token: SecretStr | None = Field(None, description=(
+        "When set, every endpoint but /healthz and /readyz needs `Authorization: Bearer` it (or the admin token)."))
 
     @field_validator("pinned_tasks", mode="before")
     @classmethod

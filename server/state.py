@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from promptserve.backbone import Backbone
     from server.batcher import Batcher
     from server.engine import Engine
+    from server.images import FairDecoder
+    from server.limits import Limits
     from server.predictor import Predictor
 
 log = logging.getLogger("promptserve.server")
@@ -46,7 +48,8 @@ class ServerState:
         self._predictor_factory = predictor_factory
         self.ready = False
         self.error: str | None = None
-        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="promptserve-decode")
+        self.limits: Limits | None = None  # resolved once the backbone is known
+        self.decoder: FairDecoder | None = None
         self._unsubscribe = None
         if settings.admin_token is not None:
             self.admin_token = settings.admin_token.get_secret_value()
@@ -63,8 +66,9 @@ class ServerState:
         try:
             await self._start()
         except Exception as e:
-            self.error = f"{type(e).__name__}: {e}"
-            log.error("promptserve failed to start: %s", self.error)
+            # the message can name files and the store's address: it goes to the log, /readyz says less
+            log.error("promptserve failed to start: %s: %s", type(e).__name__, e)
+            self.error = _public_reason(e)
             raise
 
     async def _start(self) -> None:
@@ -81,16 +85,25 @@ class ServerState:
         if self.backbone is None:
             self.backbone = await asyncio.to_thread(build_backbone, backbone_spec(s))
         log.info("backbone %s (fingerprint %s)", self.backbone.name, self.backbone.fingerprint[:12])
-        if self.store is None:
-            from prompt_store import open_store
+        from server.images import FairDecoder
+        from server.limits import resolve_limits
 
-            self.store = await asyncio.to_thread(open_store, s.store, max_bytes=s.max_upload_bytes)
+        self.limits = resolve_limits(s, self.backbone)
+        self.decoder = FairDecoder(s.decode_threads, self.limits.max_pixels_in_flight)
+        if self.store is None:
+            from prompt_store import REDIS_SCHEMES, open_store
+
+            options: dict = {"max_bytes": s.max_upload_bytes}
+            if s.store.startswith(REDIS_SCHEMES):  # a hung Redis must give 503 in seconds, not hang requests
+                options.update(socket_timeout_s=s.redis_timeout_s, connect_timeout_s=s.redis_timeout_s,
+                               retry_s=s.redis_retry_s)
+            self.store = await asyncio.to_thread(open_store, s.store, **options)
         if s.seed_demo:
             from server.demo import seed_registry
 
             labels = backbone_labels(self.backbone)
             await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
-        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics)
+        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics, self.limits)
         self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)
         if self._predictor_factory is not None:
             self.predictor = self._predictor_factory(self)
@@ -123,12 +136,23 @@ class ServerState:
             await self.batcher.stop()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.close)
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.decoder is not None:
+            self.decoder.shutdown()
         if self._owns_store and self.store is not None:
             try:
                 self.store.close()
             except Exception as e:
                 log.warning("closing the store failed: %s", e)
+
+
+def _public_reason(error: Exception) -> str:
+    """What /readyz may say about a failed start: a backbone setting's advice with its paths cut to file
+    names; nothing of other errors (store addresses, registry paths), whose details are in the log."""
+    from promptserve.backbone import BackboneError
+
+    if isinstance(error, BackboneError):
+        return re.sub(r"(?:[\w.~-]*/)+([\w.-]+)", r"\1", str(error))
+    return "start-up failed; the server log says why"
 
 
 # ---- dependencies ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ writing, and the bank is only touched after the store accepted).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 
 from fastapi import APIRouter, Depends, Request
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from server.auth import require_admin
 from server.errors import ApiError, translated
 from server.schemas import (
+    BrokenTask,
     DeletedResponse,
     RollbackRequest,
     TaskDetail,
@@ -71,10 +71,11 @@ async def upload(task: str, request: Request, state: ServerState = Depends(ready
 @router.get("/tasks", response_model=TaskList, summary="Every task with its current version")
 async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
     with translated(""):
-        records = await asyncio.to_thread(_current_records, state.store)
+        records, broken = await asyncio.to_thread(state.store.scan)
     resident = state.engine.resident
     return TaskList(tasks=[TaskSummary(**record_model(r).model_dump(), resident=r.task in resident)
-                           for r in records])
+                           for r in records],
+                    broken=[BrokenTask(task=t, reason=why) for t, why in sorted(broken.items())])
 
 
 @router.get("/tasks/{task}", response_model=TaskDetail, responses=error_responses(404, 422),
@@ -126,16 +127,3 @@ async def delete_task(task: str, state: ServerState = Depends(ready_state)) -> D
     await state.engine.drop(task)
     return DeletedResponse(task=task)
 
-
-def _current_records(store) -> list:
-    """store.list() as current TaskRecords, whether it returns records or names."""
-    from prompt_store import TaskNotFound
-
-    out = []
-    for entry in store.list():
-        if hasattr(entry, "version"):
-            out.append(entry)
-            continue
-        with contextlib.suppress(TaskNotFound):  # deleted between list and resolve
-            out.append(store.resolve(entry))
-    return out

@@ -22,7 +22,7 @@ def triton_interpreted() -> bool:
 
 
 def kernel_runnable() -> bool:
-    """True when `kernels.prompt_attention.prompt_attention_triton` can run here."""
+    """True when `kernels.triton_attention.prompt_attention_triton` can run here."""
     return importlib.util.find_spec("triton") is not None and (has_cuda() or triton_interpreted())
 
 

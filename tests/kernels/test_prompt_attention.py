@@ -46,7 +46,7 @@ def make_inputs(B=4, H=2, N=37, d=32, T=4, P=16, lens=(0, 16, 5, 11), tasks=(3, 
 
 
 def check_against_reference(inputs, dtype, **launch):
-    from kernels.prompt_attention import prompt_attention_triton
+    from kernels.triton_attention import prompt_attention_triton
 
     B, H, N, d = inputs["q"].shape
     out = torch.full((B, N, H * d), float("nan"), dtype=dtype, device=inputs["q"].device)  # unwritten rows stay NaN
@@ -129,7 +129,7 @@ def _bad(**change):
 ], ids=["dtype_mix", "int_dtype", "shape", "bank_heads", "prompt_v_none", "task_too_big", "task_negative",
         "task_shape", "task_float", "prompt_len_over_P", "pad_past_N", "pad_reversed", "pad_end_none", "stride"])
 def test_launcher_rejects_bad_inputs(change, message):
-    from kernels.prompt_attention import prompt_attention_triton
+    from kernels.triton_attention import prompt_attention_triton
 
     inputs = _bad()
     inputs.update(change(inputs))
@@ -140,7 +140,7 @@ def test_launcher_rejects_bad_inputs(change, message):
 @pytest.mark.parametrize(("shape", "transpose", "message"), [((2, 37, 63), False, "out has shape"),
                                                              ((2, 64, 37), True, "contiguous channels")])
 def test_launcher_rejects_bad_out(shape, transpose, message):
-    from kernels.prompt_attention import prompt_attention_triton
+    from kernels.triton_attention import prompt_attention_triton
 
     inputs = _bad()
     out = torch.empty(shape, device=inputs["q"].device)
@@ -149,7 +149,7 @@ def test_launcher_rejects_bad_out(shape, transpose, message):
 
 
 def test_inference_only():
-    from kernels.prompt_attention import prompt_attention_triton
+    from kernels.triton_attention import prompt_attention_triton
 
     inputs = _bad(q=_bad()["q"].clone().requires_grad_())
     with pytest.raises(RuntimeError, match="impl='reference'"):
@@ -168,7 +168,7 @@ def test_dispatcher_impl_argument():
 
 
 def test_dispatcher_environment_variable(monkeypatch):
-    import kernels.prompt_attention as kernel_module
+    import kernels.triton_attention as kernel_module
 
     calls = []
     real = kernel_module.prompt_attention_triton
@@ -197,7 +197,7 @@ _COMPILE = """
 import torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels.prompt_attention import _block_config, _prompt_attention_fwd as fn
+from kernels.triton_attention import _block_config, _prompt_attention_fwd as fn
 names, ptrs, index = fn.arg_names, ("Q", "K", "V", "PK", "PV", "Out"), ("TaskIndex", "PromptLen", "PadStart", "PadEnd")
 for dtype, ty, d, has_prompts, has_pad in [(torch.float16, "fp16", 64, True, True),
                                            (torch.bfloat16, "bf16", 128, True, False),
