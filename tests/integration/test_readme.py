@@ -1,0 +1,50 @@
+"""The README's "Train a task" commands run as written: the fenced block after the `<!-- readme-test` marker is
+executed by bash with only the data path and the backbone substituted (a generated 40-image folder and the
+random-tiny backbone), pushing to a real server. A stale README line fails here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+
+import httpx
+
+from tests.integration.server_utils import ADMIN, AUTH, REPO, ServerProcess
+from tests.integration.test_backbone_roundtrip import make_image_folder
+
+MARKER = "<!-- readme-test"
+
+
+def readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    assert MARKER in text, f"README.md lost its {MARKER} marker: mark the train/eval/push block again"
+    block = re.search(r"```bash\n(.*?)```", text[text.index(MARKER):], re.S)
+    assert block, f"no ```bash block after the {MARKER} marker"
+    return block.group(1)
+
+
+def test_readme_block_runs_as_written(tmp_path):
+    block = readme_block()
+    commands = [line.split()[:2] for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c[1] for c in commands if c[0] == "promptserve"][:3] == ["train", "eval", "push"], commands
+    data = make_image_folder(tmp_path / "my data", {"train": 10, "test": 4}, size=40)  # 3 classes, 42 images
+    script = re.sub(r"--data \S+", f"--data '{data}/'", block)
+    script = re.sub(r"--backbone \S+", "--backbone random-tiny", script)
+
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+           "PROMPTSERVE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "TOKEN": ADMIN}
+    server = ServerProcess(tmp_path, str(tmp_path / "registry"), env=env).start()  # serves random-tiny
+    try:
+        server.wait_ready()
+        result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
+                                text=True, timeout=600, env={**env, "PROMPTSERVE_URL": server.url})
+        assert result.returncode == 0, f"README block failed:\n{script}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        assert "test accuracy" in result.stdout and "stored in the artifact" in result.stdout, result.stdout
+        artifact = next((tmp_path / "runs").glob("*.safetensors"))
+        listed = httpx.get(f"{server.url}/tasks", headers=AUTH, timeout=10).json()["tasks"]
+        assert hashlib.sha256(artifact.read_bytes()).hexdigest() in [t["version"] for t in listed], listed
+    finally:
+        server.stop()
