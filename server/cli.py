@@ -49,9 +49,14 @@ def serve(
                                    help="Seed a store that has no task for this backbone from assets/tasks "
                                         "(or with generated demo tasks)."),
     seed_from: str = typer.Option(None, help="Seed from this folder of *.safetensors (implies --seed-demo)."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Serve: engine replicas routed by task "
+                                                  "(needs promptserve[ray]; see docs/serving.md)."),
+    replicas: int = typer.Option(None, help="With --ray: engine replicas (default 2)."),
+    ray_address: str = typer.Option(None, help="With --ray: a running Ray cluster (ray://host:10001 or auto); "
+                                               "default: a local Ray instance."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
 ) -> None:
-    """Serve the classify and task API (uvicorn)."""
+    """Serve the classify and task API (uvicorn, or Ray Serve with --ray)."""
     import uvicorn
 
     from promptserve.backbone import BackboneError
@@ -79,9 +84,32 @@ def serve(
         backbone_spec(settings)
     except BackboneError as e:
         fail("serve", str(e))
+    if ray or replicas is not None or ray_address is not None:
+        _serve_on_ray(settings, ray, replicas, ray_address)
+        return
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(),
                 timeout_keep_alive=settings.keep_alive_timeout_s)
+
+
+def _serve_on_ray(settings, ray: bool, replicas: int | None, address: str | None) -> None:
+    from pydantic import ValidationError
+
+    from promptserve.cli import fail
+
+    if not ray:
+        fail("serve", "--replicas and --ray-address need --ray")
+    try:
+        from server.ray_app import run
+        from server.ray_settings import RaySettings
+    except ImportError as e:
+        fail("serve", f"--ray needs Ray Serve ({e}): pip install 'promptserve[ray]'")
+    flags = {k: v for k, v in dict(replicas=replicas, address=address).items() if v is not None}
+    try:
+        ray_settings = RaySettings(**flags)
+    except ValidationError as e:
+        fail("serve", "; ".join(f"{'.'.join(map(str, err['loc'])) or 'ray'}: {err['msg']}" for err in e.errors()))
+    run(settings, ray_settings)
 
 
 def classify(

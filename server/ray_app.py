@@ -43,13 +43,16 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from prompt_store import TaskNotFound
 from server.batcher import QueueFull
-from server.errors import ApiError
+from server.errors import ApiError, translated
 from server.ray_settings import RaySettings
 from server.settings import ServerSettings
 from server.state import ServerState
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from ray.serve.handle import DeploymentHandle
 
     from server.engine import ItemResult
@@ -60,22 +63,24 @@ REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableErr
 
 # ---- engine replicas -------------------------------------------------------------------------------------
 class _HeldTask:
-    """What Ray's multiplexer caches for a task. Ray calls `__del__` when its LRU unloads the task; the
-    replica then drops it from the bank too, so the tasks Ray routes here and the tasks held stay one set."""
+    """What Ray's multiplexer caches for a task. When Ray's LRU unloads it, Ray awaits `model.__del__()`:
+    the replica then drops the task from the bank before Ray registers the next one, so the tasks Ray routes
+    here and the tasks the bank holds stay one set, within one budget. (An instance attribute, not a method:
+    the garbage collector only ever calls a class's __del__.)"""
 
-    def __init__(self, task: str, on_unload):
-        self.task, self._on_unload = task, on_unload
+    def __init__(self, task: str, unload: Callable[[str], Awaitable[None]]):
+        self.task = task
 
-    def __del__(self):  # Ray calls it (in a thread) on unload; the garbage collector may call it again
-        on_unload, self._on_unload = self._on_unload, None
-        if on_unload is not None:
-            on_unload(self.task)
+        async def release_task() -> None:
+            await unload(task)
+
+        self.__del__ = release_task
 
 
 class EngineReplica:
     """One engine replica: the backbone, a bounded resident set, the mixed-task batcher, a registry watch."""
 
-    async def __init__(self, settings: ServerSettings, affinity: bool = True):
+    async def __init__(self, settings: ServerSettings):
         context = serve.get_replica_context()
         self.name = f"{context.deployment}#{context.replica_id.unique_id}"
         self.actor_name = context.replica_id.to_full_id_str()
@@ -85,31 +90,23 @@ class EngineReplica:
                                                              "decode_threads": 1}))
         await self.state.start()
         self.engine = self.state.engine
-        self._loop = asyncio.get_running_loop()
 
-        async def load_task(task: str) -> _HeldTask:  # a plain function: Ray keeps its cache on the function
-            return await self._load(task)
+        async def hold(task: str) -> _HeldTask:  # a plain function: Ray keeps its cache on the function
+            return _HeldTask(task, self._unloaded)
 
-        self._load_task = serve.multiplexed(max_num_models_per_replica=settings.resident_max_tasks)(load_task)
-        self.affinity = affinity
+        # Ray's multiplexed "loader" only registers the task with Ray's routing: the engine loads it right after
+        # (acquire, below), outside the lock Ray holds around its loaders, so cold loads of different tasks overlap
+        self._hold = serve.multiplexed(max_num_models_per_replica=settings.resident_max_tasks)(hold)
         log.info("engine replica %s ready", self.name)
 
-    async def _load(self, task: str) -> _HeldTask:
-        """Ray's multiplexed loader: a cold load through the engine (counted in its metrics)."""
-        await self.engine.acquire(task)
-        self.engine.release(task)
-        return _HeldTask(task, self._unloaded)
-
-    def _unloaded(self, task: str) -> None:
-        if task in self.engine.resident.pinned:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the replica is shutting down
-            asyncio.run_coroutine_threadsafe(self.engine.drop(task), self._loop)
+    async def _unloaded(self, task: str) -> None:
+        if task not in self.engine.resident.pinned:
+            await self.engine.drop(task)  # a task with requests in flight goes once they are answered
 
     async def classify(self, task: str, images: list[np.ndarray], top_k: int) -> list[ItemResult]:
         """Answer one request's decoded images; they ride in this replica's next mixed-task batch."""
         if serve.get_multiplexed_model_id():  # routed by task: Ray now knows this replica holds it
-            await self._load_task(task)
+            await self._hold(task)
         predictor = self.state.predictor
         await predictor.acquire(task)
         try:
@@ -143,13 +140,25 @@ def _metric_total(registry, sample_name: str) -> float:
 # ---- ingress -----------------------------------------------------------------------------------------------
 class RemotePredictor:
     """The ingress's Predictor: the task must exist (404 before any image is decoded, as in one process);
-    the decoded images go to an engine replica, picked by Ray Serve by task when `affinity` is on."""
+    the decoded images go to an engine replica, picked by Ray Serve by task when `affinity` is on.
 
-    def __init__(self, state: ServerState, engine: DeploymentHandle, affinity: bool):
+    Tasks once found in the store are remembered until a delete event, so a request costs no registry round
+    trip here, and while the registry is down the tasks the replicas hold keep answering (as in one process)."""
+
+    def __init__(self, state: ServerState | None, engine: DeploymentHandle, affinity: bool):
         self.state, self.engine, self.affinity = state, engine, affinity
+        self._known: set[str] = set()
+        if state is not None:  # stopped by the store's close() with the ingress
+            state.store.subscribe(self._on_change)
+
+    def _on_change(self, event) -> None:  # the store's watcher thread
+        if event.version is None:
+            self._known.discard(event.task)
 
     async def acquire(self, task: str) -> None:
-        await asyncio.to_thread(self.state.store.resolve, task)  # TaskNotFound -> 404 by the route
+        if task not in self._known:
+            await asyncio.to_thread(self.state.store.resolve, task)  # TaskNotFound -> 404 by the route
+            self._known.add(task)
 
     def release(self, task: str) -> None:
         pass
@@ -160,7 +169,13 @@ class RemotePredictor:
             try:
                 return await handle.classify.remote(task, images, top_k)
             except RayTaskError as e:  # the replica raised: hand the route the original error, not Ray's wrapper
-                raise (e.cause if isinstance(e.cause, Exception) else e) from None
+                cause = e.cause if isinstance(e.cause, Exception) else e
+                if isinstance(cause, TaskNotFound):
+                    self._known.discard(task)
+                if isinstance(cause, QueueFull):
+                    raise cause from None
+                with translated(task):  # the store's and the validator's errors get their 4xx/503, as in one process
+                    raise cause from None
             except BackPressureError as e:
                 raise QueueFull(str(e)) from None
             except REPLICA_LOST as e:
@@ -198,8 +213,13 @@ def build_app(settings: ServerSettings | None = None, ray_settings: RaySettings 
     """The Serve application: `serve.run(build_app(...))`, or `app` below for `serve run`."""
     settings = shareable(settings or ServerSettings())
     rs = ray_settings or RaySettings()
-    engine = serve.deployment(EngineReplica).options(**rs.engine_options()).bind(settings, rs.affinity)
-    return serve.deployment(Ingress).options(**rs.ingress_options()).bind(engine, settings, rs.affinity)
+    return serve.deployment(Ingress).options(**rs.ingress_options()).bind(engine_deployment(settings, rs), settings,
+                                                                          rs.affinity)
+
+
+def engine_deployment(settings: ServerSettings, rs: RaySettings):
+    """The engine replicas alone (bound, not yet run): build_app's, or a benchmark's driven by handles."""
+    return serve.deployment(EngineReplica).options(**rs.engine_options()).bind(shareable(settings))
 
 
 def shareable(settings: ServerSettings) -> ServerSettings:

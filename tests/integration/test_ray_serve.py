@@ -17,26 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import redis
+import test_server_bad_input as one_process
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from server_utils import AUTH, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
-
-# the error tests of the single-process server, collected again here with this module's `env` (the Ray ingress)
-from test_server_bad_input import (  # noqa: F401 (collected by pytest)
-    LIMITS,
-    PNG,
-    test_bad_admin_requests_change_nothing,
-    test_bad_classify_request,
-    test_bad_task_name_is_refused,
-    test_refused_upload_changes_nothing,
-    test_store_change_that_does_not_validate_is_not_served,
-)
+from server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from test_server_bad_input import LIMITS, PNG
 
 from prompt_store import open_store
 from prompt_store.testing import free_port
 from server.app import create_app
 from server.classify import REPLICA_HEADER
-from server.ray_settings import ENGINE_DEPLOYMENT, RaySettings
+from server.ray_settings import ENGINE_DEPLOYMENT, INGRESS_DEPLOYMENT, RaySettings
 from server.settings import ServerSettings
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
@@ -52,6 +43,7 @@ class RayServer:
         self.url, self.store_url = url, store_url
         self.client = httpx.Client(base_url=url, timeout=60.0)
         self.engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=APP)
+        self.killed: tuple[str, list[str]] | None = None  # (replica, its tasks) once a test killed it
 
     def classify(self, task: str, seed: int = 0) -> httpx.Response:
         return self.client.post(f"/classify/{task}", content=image_bytes(seed), headers=PNG)
@@ -118,6 +110,35 @@ def test_ray_settings_say_what_to_fix():
     assert "num_replicas" not in options
 
 
+def test_sample_serve_config_and_import_path_are_valid(monkeypatch):
+    import importlib
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO / "docs/ray-serve.yaml").read_text()))
+    (app,) = config.applications
+    assert {d.name for d in app.deployments} == {ENGINE_DEPLOYMENT, INGRESS_DEPLOYMENT}
+    module, attr = app.import_path.split(":")
+    monkeypatch.setenv("PROMPTSERVE_ADMIN_TOKEN", "config-test")
+    assert isinstance(getattr(importlib.import_module(module), attr), serve.Application)
+
+
+def test_cli_ray_flags_say_what_to_fix():
+    import typer
+    from typer.testing import CliRunner
+
+    from server import cli
+
+    app = typer.Typer(add_completion=False)
+    app.command()(cli.serve)  # one command: invoked without its name
+    result = CliRunner().invoke(app, ["--backbone", "random-tiny", "--replicas", "2"])
+    assert result.exit_code == 2 and "--replicas and --ray-address need --ray" in result.output
+    result = CliRunner().invoke(app, ["--backbone", "random-tiny", "--ray", "--replicas", "0"])
+    assert result.exit_code == 2 and "replicas: Input should be greater than or equal to 1" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)  # one line, no traceback
+
+
 def test_classify_across_tasks_matches_one_process(ray_server, tmp_path):
     tasks = {f"mix{i}": prompt_set_bytes(30 + i) for i in range(4)}
     versions = {t: ray_server.client.put(f"/tasks/{t}", content=b, headers=AUTH).json()["version"]
@@ -172,7 +193,7 @@ def test_upload_reaches_every_replica_within_a_second(ray_server):
     assert ray_server.classify(PINNED).json()["version"] == version
 
 
-def test_replica_loss_loses_no_retried_request_and_ray_replaces_it(ray_server):
+def test_replica_loss_loses_no_request_retried_once(ray_server):
     tasks = [f"loss{i}" for i in range(4)]
     for i, task in enumerate(tasks):
         ray_server.client.put(f"/tasks/{task}", content=prompt_set_bytes(50 + i), headers=AUTH)
@@ -195,10 +216,27 @@ def test_replica_loss_loses_no_retried_request_and_ray_replaces_it(ray_server):
         outcomes = [f.result(timeout=120) for f in futures]
     assert [final for final, _ in outcomes] == [200] * len(outcomes), outcomes
     assert all(first in (0, 503) for _, first in outcomes), outcomes  # a lost replica is a 503, never a 500
+    ray_server.killed = (victim_name, tasks)  # the replacement is checked last, after the tests below
+
+
+# test_server_bad_input.py's tests, collected again with this module's `env`: the same 4xx from the Ray ingress as
+# from one process. They run while Ray replaces the replica killed above (the other one answers meanwhile).
+test_refused_upload_changes_nothing = one_process.test_refused_upload_changes_nothing
+test_bad_task_name_is_refused = one_process.test_bad_task_name_is_refused
+test_bad_classify_request = one_process.test_bad_classify_request
+test_bad_admin_requests_change_nothing = one_process.test_bad_admin_requests_change_nothing
+test_store_change_that_does_not_validate_is_not_served = (
+    one_process.test_store_change_that_does_not_validate_is_not_served)
+
+
+def test_ray_replaces_the_lost_replica(ray_server):
+    if ray_server.killed is None:
+        pytest.skip("runs after test_replica_loss_loses_no_request_retried_once, which kills a replica")
+    victim_name, tasks = ray_server.killed
 
     def replaced() -> bool:
         names = set(ray_server.replicas(timeout_s=5.0))
         return len(names) == 2 and victim_name not in names
 
-    wait_until(replaced, 90, interval_s=0.5, what="Ray to replace the killed replica")
+    wait_until(replaced, 120, interval_s=0.5, what="Ray to replace the killed replica")
     assert all(ray_server.classify(t).status_code == 200 for t in tasks)
