@@ -130,7 +130,8 @@ def test_a_recorded_spec_rebuilds_the_backbone_and_checks_its_fingerprint(zoo, t
 def test_a_fingerprint_mismatch_names_the_backbone_the_set_was_trained_on(zoo):
     trained_on = ps.load_backbone(NAME, weights=zoo["root"] / "model.pth", timm_kwargs=KWARGS)
     prompt_set = random_prompt_set(trained_on, visual=1, kv=1)
-    with pytest.raises(ps.FingerprintError, match=r"trained on vit_tiny_patch16_224 .* with weights .*model\.pth"):
+    named = r"trained on backbone \w+ \(vit_tiny_patch16_224 .* with weights .*model\.pth\)"
+    with pytest.raises(ps.FingerprintError, match=named):
         prompt_set.validate(ps.load_backbone("random-tiny"))
 
 
