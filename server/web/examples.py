@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import json
 import re
 import tarfile
 from pathlib import Path
@@ -22,7 +23,6 @@ SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # demo task -> the ImageFolder tarball its test images come from
 DATASET_TARS = {"gtsrb": "gtsrb.tar", "dtd10": "dtd10.tar", "sign-digits": "sign_digits.tar"}
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-FASHION_LABELS = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
 
 def examples_dir(demo_tasks_dir: str | Path) -> Path:
@@ -62,10 +62,19 @@ def _from_tar(tar_path: Path, out: Path, per_task: int) -> int:
     return len(chosen)
 
 
-def _from_fashion_mnist(out: Path, per_task: int) -> int:
+def _task_labels(task_file: Path) -> list[str]:
+    """The labels the task itself answers with (its file's metadata), so example names match answers."""
+    from safetensors import safe_open
+
+    with safe_open(task_file, "np") as f:
+        return json.loads(f.metadata()["labels"])
+
+
+def _from_fashion_mnist(out: Path, per_task: int, task_file: Path) -> int:
     import numpy as np
     from PIL import Image
 
+    names = _task_labels(task_file)
     def read_idx(name: str, offset: int) -> np.ndarray:
         with gzip.open(FASHION_MNIST / name) as f:
             return np.frombuffer(f.read(), np.uint8, offset=offset)
@@ -77,12 +86,13 @@ def _from_fashion_mnist(out: Path, per_task: int) -> int:
         index = int(np.flatnonzero(labels == cls)[0])
         buf = io.BytesIO()
         Image.fromarray(images[index]).save(buf, "PNG")
-        (out / f"{FASHION_LABELS[cls]}__0.png").write_bytes(buf.getvalue())
+        (out / f"{names[cls]}__0.png").write_bytes(buf.getvalue())
         written += 1
     return written
 
 
-def extract(datasets: Path, out: Path, per_task: int) -> None:
+def extract(datasets: Path, tasks_dir: Path, per_task: int) -> None:
+    out = examples_dir(tasks_dir)
     for task, tar_name in DATASET_TARS.items():
         target = out / task
         if not (datasets / tar_name).exists():
@@ -90,10 +100,11 @@ def extract(datasets: Path, out: Path, per_task: int) -> None:
             continue
         target.mkdir(parents=True, exist_ok=True)
         print(f"{task}: {_from_tar(datasets / tar_name, target, per_task)} images -> {target}")
-    if FASHION_MNIST.is_dir():
+    if FASHION_MNIST.is_dir() and (tasks_dir / "fashion-mnist.safetensors").exists():
         target = out / "fashion-mnist"
         target.mkdir(parents=True, exist_ok=True)
-        print(f"fashion-mnist: {_from_fashion_mnist(target, per_task)} images -> {target}")
+        written = _from_fashion_mnist(target, per_task, tasks_dir / "fashion-mnist.safetensors")
+        print(f"fashion-mnist: {written} images -> {target}")
     else:
         print(f"fashion-mnist: {FASHION_MNIST} not found (apt-get install dataset-fashion-mnist), skipped")
 
@@ -106,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.per_task < 1:
         parser.error("--per-task must be at least 1")
-    extract(args.datasets, examples_dir(args.tasks_dir), args.per_task)
+    extract(args.datasets, args.tasks_dir, args.per_task)
 
 
 if __name__ == "__main__":

@@ -87,19 +87,16 @@ class LiveStats:
         self.points: deque[dict] = deque(maxlen=max(1, int(window_s / interval_s)))
         self.last_used: dict[str, float] = {}  # task -> unix time its request count last grew
         self._previous: tuple[float, Snapshot] | None = None
+        self._seen: dict[str, float] = {}  # request counts at the last read, for last_used
 
     def sample(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        snap = read_snapshot(self.metrics)
+        snap = self._read(now)
         if self._previous is not None:
             then, old = self._previous
             dt = max(now - then, 1e-6)
-            rates = {}
-            for task, count in snap.requests.items():
-                grew = count - old.requests.get(task, 0.0)
-                if grew > 0:
-                    rates[task] = round(grew / dt, 3)
-                    self.last_used[task] = now
+            rates = {task: round((count - old.requests.get(task, 0.0)) / dt, 3)
+                     for task, count in snap.requests.items() if count > old.requests.get(task, 0.0)}
             batches = snap.batches - old.batches
             self.points.append({
                 "t": round(now, 3),
@@ -113,9 +110,18 @@ class LiveStats:
             })
         self._previous = (now, snap)
 
+    def _read(self, now: float) -> Snapshot:
+        """A fresh snapshot; a task whose request count grew since the last read was used by `now`."""
+        snap = read_snapshot(self.metrics)
+        for task, count in snap.requests.items():
+            if count > self._seen.get(task, 0.0):
+                self.last_used[task] = now
+        self._seen = dict(snap.requests)
+        return snap
+
     def totals(self) -> dict[str, dict]:
         """Per task since the server started: requests, median latency, last time it was used."""
-        snap = read_snapshot(self.metrics)
+        snap = self._read(time.time())
         p50 = latency_p50_ms(self.metrics)
         return {task: {"requests": int(count), "latency_p50_ms": p50.get(task), "last_used": self.last_used.get(task)}
                 for task, count in snap.requests.items()}

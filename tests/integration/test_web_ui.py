@@ -285,9 +285,31 @@ def _integrated(live: dict, what: str) -> int:
 
 
 # ---- screenshots for the README --------------------------------------------------------------------------
+def demo_traffic(url: str, seconds: float = 20.0) -> int:
+    """Rounds of one request per task at once (so batches mix tasks), with each task's example images,
+    for `seconds`; returns how many requests were answered 200. Bounded in time and in concurrency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    examples = {}
+    for record in httpx.get(f"{url}/tasks").json()["tasks"]:
+        found = httpx.get(f"{url}/ui/examples/{record['task']}").json()
+        if found:
+            examples[record["task"]] = [httpx.get(url + e["url"]).content for e in found]
+    ok, deadline, i = 0, time.monotonic() + seconds, 0
+    with httpx.Client(timeout=30) as client, ThreadPoolExecutor(len(examples) or 1) as pool:
+        while examples and time.monotonic() < deadline:
+            calls = [pool.submit(client.post, f"{url}/classify/{task}", files={"file": ("x", images[i % len(images)])})
+                     for j, (task, images) in enumerate(examples.items()) if (i + j) % 3]  # not all, every round
+            ok += sum(c.result().status_code == 200 for c in calls)
+            i += 1
+            time.sleep(0.25)
+    return ok
+
+
 def capture_screenshots(url: str, out: Path) -> None:
-    """Each page of a running demo server (`make serve`), after a few example images were classified."""
+    """Each page of a running demo server (`make serve` with `python -m server.web.examples` run first)."""
     out.mkdir(parents=True, exist_ok=True)
+    print(f"{demo_traffic(url)} demo requests answered")
     driver = make_driver(1280, 1000)
     try:
         driver.get(url + "/")
@@ -303,9 +325,11 @@ def capture_screenshots(url: str, out: Path) -> None:
         driver.get(url + "/ui/tasks")
         wait_for(driver, lambda d: d.find_elements("css selector", "#tasks-table tr[data-task]"), "the task table")
         driver.save_screenshot(str(out / "web-registry.png"))
+        driver.set_window_size(1280, 1700)  # the whole task page: facts, history, report, labels
         driver.get(url + "/ui/tasks/gtsrb")
         wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts")
         driver.save_screenshot(str(out / "web-task.png"))
+        driver.set_window_size(1280, 1200)
         driver.get(url + "/ui/live")
         time.sleep(2.5)
         driver.save_screenshot(str(out / "web-live.png"))
@@ -313,6 +337,7 @@ def capture_screenshots(url: str, out: Path) -> None:
         driver.get(url + "/")
         time.sleep(1.0)
         driver.save_screenshot(str(out / "web-try-phone.png"))
+        assert console_errors(driver) == [], console_errors(driver)
     finally:
         driver.quit()
 

@@ -28,10 +28,12 @@
       ctx.fillText(v < 10 ? v.toFixed(1) : v.toFixed(0), 4, y(v) + 4);
     }
     ctx.fillText(`-${Math.round((t1 - t0) / 60)} min`, pad.left, height - 6);
-    ctx.fillText(`now (${unit})`, width - pad.right - 70, height - 6);
+    const nowLabel = `now (${unit})`;
+    ctx.fillText(nowLabel, width - pad.right - ctx.measureText(nowLabel).width, height - 6);
     for (const s of series) {
       ctx.strokeStyle = s.color;
       ctx.lineWidth = 2;
+      ctx.setLineDash(s.dashed ? [6, 4] : []);
       ctx.beginPath();
       let drawing = false;
       for (const [t, v] of s.points) {
@@ -40,12 +42,16 @@
         drawing = true;
       }
       ctx.stroke();
+      ctx.fillStyle = s.color;  // dots too: an isolated point between gaps still shows
+      for (const [t, v] of s.points) {
+        if (v !== null && (s.dots || v > 0)) { ctx.beginPath(); ctx.arc(x(t), y(v), 2.5, 0, 2 * Math.PI); ctx.fill(); }
+      }
     }
   }
 
   function legend(list, series) {
     list.replaceChildren(...series.map((s) => ps.el("li", {},
-      ps.el("span", { class: "swatch", style: `background:${s.color}` }), s.name)));
+      ps.el("span", { class: s.dashed ? "swatch dashed" : "swatch", style: `--swatch:${s.color}` }), s.name)));
   }
 
   async function refresh() {
@@ -66,8 +72,8 @@
     drawLines(document.getElementById("rps-chart"), rps, { t0, t1, unit: "requests/s" });
     legend(document.getElementById("rps-legend"), rps.length ? rps : [{ name: "no requests yet", color: "#ddd" }]);
     const batch = [
-      { name: "distinct tasks per batch", color: COLORS[0], points: live.points.map((p) => [p.t, p.tasks_per_batch]) },
-      { name: "images per batch", color: COLORS[1], points: live.points.map((p) => [p.t, p.images_per_batch]) },
+      { name: "distinct tasks per batch", color: COLORS[0], dots: true, points: live.points.map((p) => [p.t, p.tasks_per_batch]) },
+      { name: "images per batch", color: COLORS[1], dots: true, dashed: true, points: live.points.map((p) => [p.t, p.images_per_batch]) },
     ];
     drawLines(document.getElementById("batch-chart"), batch, { t0, t1, unit: "per batch" });
     legend(document.getElementById("batch-legend"), batch);

@@ -71,7 +71,7 @@
   }
 
   function reportValue(value) {
-    if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(4);
+    if (typeof value === "number") return String(Number(value.toFixed(4)));
     return typeof value === "object" ? JSON.stringify(value) : String(value);
   }
 

@@ -42,7 +42,7 @@
         type: "button", class: "example", "aria-label": `Classify example ${example.label}`,
         onclick: async () => {
           const blob = await (await fetch(example.url)).blob();
-          classify([new File([blob], example.name, { type: blob.type })]);
+          classify([new File([blob], example.name, { type: blob.type })], example.label);
         },
       }, ps.el("img", { src: example.url, alt: "" }), ps.el("span", { text: example.label })));
     }
@@ -50,7 +50,8 @@
   }
 
   // ---- classify --------------------------------------------------------------------------------------
-  async function classify(files) {
+  // trueLabel: known for the example images (their file name says it), shown next to the answer
+  async function classify(files, trueLabel = null) {
     ps.clearError(errorBox);
     const task = selectedTask();
     if (!task) { ps.showError(errorBox, new Error("choose a task first")); return; }
@@ -70,7 +71,7 @@
     }
     const answers = Array.isArray(answer) ? answer : [answer];
     document.getElementById("results-empty").hidden = true;
-    answers.forEach((a, i) => results.prepend(resultCard(a, files[i])));
+    answers.forEach((a, i) => results.prepend(resultCard(a, files[i], trueLabel)));
     const listed = document.querySelector(`.task-option[data-task="${CSS.escape(task)}"] .task-version`);
     if (listed && answers.length) {  // keep the list honest when the task changed since the page loaded
       listed.textContent = ps.shortVersion(answers[0].version);
@@ -78,8 +79,12 @@
     }
   }
 
-  function resultCard(answer, file) {
+  function resultCard(answer, file, trueLabel) {
     const top = answer.predictions[0];
+    const truth = trueLabel === null ? null : ps.el("span", {
+      class: top && top.label === trueLabel ? "truth right" : "truth wrong",
+      text: top && top.label === trueLabel ? ` · true label ${trueLabel} ✓` : ` · true label ${trueLabel} ✗`,
+    });
     const bars = ps.el("ol", { class: "bars" }, answer.predictions.map((p) => ps.el("li", {},
       ps.el("span", { class: "bar-label", text: p.label }),
       ps.el("span", { class: "bar-track" }, ps.el("span", { class: "bar", style: `width:${(100 * p.score).toFixed(1)}%` })),
@@ -90,7 +95,7 @@
         ps.el("p", { class: "result-head" },
           ps.el("strong", { class: "top-label", text: top ? top.label : "–" }),
           ` · ${answer.task} · version `,
-          ps.el("code", { class: "version", title: answer.version, text: ps.shortVersion(answer.version) })),
+          ps.el("code", { class: "version", title: answer.version, text: ps.shortVersion(answer.version) }), truth),
         bars,
         ps.el("p", { class: "timing muted", text: `queue ${ps.ms(answer.timing_ms.queue)} · compute ` +
           `${ps.ms(answer.timing_ms.compute)} · total ${ps.ms(answer.timing_ms.total)}` })));
