@@ -165,7 +165,7 @@ def _tensor_layout(raw: dict, body: int) -> dict[str, TensorInfo]:
         if not isinstance(info, dict) or set(info) != TENSOR_FIELDS:
             raise FormatError(f"tensor {name!r} must be described by exactly dtype, shape and data_offsets")
         dtype = info["dtype"]
-        if dtype not in FILE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in FILE_DTYPES:
             raise DTypeError(f"tensor {name!r} has dtype {str(dtype)[:20]!r}: use float16, bfloat16 or float32")
         shape = info["shape"]
         rank = RANK.get(name) or RANK[name.partition(".")[0]]
