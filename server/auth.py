@@ -4,6 +4,7 @@ FastAPI's own /docs and /openapi.json routes take no dependencies). The admin to
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from fastapi import Depends
@@ -34,6 +35,9 @@ def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(adm
 
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # orchestrator probes carry no tokens
+# the web page's shell: HTML, CSS and JS with no data in them (a browser cannot send a bearer header when it
+# navigates); its scripts ask for the token and send it with every API call, /ui/live.json included
+PUBLIC_PAGE = re.compile(r"/(ui/(tasks(/[a-z0-9][a-z0-9._-]{0,63})?|live|static/[A-Za-z0-9._-]+))?")  # fullmatch
 
 
 class ApiTokenGuard:
@@ -44,7 +48,8 @@ class ApiTokenGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         expected = self.state.api_token
-        if scope["type"] != "http" or expected is None or scope.get("path") in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or expected is None or path in PUBLIC_PATHS or PUBLIC_PAGE.fullmatch(path):
             await self.app(scope, receive, send)
             return
         token = _bearer(scope)

@@ -16,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 
 import promptserve
 from server.errors import ApiError
-from server.state import ServerState, get_state
+from server.state import ServerState, get_state, ready_state
 from server.tasks import check_task_name, list_tasks
 
 HERE = Path(__file__).parent
@@ -35,12 +35,19 @@ def _page(request: Request, template: str, state: ServerState, **context) -> HTM
 
 @router.get("/", response_class=HTMLResponse)
 async def try_page(request: Request, state: ServerState = Depends(get_state)) -> HTMLResponse:
+    """With an API token set, the shell is public (server/auth.py) and holds no task: the script fetches them."""
     tasks, not_ready = [], None
-    if state.ready:
-        tasks = (await list_tasks(state)).tasks
-    else:
+    if not state.ready:
         not_ready = f"failed to start: {state.error}" if state.error else "the server is still loading"
+    elif state.api_token is None:
+        tasks = (await list_tasks(state)).tasks
     return _page(request, "try.html", state, tasks=tasks, not_ready=not_ready, active="try")
+
+
+@router.get("/ui/fragments/tasks", response_class=HTMLResponse)
+async def task_list_fragment(request: Request, state: ServerState = Depends(ready_state)) -> HTMLResponse:
+    """The Try page's task choices as HTML, behind the API token like every data endpoint."""
+    return templates.TemplateResponse(request, "task_list.html", {"tasks": (await list_tasks(state)).tasks})
 
 
 @router.get("/ui/tasks", response_class=HTMLResponse)

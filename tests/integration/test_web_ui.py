@@ -37,6 +37,8 @@ needs_browser = pytest.mark.skipif(
     reason="browser tests need Debian's chromium + chromium-driver (apt-get install -y chromium chromium-driver; "
            "`make test` does it when root) and selenium (the dev extra)")
 WAIT_S = 15
+API_TOKEN = "test-api-token"  # the module's server asks for one on every request: the page must ask for it too
+API_AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 def make_driver(width: int = 1280, height: int = 900):
@@ -88,7 +90,8 @@ def web_server(tmp_path_factory):
     (seed / "alpha.safetensors").write_bytes(prompt_set_bytes(1))
     (seed / "beta.safetensors").write_bytes(prompt_set_bytes(2, classes=4))
     (seed / "examples" / "alpha" / "s1-c0__0.png").write_bytes(image_bytes(7))
-    server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(seed)).start()
+    server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(seed),
+                           env={"PROMPTSERVE_API_TOKEN": API_TOKEN}).start()
     try:
         yield server
     finally:
@@ -100,7 +103,7 @@ def driver(web_server):
     """The browser starts while the server is still loading (both take seconds on a busy machine)."""
     driver = make_driver() if CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM else None
     try:
-        web_server.wait_ready()
+        web_server.wait_ready(timeout_s=240)  # a loaded 2-core machine: minutes
         yield driver
     finally:
         if driver is not None:
@@ -120,7 +123,7 @@ def files(tmp_path):
 # ---- helpers that drive the pages ------------------------------------------------------------------------
 def classify_on_try_page(driver, url: str, task: str, image_path: str) -> tuple[str, str]:
     """Load Try, choose `task`, give it the image; returns (top label, full version) as the page shows them."""
-    driver.get(url + "/")
+    open_try_page_with_token(driver, url)
     by_css(driver, f'.task-option[data-task="{task}"]').click()
     before = len(driver.find_elements("css selector", ".result"))
     by_css(driver, "#image-files").send_keys(image_path)
@@ -131,6 +134,17 @@ def classify_on_try_page(driver, url: str, task: str, image_path: str) -> tuple[
             card.find_element("css selector", ".version").get_attribute("title"))
 
 
+def submit_api_token(driver, token: str = API_TOKEN) -> None:
+    by_css(driver, "#api-token").send_keys(token)
+    by_css(driver, "#api-token-form button[type=submit]").click()
+
+
+def open_try_page_with_token(driver, url: str) -> None:
+    driver.get(url + "/")
+    submit_api_token(driver)
+    wait_for(driver, lambda d: d.find_elements("css selector", ".task-option"), "the task list")
+
+
 def confirm_dialog(driver) -> None:
     wait_for(driver, lambda d: by_css(d, "#confirm-dialog").get_attribute("open") is not None, "the confirmation")
     by_css(driver, "#confirm-ok").click()
@@ -138,6 +152,7 @@ def confirm_dialog(driver) -> None:
 
 def open_task_page_with_token(driver, url: str, task: str, token: str = ADMIN) -> None:
     driver.get(f"{url}/ui/tasks/{task}")
+    submit_api_token(driver)
     wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts")
     by_css(driver, "#admin-token").send_keys(token)
 
@@ -146,31 +161,43 @@ def page_current_version(driver) -> str:
     return by_css(driver, "#task-facts .current-version").text
 
 
-def http_classify(url: str, task: str, data: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/classify/{task}", files={"file": ("x.png", data, "image/png")}, timeout=30)
+def http_classify(url: str, task: str, data: bytes, token: str | None = API_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{url}/classify/{task}", files={"file": ("x.png", data, "image/png")}, headers=headers,
+                      timeout=30)
 
 
 # ---- tests ------------------------------------------------------------------------------------------------
 @needs_browser
 def test_try_page_lists_tasks_and_answers_like_the_api(web_server, driver, files):
     url = web_server.url
+    # the server wants an API token: the page asks for it and shows no task before it has one
     driver.get(url + "/")
+    assert by_css(driver, "label[for=api-token]").is_displayed()
+    assert not driver.find_elements("css selector", ".task-option") and "alpha" not in driver.page_source
+    submit_api_token(driver, "not-the-token")  # a wrong one: the server's 403, as sent
+    refused = httpx.get(f"{url}/ui/fragments/tasks", headers={"Authorization": "Bearer not-the-token"})
+    error = wait_for(driver, lambda d: by_css(d, "#try-error").text, "the 403 message")
+    assert refused.status_code == 403 and error == f"HTTP 403 {refused.json()['error']}: {refused.json()['detail']}"
+    open_try_page_with_token(driver, url)
     names = [e.get_attribute("data-task") for e in driver.find_elements("css selector", ".task-option")]
     assert names == ["alpha", "beta"]
     data = image_bytes(3)
     label, version = classify_on_try_page(driver, url, "beta", files("cat.png", data))
     expected = http_classify(url, "beta", data).json()
     assert label == expected["predictions"][0]["label"]
-    assert version == expected["version"] == httpx.get(f"{url}/tasks/beta").json()["current"]["version"]
+    current = httpx.get(f"{url}/tasks/beta", headers=API_AUTH).json()["current"]["version"]
+    assert version == expected["version"] == current
     assert by_css(driver, ".result .timing").text.startswith("queue ")
     # the example image of alpha is one click away and answers like the API does for its bytes
     by_css(driver, '.task-option[data-task="alpha"]').click()
     wait_for(driver, lambda d: d.find_elements("css selector", "button.example"), "alpha's example button")
+    assert by_css(driver, "button.example").text == "s1-c0"  # the true label, from the file name
     by_css(driver, "button.example").click()
     wait_for(driver, lambda d: by_css(d, ".result").get_attribute("data-task") == "alpha", "the example's result")
     expected = http_classify(url, "alpha", image_bytes(7)).json()
     assert by_css(driver, ".result .top-label").text == expected["predictions"][0]["label"]
-    assert console_errors(driver) == []
+    assert console_errors(driver, allowed_statuses=(403,)) == []
 
 
 @needs_browser
@@ -178,7 +205,7 @@ def test_invalid_file_shows_the_servers_422_message(web_server, driver, files):
     broken = image_bytes(1)[:60]  # a PNG cut short: the server's decoder refuses it
     answer = http_classify(web_server.url, "alpha", broken)
     assert answer.status_code == 422
-    driver.get(web_server.url + "/")
+    open_try_page_with_token(driver, web_server.url)
     by_css(driver, "#image-files").send_keys(files("x.png", broken))  # the name the server's message quotes
     error = wait_for(driver, lambda d: by_css(d, "#try-error").text, "the error message")
     body = answer.json()
@@ -189,7 +216,7 @@ def test_invalid_file_shows_the_servers_422_message(web_server, driver, files):
 @needs_browser
 def test_upload_and_rollback_through_the_registry_page(web_server, driver, files):
     url = web_server.url
-    old_version = httpx.get(f"{url}/tasks/alpha").json()["current"]["version"]
+    old_version = httpx.get(f"{url}/tasks/alpha", headers=API_AUTH).json()["current"]["version"]
     new_set = prompt_set_bytes(3)
     new_version = hashlib.sha256(new_set).hexdigest()
     new_path = files("alpha-v2.safetensors", new_set)
@@ -200,8 +227,9 @@ def test_upload_and_rollback_through_the_registry_page(web_server, driver, files
     by_css(driver, "#upload-form button[type=submit]").click()
     confirm_dialog(driver)
     error = wait_for(driver, lambda d: by_css(d, "#task-error").text, "the 403 message")
-    assert error == "HTTP 403 forbidden: the bearer token is not the admin token"
-    assert httpx.get(f"{url}/tasks/alpha").json()["current"]["version"] == old_version
+    refused = httpx.put(f"{url}/tasks/alpha", content=new_set, headers={"Authorization": "Bearer not-the-token"}).json()
+    assert error == f"HTTP 403 {refused['error']}: {refused['detail']}"
+    assert httpx.get(f"{url}/tasks/alpha", headers=API_AUTH).json()["current"]["version"] == old_version
 
     # the right token: a new version, served at once on the Try page
     open_task_page_with_token(driver, url, "alpha")
@@ -230,26 +258,64 @@ def test_registry_table_and_live_view_show_the_servers_metrics(web_server, drive
     url = web_server.url
     for _ in range(3):
         assert http_classify(url, "beta", image_bytes(5)).status_code == 200
-    expected = httpx.get(f"{url}/ui/live.json").json()["tasks"]["beta"]["requests"]
+    expected = httpx.get(f"{url}/ui/live.json", headers=API_AUTH).json()["tasks"]["beta"]["requests"]
     driver.get(url + "/ui/tasks")
+    submit_api_token(driver)
     row = wait_for(driver, lambda d: d.find_elements("css selector", '#tasks-table tr[data-task="beta"]'), "beta's row")
     cells = [c.text for c in row[0].find_elements("css selector", "th, td")]
     assert cells[0] == "beta" and cells[3] == "4" and cells[8] == str(expected)
     driver.get(url + "/ui/live")
+    submit_api_token(driver)
     wait_for(driver, lambda d: "beta" in by_css(d, "#rps-legend").text, "beta in the requests/s legend")
     assert "distinct tasks per batch" in by_css(driver, "#batch-summary").text
     assert console_errors(driver) == []
 
 
+@needs_browser
+def test_new_task_from_the_registry_list_then_delete_it(web_server, driver, files):
+    url = web_server.url
+    driver.get(url + "/ui/tasks")
+    submit_api_token(driver)
+    by_css(driver, "#admin-token").send_keys(ADMIN)
+    by_css(driver, "#new-task-name").send_keys("gamma")
+    by_css(driver, "#new-task-file").send_keys(files("gamma.safetensors", prompt_set_bytes(4, classes=5)))
+    by_css(driver, "#new-task-form button[type=submit]").click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: by_css(d, "#new-task-status").text.startswith("Uploaded"), "the upload status")
+    wait_for(driver, lambda d: d.find_elements("css selector", '#tasks-table tr[data-task="gamma"]'), "gamma's row")
+    assert len(httpx.get(f"{url}/tasks/gamma", headers=API_AUTH).json()["current"]["labels"]) == 5
+
+    open_task_page_with_token(driver, url, "gamma")
+    by_css(driver, "#delete-task").click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: by_css(d, "#task-status").text.startswith("Deleted"), "the delete status")
+    assert httpx.get(f"{url}/tasks/gamma", headers=API_AUTH).status_code == 404
+    assert by_css(driver, "#task-error").text == ""  # no error after a delete that worked
+    assert console_errors(driver) == []
+
+
+def test_page_shell_is_public_and_holds_no_data_while_the_data_needs_the_token(web_server):
+    url = web_server.wait_ready(timeout_s=240).url
+    for page in ("/", "/ui/tasks", "/ui/tasks/alpha", "/ui/live", "/ui/static/common.js"):
+        answer = httpx.get(url + page)
+        assert answer.status_code == 200, page
+        assert "s1-c0" not in answer.text and 'data-task="beta"' not in answer.text, page
+    for data in ("/ui/live.json", "/ui/fragments/tasks", "/ui/examples/alpha", "/ui/examples/alpha/s1-c0__0.png",
+                 "/tasks"):
+        assert httpx.get(url + data).status_code == 401, data
+    fragment = httpx.get(url + "/ui/fragments/tasks", headers=API_AUTH).text
+    assert 'data-task="alpha"' in fragment and 'data-task="beta"' in fragment
+
+
 def test_live_json_agrees_with_the_prometheus_counters(web_server):
     """Rates integrated over the window give back the counters (the sampler starts before any request)."""
-    url = web_server.wait_ready().url
+    url = web_server.wait_ready(timeout_s=240).url
     for i in range(4):
         assert http_classify(url, "alpha" if i % 2 else "beta", image_bytes(i)).status_code == 200
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # one more sample after the last request
-        live = httpx.get(f"{url}/ui/live.json").json()
-        metrics = httpx.get(f"{url}/metrics").text
+        live = httpx.get(f"{url}/ui/live.json", headers=API_AUTH).json()
+        metrics = httpx.get(f"{url}/metrics", headers=API_AUTH).text
         if live["points"] and live["now"] - live["points"][-1]["t"] < live["interval_s"] and \
                 _counter(metrics, "promptserve_batch_tasks_count") == _integrated(live, "batches"):
             break

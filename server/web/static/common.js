@@ -26,6 +26,19 @@ ps.token = (id) => {
   const input = document.getElementById(id);
   return input && input.value.trim() ? input.value.trim() : null;
 };
+// for reads: the API token when the server asks for one (the admin token opens everything too)
+ps.readToken = () => ps.token("api-token") || ps.token("admin-token");
+
+// run `load` now, or, when the server needs an API token, each time one is submitted (the page's shell is
+// public and holds no data: everything it shows is fetched with the token)
+ps.apiTokenRequired = document.body.dataset.apiTokenRequired === "true";
+ps.whenToken = (load) => {
+  if (!ps.apiTokenRequired) { load(); return; }
+  document.getElementById("api-token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    load();
+  });
+};
 
 class ApiError extends Error {
   constructor(status, code, detail) {
@@ -36,17 +49,21 @@ class ApiError extends Error {
   }
 }
 
-// fetch + JSON; a non-2xx answer throws ApiError carrying the server's {error, detail} as sent
-ps.api = async (path, { method = "GET", body = null, headers = {}, token = null } = {}) => {
-  const allHeaders = { Accept: "application/json", ...headers };
-  if (token) allHeaders.Authorization = `Bearer ${token}`;
+// fetch + JSON (or text, or a blob); a non-2xx answer throws ApiError carrying the server's {error, detail}
+// as sent. token: the read token unless given (writes pass the admin token)
+ps.api = async (path, { method = "GET", body = null, headers = {}, token = undefined, as = "json" } = {}) => {
+  const allHeaders = { Accept: as === "json" ? "application/json" : "*/*", ...headers };
+  const bearer = token === undefined ? ps.readToken() : token;
+  if (bearer) allHeaders.Authorization = `Bearer ${bearer}`;
   let response;
   try {
     response = await fetch(path, { method, body, headers: allHeaders });
   } catch (err) {
     throw new ApiError(0, "network", `the server did not answer (${err.message})`);
   }
+  if (response.ok && as === "blob") return response.blob();
   const text = await response.text();
+  if (response.ok && as === "text") return text;
   let data = null;
   try { data = text ? JSON.parse(text) : null; } catch { data = null; }
   if (!response.ok) {

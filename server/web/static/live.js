@@ -84,6 +84,9 @@
       `${Math.round(batches)} batches in the window, ${mean.toFixed(2)} distinct tasks per batch on average.`;
   }
 
-  refresh();
-  setInterval(refresh, 2000);
+  let refreshing = null;
+  ps.whenToken(() => {
+    refresh();
+    refreshing = refreshing || setInterval(refresh, 2000);
+  });
 })();

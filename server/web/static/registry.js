@@ -43,8 +43,11 @@
   }
 
   function setUpTable() {
-    renderTable();
-    setInterval(renderTable, 5000);
+    let refreshing = null;
+    ps.whenToken(() => {
+      renderTable();
+      refreshing = refreshing || setInterval(renderTable, 5000);
+    });
     document.getElementById("new-task-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       const status = document.getElementById("new-task-status");
@@ -131,7 +134,7 @@
   }
 
   function setUpTask(task) {
-    renderTask(task);
+    ps.whenToken(() => renderTask(task));
     document.getElementById("upload-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const file = document.getElementById("upload-file").files[0];

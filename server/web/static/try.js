@@ -19,8 +19,22 @@
       option.hidden = !hit;
     }
   });
-  for (const radio of document.querySelectorAll('input[name="task"]')) {
-    radio.addEventListener("change", () => loadExamples(selectedTask()));
+  const taskList = document.getElementById("task-list");
+  taskList.addEventListener("change", () => loadExamples(selectedTask()));
+
+  // with an API token the list comes from the server (the same template) once the token is given
+  async function loadTaskList() {
+    ps.clearError(errorBox);
+    try {
+      const html = await ps.api("/ui/fragments/tasks", { as: "text" });
+      const legend = taskList.querySelector("legend");
+      taskList.innerHTML = html;  // server-rendered by Jinja, which escaped every name and label
+      taskList.prepend(legend);
+    } catch (err) {
+      ps.showError(errorBox, err);
+      return;
+    }
+    loadExamples(selectedTask());
   }
 
   // ---- example images of the chosen task -------------------------------------------------------------
@@ -38,13 +52,17 @@
     examples.append(ps.el("p", { class: "muted", text: `Examples for ${task} (true label under each):` }));
     const row = ps.el("div", { class: "example-row" });
     for (const example of list) {
+      let blob;
+      try {
+        blob = await ps.api(example.url, { as: "blob" });  // with the token: no <img src> can carry one
+      } catch (err) {
+        ps.showError(errorBox, err);
+        return;
+      }
       row.append(ps.el("button", {
         type: "button", class: "example", "aria-label": `Classify example ${example.label}`,
-        onclick: async () => {
-          const blob = await (await fetch(example.url)).blob();
-          classify([new File([blob], example.name, { type: blob.type })], example.label);
-        },
-      }, ps.el("img", { src: example.url, alt: "" }), ps.el("span", { text: example.label })));
+        onclick: () => classify([new File([blob], example.name, { type: blob.type })], example.label),
+      }, ps.el("img", { src: URL.createObjectURL(blob), alt: "" }), ps.el("span", { text: example.label })));
     }
     examples.append(row);
   }
@@ -63,7 +81,7 @@
     let answer;
     try {
       answer = await ps.api(`/classify/${encodeURIComponent(task)}?top_k=${topK}`, {
-        method: "POST", body: form, token: ps.token("api-token"),
+        method: "POST", body: form,
       });
     } catch (err) {
       ps.showError(errorBox, err);
@@ -127,5 +145,6 @@
     if (files.length) { event.preventDefault(); classify(files); }
   });
 
-  loadExamples(selectedTask());
+  if (ps.apiTokenRequired) ps.whenToken(loadTaskList);
+  else loadExamples(selectedTask());
 })();
