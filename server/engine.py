@@ -64,6 +64,8 @@ class Engine:
         self.backbone, self.store, self.metrics, self.limits = backbone, store, metrics, limits
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(settings.dtype, self.device)
+        # hash the weights as trained before a bf16/fp16 cast rounds them: prompt sets name that fingerprint
+        backbone.fingerprint  # noqa: B018 (cached property)
         self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)
         self.data_config = backbone.data_config
         self.resident = ResidentSet(settings.resident_max_tasks, settings.resident_max_bytes, settings.pinned_tasks)

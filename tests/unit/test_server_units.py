@@ -137,3 +137,19 @@ def test_seed_registry(tmp_path, backbone):
     with open_store(tmp_path / "from-assets") as store:
         assert seed_registry(store, backbone, tasks_dir) == ["flowers"]
         assert store.resolve("flowers").labels == ["a", "b"]
+
+
+def test_bfloat16_engine_accepts_sets_trained_on_the_fp32_weights():
+    """dtype bfloat16 casts the backbone in place; its fingerprint must still be that of the weights as trained
+    (it was hashed after the cast, so every task was refused as trained on another backbone)."""
+    from server.engine import Engine
+    from server.metrics import Metrics
+
+    trained_on = random_tiny_backbone()
+    served = random_tiny_backbone()  # a second copy: the engine casts it to bf16
+    engine = Engine(served, None, ServerSettings(device="cpu", dtype="bfloat16"), Metrics())
+    try:
+        assert next(engine.model.vit.parameters()).dtype == torch.bfloat16
+        engine.check(demo_prompt_set(trained_on, seed=3))  # raises FingerprintError without the fix
+    finally:
+        engine.close()
