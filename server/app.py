@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 import promptserve
 from server import classify, health, tasks, web
@@ -60,6 +62,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
     app.add_exception_handler(HTTPException, api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
+    app.add_exception_handler(405, _method_not_allowed)
     app.add_exception_handler(Exception, _internal_error)
 
     def body_limit(scope) -> int:
@@ -83,15 +86,18 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
     app.include_router(tasks.router)
     app.include_router(health.router)
     app.include_router(web.router)  # the web page: Try, Registry, Live (server/web/)
-    _document_api_token(app, settings)
+    _complete_openapi(app, settings)
     return app
 
 
-def _document_api_token(app: FastAPI, settings: ServerSettings) -> None:
-    """Declare the API token in /openapi.json exactly where it is required: everywhere but the probes,
-    and only when the server has one (ApiTokenGuard enforces it)."""
-    if settings.api_token is None:
-        return
+# What any route can answer before or around its own logic: a malformed body (Starlette's 400), a slow body
+# (408), a body over its limit (413), a bad parameter (422), an unexpected failure (500), not ready yet (503).
+COMMON_ERRORS = ("400", "408", "413", "422", "500", "503")
+
+
+def _complete_openapi(app: FastAPI, settings: ServerSettings) -> None:
+    """Document every status each operation can answer, and the API token exactly where it is required:
+    everywhere but the probes, and only when the server has one (ApiTokenGuard enforces it)."""
     from server.auth import PUBLIC_PATHS
 
     build = app.openapi
@@ -99,18 +105,21 @@ def _document_api_token(app: FastAPI, settings: ServerSettings) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes["ApiToken"] = {"type": "http", "scheme": "bearer",
-                                   "description": "PROMPTSERVE_API_TOKEN (the admin token works too)."}
+            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            codes = COMMON_ERRORS + (("401", "403") if settings.api_token is not None else ())
+            if settings.api_token is not None:
+                schema.setdefault("components", {}).setdefault("securitySchemes", {})["ApiToken"] = {
+                    "type": "http", "scheme": "bearer", "description": "PROMPTSERVE_API_TOKEN (or the admin token)."}
             for path, operations in schema.get("paths", {}).items():
                 if path in PUBLIC_PATHS:
                     continue
                 for operation in operations.values():
                     responses = operation.setdefault("responses", {})
-                    for code in ("401", "403"):
-                        responses.setdefault(code, {"description": "Missing or wrong API token", "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
-                    if "AdminToken" not in str(operation.get("security", "")):
+                    for code in codes:
+                        responses.setdefault(code, {"description": HTTPStatus(int(code)).phrase, **error})
+                    if "422" in responses:  # FastAPI documents its own validation body; ours is ErrorResponse
+                        responses["422"] = {"description": "Invalid request", **error}
+                    if settings.api_token is not None and "AdminToken" not in str(operation.get("security", "")):
                         operation["security"] = [{"ApiToken": []}]
             app.openapi_schema = schema
         return app.openapi_schema
@@ -130,6 +139,17 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
         where = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
     return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts)}, status_code=422)
+
+
+async def _method_not_allowed(request, exc: HTTPException) -> JSONResponse:
+    """405 with `Allow` naming every method of the path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    allow = ", ".join(sorted(methods - {"HEAD"}))
+    return JSONResponse({"error": "method_not_allowed", "detail": f"{request.method} is not allowed here; use {allow}"},
+                        status_code=405, headers={"Allow": allow})
 
 
 async def _client_disconnected(request, exc: ClientDisconnect) -> Response:

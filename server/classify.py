@@ -18,7 +18,7 @@ from server.images import SUPPORTED_CONTENT_TYPES, ImageProbe, decode_probed, pr
 from server.metrics import UNKNOWN_TASK
 from server.schemas import ClassifyResponse, Prediction, Timing, error_responses
 from server.state import ServerState, ready_state
-from server.tasks import check_task_name
+from server.tasks import TaskName, check_task_name
 
 router = APIRouter(tags=["classify"])
 log = logging.getLogger("promptserve.server")
@@ -46,7 +46,7 @@ _REQUEST_BODY = {
     responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 500, 503, 504),
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
-async def classify(request: Request, response: Response, task: str,
+async def classify(request: Request, response: Response, task: TaskName,
                    top_k: int | None = Query(None, ge=1, le=1000, description="Labels per image (default 5)."),
                    state: ServerState = Depends(ready_state)):
     start = perf_counter()

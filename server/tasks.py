@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 
 from server.auth import require_admin
 from server.errors import ApiError, translated
@@ -29,6 +30,10 @@ from server.state import ServerState, ready_state
 router = APIRouter(tags=["tasks"])
 
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # DESIGN.md's contract; the store checks it too
+# The pattern is documented in the OpenAPI schema (json_schema_extra), not enforced by FastAPI: check_task_name
+# answers a bad name with its own 422 that says what a name may be.
+TaskName = Annotated[str, Path(description="Task name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.",
+                               json_schema_extra={"pattern": TASK_NAME.pattern})]
 
 
 def check_task_name(task: str) -> None:
@@ -46,11 +51,11 @@ def record_model(record) -> TaskRecordModel:
     response_model=TaskRecordModel,
     summary="Upload a prompt set (safetensors) as the task's new version and serve it",
     dependencies=[Depends(require_admin)],
-    responses=error_responses(401, 403, 409, 413, 422, 503),
+    responses=error_responses(401, 403, 409, 413, 422, 503, 507),
     openapi_extra={"requestBody": {"required": True, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}},
 )
-async def upload(task: str, request: Request, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
+async def upload(task: TaskName, request: Request, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
     engine = state.engine
     try:
         check_task_name(task)
@@ -80,7 +85,7 @@ async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
 
 @router.get("/tasks/{task}", response_model=TaskDetail, responses=error_responses(404, 422),
             summary="A task's current version, history, labels, metrics, size and residency")
-async def get_task(task: str, state: ServerState = Depends(ready_state)) -> TaskDetail:
+async def get_task(task: TaskName, state: ServerState = Depends(ready_state)) -> TaskDetail:
     check_task_name(task)
     with translated(task):
         current = await asyncio.to_thread(state.store.resolve, task)
@@ -95,9 +100,9 @@ async def get_task(task: str, state: ServerState = Depends(ready_state)) -> Task
     response_model=TaskRecordModel,
     summary="Point the task back at an earlier version and serve it",
     dependencies=[Depends(require_admin)],
-    responses=error_responses(401, 403, 404, 409, 422, 503),
+    responses=error_responses(401, 403, 404, 409, 422, 503, 507),
 )
-async def rollback(task: str, body: RollbackRequest, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
+async def rollback(task: TaskName, body: RollbackRequest, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
     engine = state.engine
     try:
         check_task_name(task)
@@ -120,7 +125,7 @@ async def rollback(task: str, body: RollbackRequest, state: ServerState = Depend
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def delete_task(task: str, state: ServerState = Depends(ready_state)) -> DeletedResponse:
+async def delete_task(task: TaskName, state: ServerState = Depends(ready_state)) -> DeletedResponse:
     check_task_name(task)
     with translated(task):
         await asyncio.to_thread(state.store.delete, task)
