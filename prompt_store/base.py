@@ -99,7 +99,7 @@ class FsckReport:
     """What `fsck` found (and, with repair, fixed): names and short reasons, never file contents."""
 
     broken_tasks: dict[str, str] = field(default_factory=dict)  # task -> why its record cannot be read
-    orphan_blobs: list[str] = field(default_factory=list)  # versions no task's history names
+    orphan_blobs: list[str] = field(default_factory=list)  # versions no history names (known once all are readable)
     temp_files: list[str] = field(default_factory=list)  # left by writers that died
     repaired: bool = False
 

@@ -11,9 +11,13 @@ from functools import cache
 
 import httpx
 import pytest
+import typer
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import AUTH, ServerProcess, image_bytes, prompt_set_bytes
+from server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
+from typer.testing import CliRunner
+
+import server.cli
 
 PNG = {"content-type": "image/png"}
 FLOOD_IMAGES, FLOOD_SIDE = 32, 6000  # issue 12 point 1: 32 PNGs of 6000x6000 in 1.1 MB
@@ -124,3 +128,17 @@ def test_a_token_in_the_query_string_never_reaches_the_access_log(live):
     log = live.log()
     assert "/tasks?token=***" in log, log[-1000:]
     assert secret not in log
+
+
+def test_push_reads_the_admin_token_from_a_file(live, tmp_path):
+    """The token never has to be on the command line (where the process list shows it)."""
+    token_file, blob = tmp_path / "admin.token", tmp_path / "t.safetensors"
+    token_file.write_text(ADMIN + "\n")
+    blob.write_bytes(prompt_set_bytes(4))
+    app = typer.Typer(add_completion=False)
+    app.command("push")(server.cli.push)
+    app.command("classify")(server.cli.classify)
+    result = CliRunner(env={"PROMPTSERVE_ADMIN_TOKEN": None}).invoke(
+        app, ["push", str(blob), "--task", "from-file", "--url", live.url, "--token-file", str(token_file)])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert httpx.get(f"{live.url}/tasks/from-file", timeout=10).status_code == 200
