@@ -80,7 +80,9 @@ async def totals(handle, replicas: int) -> dict[str, float]:
         if len(seen) == replicas:
             break
     keys = ("cold_loads", "batches", "batch_tasks_sum", "images")
-    return {k: sum(s[k] for s in seen.values()) for k in keys}
+    out = {k: sum(s[k] for s in seen.values()) for k in keys}
+    out.update({f"images@{name}": s["images"] for name, s in seen.items()})
+    return out
 
 
 def main() -> None:
@@ -92,6 +94,8 @@ def main() -> None:
     p.add_argument("--round-requests", type=int, default=400)
     p.add_argument("--rounds", type=int, default=6, help="timed rounds per variant, at most")
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--max-ongoing", type=int, default=64, help=(
+        "requests one replica takes at once; beyond it Ray sends a task to a replica that does not hold it"))
     p.add_argument("--engine-cpus", type=float, default=0.5, help="Ray logical CPUs per engine replica")
     p.add_argument("--budget-s", type=float, default=300.0, help="wall seconds for the timed rounds")
     args = p.parse_args()
@@ -116,7 +120,7 @@ def main() -> None:
                                       resident_max_tasks=args.resident, torch_threads=1, max_batch=32, max_wait_ms=2,
                                       queue_limit=4096)
             rs = RaySettings(replicas=args.replicas, engine_num_cpus=args.engine_cpus,
-                             max_ongoing_requests=max(64, args.concurrency))
+                             max_ongoing_requests=args.max_ongoing)
             handles, predictors = {}, {}
             for variant in VARIANTS:
                 name = f"bench-{variant}"
@@ -153,7 +157,7 @@ async def run_rounds(args, handles: dict, predictors: dict, pixels: np.ndarray) 
             break
     after = {v: await totals(handles[v], args.replicas) for v in VARIANTS}
     return {"rounds": rounds, "lat": lat, "wall": wall,
-            "delta": {v: {k: after[v][k] - before[v][k] for k in after[v]} for v in VARIANTS}}
+            "delta": {v: {k: after[v][k] - before[v].get(k, 0.0) for k in after[v]} for v in VARIANTS}}
 
 
 def report(args, result: dict) -> None:
@@ -161,16 +165,19 @@ def report(args, result: dict) -> None:
     for variant in VARIANTS:
         d, lat = result["delta"][variant], result["lat"][variant]
         n = len(lat)
+        per_replica = [value for key, value in d.items() if key.startswith("images@")]
         per_variant[variant] = dict(cold=1000 * d["cold_loads"] / n, rps=n / result["wall"][variant],
                                     p99=1e3 * c.percentile(lat, 99))
         rows.append([variant, n, f"{1000 * d['cold_loads'] / n:.0f}", f"{d['batch_tasks_sum'] / d['batches']:.2f}",
-                     f"{d['images'] / d['batches']:.2f}", f"{n / result['wall'][variant]:.1f}",
+                     f"{d['images'] / d['batches']:.2f}", f"{max(per_replica) / d['images']:.2f}",
+                     f"{n / result['wall'][variant]:.1f}",
                      f"{1e3 * c.percentile(lat, 50):.1f}", f"{1e3 * c.percentile(lat, 99):.1f}"])
     a, b = per_variant["affinity"], per_variant["round-robin"]
     c.table(["routing", "requests", "cold loads / 1,000 req", "distinct tasks / batch", "images / batch",
-             "req/s", "p50 ms", "p99 ms"], rows,
+             "busiest replica's share", "req/s", "p50 ms", "p99 ms"], rows,
             title=f"### {args.replicas} engine replicas x {args.engine_cpus} CPU, {args.tasks} tasks (Zipf "
                   f"{args.zipf}), {args.resident} resident per replica, concurrency {args.concurrency}, "
+                  f"max {args.max_ongoing} ongoing per replica, "
                   f"{result['rounds']} timed rounds of {args.round_requests} requests per variant")
     c.table(["affinity vs round-robin", "ratio"], [
         ["cold loads", f"{a['cold'] / b['cold']:.2f}x" if b["cold"] else "-"],

@@ -264,6 +264,7 @@ def run(settings: ServerSettings, rs: RaySettings, ready_timeout_s: float = 600.
         # cores): better than replicas that stay pending forever
         cpus = max(os.cpu_count() or 1, math.ceil(rs.cpus_needed()))
         ray.init(num_cpus=cpus, include_dashboard=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the same way on SIGTERM (containers) as on Ctrl-C
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_app(settings, rs), name=rs.app_name, route_prefix="/")
@@ -272,16 +273,17 @@ def run(settings: ServerSettings, rs: RaySettings, ready_timeout_s: float = 600.
         scaling = (f"{rs.min_replicas or 1}-{rs.max_replicas} (autoscaling)" if rs.autoscaling else str(rs.replicas))
         print(f"promptserve on Ray Serve: {url} ({scaling} engine replicas, routed by "
               f"{'task' if rs.affinity else 'load only'})", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, _interrupt)
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         pass
     finally:
-        with contextlib.suppress(Exception):
-            serve.delete(rs.app_name)
-        if not rs.address:
-            serve.shutdown()
+        if rs.address:  # someone else's cluster: take only this application off it
+            with contextlib.suppress(Exception):
+                serve.delete(rs.app_name)
+        else:  # the local instance goes away whole (no per-app teardown that could wait on a broken cluster)
+            with contextlib.suppress(Exception):
+                serve.shutdown()
         ray.shutdown()
 
 
