@@ -255,3 +255,12 @@ def test_a_hung_redis_gives_unavailable_in_seconds(restartable_redis_server):
     finally:
         os.kill(pid, signal.SIGCONT)
         store.close()
+
+
+def test_a_malformed_multipart_body_is_counted_as_its_4xx_not_500(client):
+    r = client.post("/classify/stable", content=b"--b\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nx",
+                    headers={"content-type": "multipart/form-data"})  # no boundary parameter
+    assert 400 <= r.status_code < 500 and r.json()["error"], r.text
+    metrics = client.get("/metrics").text
+    assert f'promptserve_classify_requests_total{{status="{r.status_code}",task="stable"}}' in metrics
+    assert 'status="500"' not in metrics
