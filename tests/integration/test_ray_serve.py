@@ -33,7 +33,8 @@ from server.settings import ServerSettings
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
 
-pytestmark = pytest.mark.redis
+# Ray and three replica processes start once for the module: 1-3 minutes on 2 busy cores, beyond the default timeout
+pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(600)]
 APP = "promptserve-test"
 PINNED = "shared"  # pinned on every replica: the task both replicas hold when an upload lands
 
