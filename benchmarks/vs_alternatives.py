@@ -43,13 +43,25 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-APPROACHES = ("per-task models", "per-model batched", "linear heads", "promptserve")
+APPROACHES = ("per-task models", "per-model batched", "linear heads", "promptserve", "promptserve 1 task")
 CLASSES, VISUAL, KV = 10, 10, 10
 
 
-def rss() -> int:
+def rss(device: str = "cpu") -> int:
+    """Resident memory: the process's RSS, or on CUDA the bytes torch holds on the device."""
     gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.memory_allocated()
     return psutil.Process().memory_info().rss
+
+
+def placed_backbone(size: str, device: str, dtype: str):
+    """The size's backbone on `device` in `dtype` (its fingerprint hashed first, as the engine does)."""
+    bb = c.backbone(size)
+    bb.fingerprint  # noqa: B018 - before the cast, so the random prompt sets match it
+    bb.model.to(device=device, dtype=getattr(torch, dtype))
+    return bb
 
 
 def zipf_bursts(tasks: int, bursts: int, size: int, s: float, seed: int = 0) -> list[list[int]]:
@@ -59,7 +71,7 @@ def zipf_bursts(tasks: int, bursts: int, size: int, s: float, seed: int = 0) -> 
 
 
 STATE = {"per-task models": "models", "per-model batched": "models", "linear heads": "heads",
-         "promptserve": "prompts"}  # the per-task state each approach keeps
+         "promptserve": "prompts", "promptserve 1 task": "prompts"}  # the per-task state each approach keeps
 
 
 class Level:
@@ -68,9 +80,9 @@ class Level:
     def __init__(self, bb, tasks: int, models_mib: float, kinds=("models", "heads", "prompts")):
         self.bb, self.tasks = bb, tasks
         if "heads" in kinds:
-            g = torch.Generator().manual_seed(0)
-            self.head_w = torch.randn(tasks, CLASSES, bb.embed_dim, generator=g) * 0.02
-            self.head_b = torch.zeros(tasks, CLASSES)
+            g, p = torch.Generator().manual_seed(0), next(bb.model.parameters())
+            self.head_w = (torch.randn(tasks, CLASSES, bb.embed_dim, generator=g) * 0.02).to(p)
+            self.head_b = torch.zeros(tasks, CLASSES).to(p)
         if "prompts" in kinds:
             sets = c.prompt_sets(bb, tasks, visual=VISUAL, kv=KV, classes=CLASSES)
             self.prompted, self.names = c.prompted_model(bb, sets)
@@ -112,7 +124,7 @@ class Level:
         t0 = now()
         vit = self.bb.model
         feats = vit.forward_head(vit.forward_features(x), pre_logits=True)  # (B, D), once for all tasks
-        ti = torch.as_tensor(burst)
+        ti = torch.as_tensor(burst, device=x.device)
         torch.baddbmm(self.head_b[ti].unsqueeze(-1), self.head_w[ti], feats.unsqueeze(-1))
         return [now() - t0] * len(burst)
 
@@ -121,28 +133,33 @@ class Level:
         self.prompted(x, [self.names[t] for t in burst])
         return [now() - t0] * len(burst)
 
+    def promptserve_1_task(self, x, burst, now):
+        """The same burst as if every request were for the most popular task: the single-task reference."""
+        return self.promptserve(x, [0] * len(burst), now)
 
-def probe_memory(size: str, tasks: int, models_mib: float) -> dict:
+
+def probe_memory(size: str, tasks: int, models_mib: float, device: str, dtype: str) -> dict:
     """In a fresh process, RSS before and after each approach's per-task state, built in an order where nothing
     is freed before a reading (freed memory would be reused by the next state and hide its cost): heads, full
     models, then the prompt bank. The prompt sets are generated before the bank's first reading (a server frees
     a set once its bank row holds it)."""
-    bb = c.backbone(size)
+    bb = placed_backbone(size, device, dtype)
     out = {}
     for kind in ("heads", "models"):
-        before = rss()
+        before = rss(device)
         level = Level(bb, tasks, models_mib, kinds=(kind,))
-        out[kind] = dict(base=before, after=rss(), built=getattr(level, "models_built", tasks), keep=level)
+        out[kind] = dict(base=before, after=rss(device), built=getattr(level, "models_built", tasks), keep=level)
     sets = c.prompt_sets(bb, tasks, visual=VISUAL, kv=KV, classes=CLASSES)
-    before = rss()
+    before = rss(device)
     model = c.prompted_model(bb, sets)
-    out["prompts"] = dict(base=before, after=rss(), built=tasks, keep=model)
+    out["prompts"] = dict(base=before, after=rss(device), built=tasks, keep=model)
     base = out["heads"]["base"]  # the backbone alone: every row is "this process with only that approach"
     return {kind: dict(base=base, added=r["after"] - r["base"], built=r["built"]) for kind, r in out.items()}
 
 
-def measured_memory(size: str, tasks: int, models_mib: float) -> dict:
-    cmd = [sys.executable, __file__, "--probe", f"{size}:{tasks}", "--models-mib", str(models_mib)]
+def measured_memory(size: str, tasks: int, args) -> dict:
+    cmd = [sys.executable, __file__, "--probe", f"{size}:{tasks}", "--models-mib", str(args.models_mib),
+           "--device", args.device, "--dtype", args.dtype]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     if done.returncode:
         raise RuntimeError(f"memory probe {size}:{tasks} failed: {done.stderr.strip()[-500:]}")
@@ -165,14 +182,20 @@ def load_time_ms(model) -> float:
 
 
 def run_size(size: str, task_levels: list[int], args) -> list[dict]:
-    bb = c.backbone(size)
+    bb = placed_backbone(size, args.device, args.dtype)
     _, _, label = c.SIZES[size]
-    x = c.images(bb, args.burst)
-    now = c.CLOCKS[args.clock]
+    x = c.images(bb, args.burst).to(next(bb.model.parameters()))
+    clock = c.CLOCKS[args.clock]
+    if args.device == "cuda":
+        def now():
+            torch.cuda.synchronize()  # a time stamp means the work queued before it is done
+            return clock()
+    else:
+        now = clock
     rounds = args.repeats or (1 if size == "b" else 8)
     out = []
     for tasks in task_levels:
-        memory = measured_memory(size, tasks, args.models_mib)
+        memory = measured_memory(size, tasks, args)
         if memory["models"]["extrapolated"]:
             print(f"  {tasks} tasks: full models past --models-mib {args.models_mib:.0f}; their memory is "
                   f"extrapolated from {memory['models']['per_task'] / 2**20:.1f} MiB per model")
@@ -220,13 +243,18 @@ def main() -> None:
                                                                     "round starts (at least one round runs)")
     parser.add_argument("--models-mib", type=float, default=3072.0,
                         help="memory for full per-task models; past it their rows are extrapolated")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: GPU memory instead of "
+                        "RSS, wall clock (--clock is ignored)")
+    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    parser.add_argument("--check-args", action="store_true", help="validate the arguments (not the device) and exit "
+                        "(benchmarks/gpu_check.sh --dry-run)")
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # SIZE:TASKS, the memory child (probe_memory)
     c.engine_flags(parser)
     args = parser.parse_args()
     if args.probe:
         size, tasks = args.probe.split(":")
         c.set_threads(args.threads)
-        print(json.dumps(probe_memory(size, int(tasks), args.models_mib)))
+        print(json.dumps(probe_memory(size, int(tasks), args.models_mib, args.device, args.dtype)))
         return
     try:
         levels = [int(t) for t in args.tasks.split(",")]
@@ -236,23 +264,33 @@ def main() -> None:
     bad = [s for s in sizes if s not in c.SIZES]
     if bad or min(levels) < 1 or args.burst < 1:
         parser.error(f"--sizes: one of {', '.join(c.SIZES)} (got {bad}); --tasks and --burst must be >= 1")
+    if args.check_args:
+        print(f"vs_alternatives: arguments ok ({' '.join(sys.argv[1:])})")
+        return
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here (use --device cpu)")
+    if args.device == "cpu" and args.dtype == "float16":
+        parser.error("--dtype float16 on the CPU is not supported (use float32 or bfloat16)")
+    if args.device == "cuda":
+        args.clock = "wall"  # CPU time says nothing about GPU work
     c.engine_setup(args)
     start = time.perf_counter()
     rows = []
     for size in sizes:
         rows += run_size(size, levels, args)
-    print(f"RSS of a process with the backbone alone (python, torch, timm, one model): "
+    memory = "GPU MiB (torch)" if args.device == "cuda" else "RSS MiB"
+    print(f"{memory} of a process with the backbone alone (python, torch, timm, one model): "
           f"{rows[0]['base'] / 2**20:,.0f} MiB\n")
     clock = args.clock
-    c.table(["backbone", "tasks", "approach", "RSS MiB", "KiB per added task", "RSS vs promptserve",
+    c.table(["backbone", "tasks", "approach", memory, "KiB per added task", "memory vs promptserve",
              f"images/{clock}-s", "speed vs promptserve (q1-q3)", f"p50 {clock} ms", f"p99 {clock} ms", "n"],
             [[r["size"], f"{r['tasks']:,}", r["approach"], f"{r['rss'] / 2**20:,.0f}" + ("*" if r["extrapolated"]
                                                                                          else ""),
               f"{r['per_task'] / 1024:,.1f}", f"{r['rss_vs_ps']:.2f}x", f"{r['throughput']:.1f}", r["vs_ps"],
               f"{1e3 * r['p50']:,.0f}", f"{1e3 * r['p99']:,.0f}", r["n"]] for r in rows],
             f"### Serving T tasks: bursts of {args.burst} requests, Zipf({args.zipf}) task popularity, "
-            f"1 process, {torch.get_num_threads()} torch thread(s) (* = extrapolated from the measured per-model "
-            "footprint)")
+            f"{args.device} {args.dtype}, {torch.get_num_threads()} torch thread(s) (* = extrapolated from the "
+            "measured per-model footprint)")
     for r in rows:
         if "load_ms" in r:
             print(f"{r['size']}, {r['tasks']:,} tasks: loading one full model from its bytes takes "

@@ -32,7 +32,10 @@ class ServerSettings(BaseSettings):
     backbone_kwargs: dict = Field(default_factory=dict, description=(
         "timm.create_model kwargs for a timm model name (JSON in the env; flag --timm-kwargs)."))
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description=(
+        "The engine's weights and activations. float32 by measurement (benchmarks/serving_precision.py, "
+        "docs/performance.md): on a CPU without AVX-512 BF16, bfloat16 ran at 0.13x and torch.compile / "
+        "channels-last at 0.99-1.01x of float32. float16 or bfloat16 on a GPU."))
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the engine; 0 keeps torch's default.")
 
     # ---- the registry --------------------------------------------------------------------------------
