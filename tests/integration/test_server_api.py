@@ -176,7 +176,7 @@ def test_readyz_reports_a_backbone_that_cannot_load(tmp_path):
                                              admin_token=ADMIN)))
     with c:
         r = wait_until(lambda: (r := c.get("/readyz")).json()["status"] == "failed" and r, 30, what="failure")
-        assert r.status_code == 503 and "make pretrain" in r.json()["detail"]
+        assert r.status_code == 503 and "promptserve pretrain" in r.json()["detail"]
         blocked = c.post("/classify/x", content=image_bytes(), headers=PNG)
         assert blocked.status_code == 503 and blocked.json()["error"] == "not_ready"
         assert c.get("/healthz").status_code == 503  # liveness fails too: restart, don't linger

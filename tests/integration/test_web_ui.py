@@ -69,9 +69,13 @@ def console_errors(driver, allowed_statuses: tuple[int, ...] = ()) -> list[str]:
 
 
 def wait_for(driver, predicate, what: str):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1).until(lambda d: predicate(d), message=what)
+    # the page re-renders what it polls (task facts after an upload): an element found a moment ago may be gone
+    return WebDriverWait(driver, WAIT_S, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)
+                         ).until(lambda d: predicate(d), message=what)
 
 
 def by_css(driver, selector: str):
@@ -99,7 +103,7 @@ def web_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def driver(web_server):
+def browser(web_server):
     """The browser starts while the server is still loading (both take seconds on a busy machine)."""
     driver = make_driver() if CHROMIUM and CHROMEDRIVER and HAVE_SELENIUM else None
     try:
@@ -108,6 +112,14 @@ def driver(web_server):
     finally:
         if driver is not None:
             driver.quit()
+
+
+@pytest.fixture
+def driver(browser):
+    """The shared browser with an empty console log, so a test sees only its own page's errors."""
+    if browser is not None:
+        browser.get_log("browser")  # reading the log drains it
+    return browser
 
 
 @pytest.fixture
@@ -237,8 +249,9 @@ def test_upload_and_rollback_through_the_registry_page(web_server, driver, files
     by_css(driver, "#upload-form button[type=submit]").click()
     confirm_dialog(driver)
     wait_for(driver, lambda d: page_current_version(d) == new_version, "the new current version")
-    assert by_css(driver, "#task-status").text.startswith("Uploaded")
-    assert len(driver.find_elements("css selector", "#history-table tbody tr")) == 2
+    wait_for(driver, lambda d: by_css(d, "#task-status").text.startswith("Uploaded"), "the upload status")
+    wait_for(driver, lambda d: len(d.find_elements("css selector", "#history-table tbody tr")) == 2,
+             "two versions in the history table")
     image = files("img.png", image_bytes(4))
     label, version = classify_on_try_page(driver, url, "alpha", image)
     assert version == new_version and label.startswith("s3-")
