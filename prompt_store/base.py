@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from promptserve import naming
 from promptserve.fileformat import PromptSetError, parse_header
 
-TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_MAX_BYTES = 64 << 20
 MIN_VERSION_PREFIX = 6  # shorter prefixes of a sha256 collide too easily to name a version by
 
@@ -54,7 +53,7 @@ class StoreError(Exception):
     """Base of every registry error; str(e) is a one-line message meant for the user."""
 
 
-class InvalidTaskName(StoreError):
+class InvalidTaskName(StoreError, naming.InvalidTaskName):
     pass
 
 
@@ -112,11 +111,7 @@ class FsckReport:
 
 
 def check_task_name(task: str) -> str:
-    # The name becomes a file name and a Redis key, so this is also the path-traversal guard.
-    if not isinstance(task, str) or not TASK_NAME.fullmatch(task):  # match() would allow "x\n"
-        raise InvalidTaskName(f"invalid task name {task!r}: use 1-64 characters a-z 0-9 . _ -, "
-                              "starting with a letter or digit")
-    return task
+    return naming.check_task_name(task, error=InvalidTaskName)
 
 
 def utc_now() -> str:

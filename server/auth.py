@@ -12,6 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from promptserve.naming import TASK_NAME_PATTERN
 from server.errors import ApiError
 from server.state import ServerState, get_state
 
@@ -37,7 +38,7 @@ def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(adm
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # orchestrator probes carry no tokens
 # the web page's shell: HTML, CSS and JS with no data in them (a browser cannot send a bearer header when it
 # navigates); its scripts ask for the token and send it with every API call, /ui/live.json included
-PUBLIC_PAGE = re.compile(r"/(ui/(tasks(/[a-z0-9][a-z0-9._-]{0,63})?|live|static/[A-Za-z0-9._-]+))?")  # fullmatch
+PUBLIC_PAGE = re.compile(rf"/(ui/(tasks(/{TASK_NAME_PATTERN})?|live|static/[A-Za-z0-9._-]+))?")  # fullmatch
 
 
 class ApiTokenGuard:

@@ -8,11 +8,11 @@ writing, and the bank is only touched after the store accepted).
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 
+from promptserve import naming
 from server.auth import require_admin
 from server.errors import ApiError, translated
 from server.schemas import (
@@ -29,17 +29,17 @@ from server.state import ServerState, ready_state
 
 router = APIRouter(tags=["tasks"])
 
-TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # DESIGN.md's contract; the store checks it too
 # The pattern is documented in the OpenAPI schema (json_schema_extra), not enforced by FastAPI: check_task_name
 # answers a bad name with its own 422 that says what a name may be.
 TaskName = Annotated[str, Path(description="Task name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.",
-                               json_schema_extra={"pattern": TASK_NAME.pattern})]
+                               json_schema_extra={"pattern": f"^{naming.TASK_NAME_PATTERN}$"})]
 
 
 def check_task_name(task: str) -> None:
-    if not TASK_NAME.match(task):
-        raise ApiError(422, "invalid_task_name", f"invalid task name {task[:80]!r}: use 1-64 characters of a-z, 0-9, "
-                                                 "'.', '_' or '-', starting with a letter or digit")
+    try:
+        naming.check_task_name(task)
+    except naming.InvalidTaskName as e:
+        raise ApiError(422, "invalid_task_name", str(e)) from None
 
 
 def record_model(record) -> TaskRecordModel:

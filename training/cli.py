@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 
+from promptserve import naming
 from promptserve.cli import (
     BACKBONE_FLAG,
     PRETRAINED_FLAG,
@@ -26,7 +27,6 @@ from promptserve.cli import (
 )
 from training.config import TrainConfig
 
-TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _D = TrainConfig  # defaults live in one place: the dataclass
 
 
@@ -42,8 +42,7 @@ def default_task_name(out: Path) -> str:
 def push_artifact(target: str, task: str, blob: bytes, token: str = "") -> str:
     """Store path / redis URL: prompt_store.open_store(target).put(task, bytes).
     http(s) URL: PUT {target}/tasks/{task} with the bytes and `Authorization: Bearer <token>`."""
-    if not TASK_NAME.match(task):
-        raise typer.BadParameter(f"task name {task!r} must match {TASK_NAME.pattern}")
+    naming.check_task_name(task, error=typer.BadParameter)
     if target.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
