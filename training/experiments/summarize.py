@@ -1,16 +1,53 @@
 """Markdown tables for docs/results.md from the report.json files a `vtab.py` sweep wrote.
 
-    python -m training.experiments.summarize runs/vtab
+Every accuracy is the mean +- sd over the seeds of the configuration the run chose on its validation split
+(`--seeds`; a run with one seed shows no sd). A difference between two methods is marked `*` when it is larger
+than twice its standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b): with 3 seeds a rough screen, not a test.
+
+    python -m training.experiments.summarize runs/vtab            # tables (markdown)
+    python -m training.experiments.summarize runs/vtab --plots docs/img/results
+    python -m training.experiments.summarize runs/vtab --runs     # one row per run found
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 TASKS = ["gtsrb", "dtd10", "sign-digits", "fashion-mnist"]
-METHODS = ["linear", "vpt-deep", "e2vpt", "full", "full-4ep"]  # rows without reports are skipped
+METHODS = ["linear", "vpt-shallow", "vpt-deep", "e2vpt", "full"]  # rows without reports are skipped
+# (label, run name): Table 4 of the paper, every row through the e2vpt code path but the last (the main run)
+ABLATION_ROWS = [("visual prompts only", "abl-visual"), ("key-value prompts only", "abl-kv-only"),
+                 ("visual + key-value", "abl-visual-kv"), ("visual + pruning", "abl-visual-prune"),
+                 ("visual + key-value + pruning (e2vpt)", "e2vpt")]
+# pairs whose difference the main table screens against the seed noise
+COMPARISONS = [("e2vpt", "vpt-deep"), ("vpt-deep", "linear"), ("e2vpt", "full")]
+
+
+@dataclass(frozen=True)
+class Score:
+    """Test accuracy of one run over its seeds."""
+
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, report: dict) -> Score:
+        m = report["metrics"]
+        runs = report.get("seeds", {}).get("runs") or [{"test_acc": m["test_acc"]}]
+        return cls(m.get("test_acc_mean", m["test_acc"]), m.get("test_acc_sd", 0.0), len(runs))
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f}" + (f" +- {100 * self.sd:.1f}" if self.n > 1 else "")
+
+    def beyond_noise(self, other: Score) -> bool:
+        if self.n < 2 or other.n < 2:
+            return False
+        return abs(self.mean - other.mean) > 2 * math.sqrt(self.sd ** 2 / self.n + other.sd ** 2 / other.n)
 
 
 def load(root: Path) -> dict[tuple[str, str], dict]:
@@ -20,58 +57,103 @@ def load(root: Path) -> dict[tuple[str, str], dict]:
     return out
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
+def scores(reports: dict) -> dict[tuple[str, str], Score]:
+    return {key: Score.of(r) for key, r in reports.items()}
 
 
 def main_table(reports: dict) -> str:
-    head = "| method | " + " | ".join(TASKS) + " | mean | tuned params (% of backbone) | train time (s, 4 tasks) |"
-    lines = [head, "|" + "---|" * (len(TASKS) + 4)]
+    s = scores(reports)
+    head = ("| method | " + " | ".join(TASKS)
+            + " | mean | tuned params (% of backbone) | seeds | train time (s, 4 tasks) |")
+    lines = [head, "|" + "---|" * (len(TASKS) + 5)]
     for m in METHODS:
-        if not any((t, m) in reports for t in TASKS):
+        if not any((t, m) in s for t in TASKS):
             continue
-        accs = [reports.get((t, m), {}).get("metrics", {}).get("test_acc") for t in TASKS]
-        done = [a for a in accs if a is not None]
-        mean = _pct(sum(done) / len(done)) + ("" if len(done) == len(TASKS) else f" ({len(done)} tasks)") \
-            if done else "-"
+        done = [s[(t, m)].mean for t in TASKS if (t, m) in s]
+        mean = f"{100 * sum(done) / len(done):.1f}" + ("" if len(done) == len(TASKS) else f" ({len(done)} tasks)")
         pcts = [reports[(t, m)]["metrics"]["tuned_percent"] for t in TASKS if (t, m) in reports]
         secs = sum(reports[(t, m)]["metrics"]["total_seconds"] for t in TASKS if (t, m) in reports)
-        tuned = f"{min(pcts):.2f}-{max(pcts):.2f}" if pcts else "-"
-        lines.append(f"| {m} | " + " | ".join(_pct(a) for a in accs) + f" | {mean} | {tuned} | {secs:.0f} |")
+        seeds = sorted({s[(t, m)].n for t in TASKS if (t, m) in s})
+        cells = [str(s[(t, m)]) if (t, m) in s else "-" for t in TASKS]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} | {min(pcts):.2f}-{max(pcts):.2f} | "
+                     f"{'/'.join(map(str, seeds))} | {secs:.0f} |")
+    return "\n".join(lines)
+
+
+def noise_table(reports: dict) -> str:
+    """Differences in points, `*` where larger than twice their standard error."""
+    s = scores(reports)
+    lines = ["| difference (points) | " + " | ".join(TASKS) + " |", "|" + "---|" * (len(TASKS) + 1)]
+    for a, b in COMPARISONS:
+        cells = []
+        for t in TASKS:
+            if (t, a) in s and (t, b) in s:
+                d = 100 * (s[(t, a)].mean - s[(t, b)].mean)
+                cells.append(f"{d:+.1f}" + (" *" if s[(t, a)].beyond_noise(s[(t, b)]) else ""))
+            else:
+                cells.append("-")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def hp_table(reports: dict) -> str:
+    """What each run's validation grid chose."""
+    lines = ["| task | method | lr | weight decay | best val acc | grid points within noise |",
+             "|---|---|---|---|---|---|"]
+    for t in TASKS:
+        for m in METHODS:
+            hp = reports.get((t, m), {}).get("hp_search")
+            if hp:
+                lines.append(f"| {t} | {m} | {hp['chosen']['lr']:g} | {hp['chosen']['weight_decay']:g} | "
+                             f"{100 * hp['best_val_acc']:.1f} | {hp.get('within_noise', '-')} of {len(hp['grid'])} |")
     return "\n".join(lines)
 
 
 def e2vpt_table(reports: dict) -> str:
-    lines = ["| task | test acc | val acc (search) | token / segment prune chosen | visual tokens kept | "
-             "visual prompts pruned (%) | tuned params | prompt-set file (bytes) | train time (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task | test acc | token / segment prune chosen | visual tokens kept | visual prompts pruned (%) | "
+             "tuned params | prompt-set file (bytes) | train time (s) |", "|---|---|---|---|---|---|---|---|"]
     for t in TASKS:
         r = reports.get((t, "e2vpt"))
         if r is None:
             continue
         m, c = r["metrics"], r["config"]
-        lines.append(f"| {t} | {_pct(m.get('test_acc'))} | {_pct(m.get('search_val_acc', m.get('val_acc')))} | "
-                     f"{c['token_prune']} / "
-                     f"{c['segment_prune']} | {m.get('visual_tokens_kept')} / {m.get('visual_tokens')} | "
+        lines.append(f"| {t} | {Score.of(r)} | {c['token_prune']} / {c['segment_prune']} | "
+                     f"{m.get('visual_tokens_kept')} / {m.get('visual_tokens_before', m.get('visual_tokens'))} | "
                      f"{100 * m.get('visual_pruned_fraction', 0):.1f} | {m['tuned_params']:,} | "
                      f"{m.get('artifact_bytes', m.get('prompt_set_bytes'))} | {m['total_seconds']:.0f} |")
     return "\n".join(lines)
 
 
-def ablation_table(reports: dict, task: str = "gtsrb") -> str:
-    rows = [("visual prompts only (vpt-deep)", "vpt-deep"), ("key-value prompts only", "abl-kv-only"),
-            ("visual + key-value, no pruning", "abl-visual-kv"),
-            ("visual + pruning (no key-value)", "abl-visual-prune"),
-            ("visual + key-value + pruning (e2vpt)", "e2vpt")]
-    lines = [f"| {task}: variant | test acc | visual prompts pruned (%) | tuned params |", "|---|---|---|---|"]
-    for label, name in rows:
-        r = reports.get((task, name))
-        if r is None:
-            lines.append(f"| {label} | (not run) | | |")
-            continue
-        m = r["metrics"]
-        lines.append(f"| {label} | {_pct(m.get('test_acc'))} | {100 * m.get('visual_pruned_fraction', 0):.1f} | "
-                     f"{m['tuned_params']:,} |")
+def ablation_table(reports: dict) -> str:
+    tasks = [t for t in TASKS if any((t, name) in reports for _, name in ABLATION_ROWS[:-1])]
+    if not tasks:
+        return "(no ablation runs yet)"
+    lines = ["| variant | " + " | ".join(f"{t} test acc | {t} tuned params" for t in tasks) + " |",
+             "|---|" + "---|---|" * len(tasks)]
+    for label, name in ABLATION_ROWS:
+        cells = []
+        for t in tasks:
+            r = reports.get((t, name))
+            cells += [str(Score.of(r)), f"{r['metrics']['tuned_params']:,}"] if r else ["(not run)", ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def curve_points(reports: dict) -> dict[str, list[tuple[float, Score]]]:
+    """Per task: (fraction of visual prompts pruned, score), from the curve runs and the unpruned ablation row."""
+    out: dict[str, list[tuple[float, Score]]] = {}
+    for (task, run), r in reports.items():
+        if run.startswith("curve-tp") or run == "abl-visual-kv":
+            out.setdefault(task, []).append((r["metrics"].get("visual_pruned_fraction", 0.0), Score.of(r)))
+    return {t: sorted(p, key=lambda x: x[0]) for t, p in out.items() if len(p) > 1}
+
+
+def curve_table(reports: dict) -> str:
+    if not curve_points(reports):
+        return "(no pruning-curve runs yet)"
+    lines = ["| task | visual prompts pruned (%) | test acc |", "|---|---|---|"]
+    for task, points in curve_points(reports).items():
+        lines += [f"| {task} | {100 * f:.0f} | {score} |" for f, score in points]
     return "\n".join(lines)
 
 
@@ -81,21 +163,34 @@ def runs_table(reports: dict) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for (task, run), r in sorted(reports.items()):
         m = r["metrics"]
-        lines.append(f"| {task} | {run} | {r['config']['epochs']} | {_pct(m.get('test_acc'))} | "
-                     f"{_pct(m.get('val_acc'))} | {100 * m.get('visual_pruned_fraction', 0):.1f} | "
+        val = m.get("val_acc")
+        lines.append(f"| {task} | {run} | {r['config']['epochs']} | {Score.of(r)} | "
+                     f"{'-' if val is None else f'{100 * val:.1f}'} | {100 * m.get('visual_pruned_fraction', 0):.1f} | "
                      f"{m['tuned_params']:,} | {m['total_seconds']:.0f} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    args = argv or sys.argv[1:] or ["runs/vtab"]
-    root = Path(args[0])
+    args = list(argv if argv is not None else sys.argv[1:])
+    root = Path(args[0] if args and not args[0].startswith("--") else "runs/vtab")
     reports = load(root)
+    if not reports:
+        raise SystemExit(f"error: no */*.report.json under {root}: run training.experiments.vtab --out {root} first")
     if "--runs" in args:
         print(runs_table(reports))
         return
-    print("## Test accuracy (%)\n\n" + main_table(reports) + "\n\n## E2VPT details\n\n" + e2vpt_table(reports)
-          + "\n\n## Ablation\n\n" + ablation_table(reports))
+    if "--plots" in args:
+        from training.experiments.plots import write_plots
+
+        for path in write_plots(reports, Path(args[args.index("--plots") + 1])):
+            print(path)
+        return
+    print("## Test accuracy (%), mean +- sd over seeds\n\n" + main_table(reports)
+          + "\n\n## Differences against the seed noise\n\n" + noise_table(reports)
+          + "\n\n## What the validation grid chose\n\n" + hp_table(reports)
+          + "\n\n## E2VPT details\n\n" + e2vpt_table(reports)
+          + "\n\n## Ablation (Table 4)\n\n" + ablation_table(reports)
+          + "\n\n## Pruning curve\n\n" + curve_table(reports))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
-"""The result runs of docs/results.md: 4 methods x 4 tasks (VTAB-1k style) + the Table-4 ablation.
+"""The result runs of docs/results.md: 5 methods x 4 tasks (VTAB-1k style), the Table-4 ablation, a pruning curve.
 
-Each run is one `python -m training.cli train ...` subprocess with --threads 1; `--workers` of them run at
-once. Single-thread runs because the cores are shared: a two-thread run stalls at every OpenMP barrier
-when another process holds one of the cores (the demo pretraining went from 1.9 to 12 s/step that way).
-A run whose artifact exists is skipped, so a killed sweep resumes where it stopped. Logs land in
+Every run is one `python -m training.cli train ...` subprocess with --threads 1 that chooses lr x weight decay on
+its validation split (--hp-search) and then trains the chosen configuration with --seeds seeds (mean +- sd in
+its report); `--workers` of them run at once. Single-thread runs because the cores are shared: a two-thread run
+stalls at every OpenMP barrier when another process holds one of the cores. A run whose artifact exists is
+skipped, so a killed sweep resumes where it stopped (a run cut short restarts from its beginning). Logs land in
 OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished run in OUT/runs.jsonl.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_cifar10.safetensors \
-        --out runs/vtab --epochs 10 --workers 2
+        --out runs/vtab --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
 """
-
 from __future__ import annotations
 
 import argparse
@@ -24,20 +24,38 @@ DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),
          "sign-digits": str(DATASETS / "sign_digits.tar"), "fashion-mnist": "fmnist:/usr/share/datasets/fashion-mnist"}
 METHODS = {"e2vpt": ["--method", "e2vpt", "--search"], "vpt-deep": ["--method", "vpt-deep"],
-           "linear": ["--method", "linear"], "full": ["--method", "full"]}
-# Table 4 of the paper on one task: visual only (= vpt-deep), + key-value, + pruning, all (= e2vpt)
-ABLATION = {"abl-visual-kv": ["--method", "e2vpt", "--token-prune", "0", "--segment-prune", "0"],
-            "abl-visual-prune": ["--method", "e2vpt", "--kv-tokens", "0", "--search"],
-            "abl-kv-only": ["--method", "e2vpt", "--visual-tokens", "0"]}
+           "vpt-shallow": ["--method", "vpt-shallow"], "linear": ["--method", "linear"],
+           "full": ["--method", "full"]}
+NO_PRUNING = ["--token-prune", "0", "--segment-prune", "0"]
+# Table 4 of the paper, every row through the e2vpt code path (same init, schedule and head); the last row,
+# visual + key-value + pruning, is the main e2vpt run of the same task
+ABLATION = {"abl-visual": ["--method", "e2vpt", "--kv-tokens", "0", *NO_PRUNING],
+            "abl-kv-only": ["--method", "e2vpt", "--visual-tokens", "0", *NO_PRUNING],
+            "abl-visual-kv": ["--method", "e2vpt", *NO_PRUNING],
+            "abl-visual-prune": ["--method", "e2vpt", "--kv-tokens", "0", "--search"]}
+# accuracy against the fraction of visual prompt tokens pruned (token pruning only; 0 is abl-visual-kv)
+CURVE_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+
+
+def curve_run(fraction: float) -> tuple[str, list[str]]:
+    return f"curve-tp{round(100 * fraction):02d}", ["--method", "e2vpt", "--token-prune", str(fraction),
+                                                    "--segment-prune", "0"]
 
 
 def jobs(args) -> list[tuple[str, str, list[str]]]:
-    """(task, run name, extra args) in priority order: the demo prompt sets (e2vpt) first, the ablation last."""
-    order = [m for m in ("e2vpt", "vpt-deep", "linear", "full") if m in args.methods]
+    """(task, run name, extra args) in priority order: the demo prompt sets (e2vpt) first, the curve last."""
+    order = [m for m in METHODS if m in args.methods]
     out = [(t, m, METHODS[m]) for m in order for t in args.tasks]
-    if args.ablation_task:
-        out += [(args.ablation_task, name, extra) for name, extra in ABLATION.items()]
+    out += [(task, name, extra) for task in args.ablation_tasks for name, extra in ABLATION.items()]
+    if args.curve_task:
+        out += [(args.curve_task, *curve_run(f)) for f in CURVE_FRACTIONS]
     return out
+
+
+def hp_args(args) -> list[str]:
+    if not args.hp_search:
+        return ["--no-hp-search"]
+    return ["--hp-search", *(["--hp-epochs", str(args.hp_epochs)] if args.hp_epochs else [])]
 
 
 def run_one(args, task: str, name: str, extra: list[str]) -> dict:
@@ -50,7 +68,7 @@ def run_one(args, task: str, name: str, extra: list[str]) -> dict:
            "--out", str(artifact), "--epochs", str(args.full_epochs if name == "full" and args.full_epochs
                                                     else args.epochs), "--batch-size", str(args.batch_size),
            "--optimizer", args.optimizer, "--threads", "1", "--no-progress", "--seed", str(args.seed),
-           "--task-name", task, "--seeds", str(args.seeds), *(() if args.hp_search else ("--no-hp-search",)), *extra]
+           "--task-name", task, "--seeds", str(args.seeds), *hp_args(args), *extra]
     t0 = time.time()
     with open(out_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
@@ -71,22 +89,33 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True)
     p.add_argument("--out", default="runs/vtab")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--full-epochs", type=int, default=0, help="epochs for `full` (0: --epochs); an epoch of "
                    "full fine-tuning costs about 3x a prompt epoch on CPU")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", default="adamw")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--tasks", nargs="+", default=list(TASKS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--ablation-task", default="gtsrb", help="'' to skip the ablation")
-    p.add_argument("--hp-search", action="store_true", help="the trainer's lr x wd grid per run (off: the fixed "
-                   "per-method rates docs/results.md's tables used)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per run (mean +- sd in each report)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--ablation-tasks", nargs="*", default=["gtsrb", "dtd10"], choices=list(TASKS),
+                   help="tasks of the Table-4 ablation (none: skip it)")
+    p.add_argument("--curve-task", default="dtd10", help="task of the pruning curve ('' to skip it)")
+    p.add_argument("--hp-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="the trainer's lr x wd grid on the validation split, per run")
+    p.add_argument("--hp-epochs", type=int, default=0, help="epochs per grid point (0: the trainer's default)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen configuration (mean +- sd)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
     args = p.parse_args(argv)
+    if args.curve_task and args.curve_task not in TASKS:
+        p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
     todo = jobs(args)
-    print(f"{len(todo)} runs, {args.workers} at a time", flush=True)
+    left = [j for j in todo if not (Path(args.out) / j[0] / f"{j[1]}.safetensors").exists()]
+    print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
+    if args.dry_run:
+        for task, name, _ in left:
+            print(f"  {task} {name}")
+        return
     with ThreadPoolExecutor(args.workers) as pool:
         list(pool.map(lambda j: run_one(args, *j), todo))
 

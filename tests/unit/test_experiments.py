@@ -1,0 +1,60 @@
+"""The results sweep's plan and its summary: seeds become mean +- sd, noise screening, resumable plan."""
+
+import json
+
+import pytest
+
+from training.experiments import summarize, vtab
+
+
+def report(accs: list[float], tuned: int = 1000, **metrics) -> dict:
+    mean = sum(accs) / len(accs)
+    sd = (sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) ** 0.5 if len(accs) > 1 else 0.0
+    return {"metrics": {"test_acc": accs[0], "test_acc_mean": mean, "test_acc_sd": sd, "tuned_params": tuned,
+                        "tuned_percent": tuned / 2.69e4, "total_seconds": 10.0, **metrics},
+            "seeds": {"runs": [{"test_acc": a} for a in accs]}, "config": {"epochs": 3},
+            "history": [{"stage": "train", "epoch": 1, "train_loss": 2.0}, {"stage": "train", "epoch": 2,
+                                                                              "train_loss": 1.5}]}
+
+
+def test_score_reads_seeds_and_screens_differences_against_their_noise():
+    tight_a, tight_b = summarize.Score.of(report([0.50, 0.51, 0.52])), summarize.Score.of(report([0.40, 0.41, 0.42]))
+    noisy = summarize.Score.of(report([0.30, 0.50, 0.70]))
+    assert tight_a.n == 3 and str(tight_a) == "51.0 +- 1.0"
+    assert tight_a.beyond_noise(tight_b) and not tight_a.beyond_noise(noisy)
+    single = summarize.Score.of(report([0.5]))
+    assert str(single) == "50.0" and not single.beyond_noise(tight_b)  # one seed: no claim either way
+
+
+def test_tables_and_plots_from_a_sweep_directory(tmp_path, capsys):
+    runs = {("dtd10", "vpt-deep"): [0.50, 0.51, 0.52], ("dtd10", "linear"): [0.30, 0.31, 0.32],
+            ("dtd10", "abl-visual-kv"): [0.45, 0.46, 0.47], ("dtd10", "curve-tp50"): [0.44, 0.45, 0.46]}
+    for (task, run), accs in runs.items():
+        (tmp_path / task).mkdir(exist_ok=True)
+        pruned = 0.5 if run.startswith("curve") else 0.0
+        (tmp_path / task / f"{run}.report.json").write_text(json.dumps(report(accs, visual_pruned_fraction=pruned)))
+    summarize.main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "| vpt-deep | - | 51.0 +- 1.0 |" in out
+    assert "| vpt-deep - linear | - | +20.0 * |" in out
+    assert "| dtd10 | 50 | 45.0 +- 1.0 |" in out  # the pruning curve includes the unpruned point
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    summarize.main([str(tmp_path), "--plots", str(tmp_path / "plots")])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "accuracy_vs_params.png", "pruning_curve.png", "task_bars.png", "training_curves.png"]
+
+
+def test_plan_covers_methods_ablation_and_curve_and_skips_finished_runs(tmp_path, capsys):
+    args = ["--backbone", "b.safetensors", "--out", str(tmp_path), "--dry-run"]
+    vtab.main(args)
+    assert capsys.readouterr().out.startswith("32 runs, 0 already done")
+    (tmp_path / "gtsrb").mkdir()
+    (tmp_path / "gtsrb" / "e2vpt.safetensors").write_bytes(b"")
+    vtab.main([*args, "--ablation-tasks", "--curve-task", ""])
+    out = capsys.readouterr().out
+    assert out.startswith("20 runs, 1 already done") and "gtsrb e2vpt" not in out
+
+
+def test_summary_of_an_empty_directory_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="no .*report.json under"):
+        summarize.main([str(tmp_path)])

@@ -1,0 +1,119 @@
+"""The figures docs/results.md opens with, from a sweep's reports (see summarize.py): PNGs, Agg backend.
+
+    python -m training.experiments.summarize runs/vtab --plots docs/img/results
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.experiments.summarize import METHODS, TASKS, Score, curve_points
+
+MARKERS = dict(zip(METHODS, "osD^v", strict=True))
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("error: the plots need matplotlib: pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def accuracy_vs_params(plt, reports: dict, path: Path) -> Path:
+    """One panel per task: test accuracy (mean +- sd) against tuned parameters, log x."""
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4 * len(TASKS), 3.6), sharey=False)
+    for ax, task in zip(axes, TASKS, strict=True):
+        for m in METHODS:
+            r = reports.get((task, m))
+            if r is None:
+                continue
+            s = Score.of(r)
+            ax.errorbar(r["metrics"]["tuned_params"], 100 * s.mean, yerr=100 * s.sd, marker=MARKERS[m], capsize=3,
+                        linestyle="none", label=m)
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("tuned parameters (log)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    return _save(plt, fig, path, legend_from=axes)
+
+
+def task_bars(plt, reports: dict, path: Path) -> Path:
+    """Grouped bars: one group per task, one bar per method, error bars = sd over seeds."""
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    methods = [m for m in METHODS if any((t, m) in reports for t in TASKS)]
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(TASKS))
+    for i, m in enumerate(methods):
+        got = [Score.of(reports[(t, m)]) if (t, m) in reports else None for t in TASKS]
+        ax.bar(x + i * width, [100 * s.mean if s else 0 for s in got], width,
+               yerr=[100 * s.sd if s else 0 for s in got], capsize=2, label=m)
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, TASKS)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8, ncol=len(methods))
+    ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def training_curves(plt, reports: dict, path: Path) -> Path:
+    """Training loss per epoch of each run's final stage (e2vpt: the rewound prompts), one panel per task."""
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(4 * len(TASKS), 3.4))
+    for ax, task in zip(axes, TASKS, strict=True):
+        for m in METHODS:
+            history = reports.get((task, m), {}).get("history") or []
+            if not history:
+                continue
+            last = history[-1]["stage"]
+            points = [h for h in history if h["stage"] == last]
+            ax.plot([h["epoch"] for h in points], [h["train_loss"] for h in points], marker=MARKERS[m],
+                    markersize=3, label=m)
+        ax.set_title(task)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("training loss")
+    return _save(plt, fig, path, legend_from=axes)
+
+
+def pruning_curve(plt, reports: dict, path: Path) -> Path | None:
+    points = curve_points(reports)
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for task, pts in points.items():
+        ax.errorbar([100 * f for f, _ in pts], [100 * s.mean for _, s in pts], yerr=[100 * s.sd for _, s in pts],
+                    marker="o", capsize=3, label=task)
+    ax.set_xlabel("visual prompts pruned (%)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: Path, legend_from=()) -> Path:
+    """Panels share one legend (a method missing from the last panel still gets its entry)."""
+    labelled: dict[str, object] = {}
+    for ax in legend_from:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    if labelled:
+        fig.legend(list(labelled.values()), list(labelled), fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(reports: dict, out_dir: Path) -> list[Path]:
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [accuracy_vs_params(plt, reports, out_dir / "accuracy_vs_params.png"),
+               task_bars(plt, reports, out_dir / "task_bars.png"),
+               training_curves(plt, reports, out_dir / "training_curves.png"),
+               pruning_curve(plt, reports, out_dir / "pruning_curve.png")]
+    return [p for p in written if p is not None]
