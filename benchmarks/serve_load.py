@@ -56,7 +56,7 @@ def write_backbone(path: Path, size: str) -> None:
 
 def start_server(backbone: Path, store: Path, port: int, log: Path, max_batch: int, max_wait_ms: float):
     exe = Path(sys.executable).with_name("promptserve")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from promptserve.cli import main; main()"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "promptserve_cli"]
     cmd += ["serve", "--backbone", str(backbone), "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
             "--resident-max-tasks", str(2 * TASKS), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
             "--log-level", "warning"]

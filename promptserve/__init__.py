@@ -15,6 +15,7 @@ _EXPORTS = {
     "Backbone": "backbone", "BackboneError": "backbone", "BackboneSpec": "backbone", "DataConfig": "backbone",
     "RandomWeightsWarning": "backbone", "load_backbone": "backbone", "load_recorded_backbone": "backbone",
     "PromptBank": "bank", "PromptBatch": "bank",
+    "AsyncClient": "client", "Client": "client", "ClientError": "client",
     "ConfigError": "config", "PromptConfig": "config",
     "PromptedViT": "model",
     "PromptSet": "promptset",
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs
         load_recorded_backbone,
     )
     from promptserve.bank import PromptBank, PromptBatch  # noqa: F401
+    from promptserve.client import AsyncClient, Client, ClientError  # noqa: F401
     from promptserve.config import ConfigError, PromptConfig  # noqa: F401
     from promptserve.fileformat import (  # noqa: F401
         FORMAT,

@@ -1,37 +1,14 @@
-"""The `promptserve` command. Each package contributes its own typer app; they are mounted lazily so
-`promptserve --help` stays fast and the core never imports server or training code at import time."""
+"""What every `promptserve` command shares: the backbone flags, one-line user errors, and `info` (a core-only
+command). The console entry point that mounts the other packages' commands is `promptserve_cli`, one floor
+above: the core never imports server, training or prompt_store code, by name or by string."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import NoReturn
 
 import typer
-
-app = typer.Typer(help="Serve many vision tasks from one frozen ViT with E2VPT prompt sets.",
-                  no_args_is_help=True, add_completion=False)
-
-# (sub-command group, module exposing a typer app named `app`, help)
-GROUPS = [
-    ("tasks", "prompt_store.cli", "Inspect and edit a prompt-set registry (directory or redis://)."),
-]
-# (command, module, function name): single commands registered from other packages
-COMMANDS = [
-    ("serve", "server.cli", "serve"),
-    ("classify", "server.cli", "classify"),
-    ("push", "server.cli", "push"),
-    ("train", "training.cli", "train"),
-    ("eval", "training.cli", "evaluate"),
-    ("pretrain", "training.cli", "pretrain"),
-]
-
-
-@app.callback()
-def _root() -> None:
-    """Serve many vision tasks from one frozen ViT with E2VPT prompt sets."""
-
 
 # ---- the backbone flags: the same on train, eval, info (serve has them too, with its settings behind them) ----
 BACKBONE_FLAG = typer.Option(None, "--backbone", help="A project backbone file, a timm model name (with --pretrained "
@@ -47,23 +24,36 @@ TIMM_KWARGS_FLAG = typer.Option("{}", "--timm-kwargs", help='JSON kwargs for tim
                                 '--backbone, e.g. \'{"img_size": 384}\'.')
 
 
-def fail(command: str, message: str, code: int = 2) -> NoReturn:
-    """A user mistake: one line on stderr, no traceback."""
-    typer.echo(f"promptserve {command}: error: {message}", err=True)
+def fail(message: str, code: int = 2) -> NoReturn:
+    """A user mistake: `error: ...` as one line on stderr, no traceback; exit 2 for bad input, 1 otherwise."""
+    typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
-def parse_timm_kwargs(command: str, text: str | None) -> dict:
+def read_token_file(path: Path | None) -> str | None:
+    """A token file's first word (so a token never has to appear in the process list); None without a file."""
+    if path is None:
+        return None
+    try:
+        words = path.read_text().split()
+    except OSError as e:
+        fail(f"cannot read token file {path}: {e.strerror}")
+    if not words:
+        fail(f"token file {path} is empty")
+    return words[0]
+
+
+def parse_timm_kwargs(text: str | None) -> dict:
     try:
         kwargs = json.loads(text or "{}")
     except json.JSONDecodeError as e:
-        fail(command, f"--timm-kwargs is not JSON ({e}): write e.g. '{{\"img_size\": 384}}'")
+        fail(f"--timm-kwargs is not JSON ({e}): write e.g. '{{\"img_size\": 384}}'")
     if not isinstance(kwargs, dict):
-        fail(command, f"--timm-kwargs must be a JSON object, e.g. '{{\"img_size\": 384}}', not {text}")
+        fail(f"--timm-kwargs must be a JSON object, e.g. '{{\"img_size\": 384}}', not {text}")
     return kwargs
 
 
-def backbone_from_flags(command: str, backbone: str | None, pretrained: bool = False, weights: str | None = None,
+def backbone_from_flags(backbone: str | None, pretrained: bool = False, weights: str | None = None,
                         random_init: bool = False, timm_kwargs: str | None = "{}",
                         artifact: tuple[str, dict[str, str]] | None = None):
     """The backbone the flags name or, without --backbone, the one `artifact` (path, metadata) records and
@@ -72,7 +62,7 @@ def backbone_from_flags(command: str, backbone: str | None, pretrained: bool = F
 
     from promptserve.backbone import BackboneError, load_backbone, load_recorded_backbone
 
-    kwargs = parse_timm_kwargs(command, timm_kwargs)
+    kwargs = parse_timm_kwargs(timm_kwargs)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -88,13 +78,13 @@ def backbone_from_flags(command: str, backbone: str | None, pretrained: bool = F
                 raise BackboneError("--backbone is needed: a project backbone file, a timm model name with "
                                     "--pretrained or --weights FILE, or random-tiny")
     except BackboneError as e:
-        fail(command, str(e))
+        fail(str(e))
     for w in caught:
-        typer.echo(f"promptserve {command}: warning: {w.message}", err=True)
+        typer.echo(f"warning: {w.message}", err=True)
     return bb
 
 
-def artifact_metadata(command: str, path: str | Path) -> dict[str, str]:
+def artifact_metadata(path: str | Path) -> dict[str, str]:
     """The string metadata of a prompt set or `full` artifact (header only), or one line saying why not."""
     from safetensors import SafetensorError, safe_open
 
@@ -102,10 +92,9 @@ def artifact_metadata(command: str, path: str | Path) -> dict[str, str]:
         with safe_open(str(path), "pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        fail(command, f"cannot read {path} as a safetensors artifact: {e}")
+        fail(f"cannot read {path} as a safetensors artifact: {e}")
 
 
-@app.command()
 def info(prompt_set: str = typer.Option(None, "--task", help="Check this prompt set against the backbone; "
                                         "without --backbone, build the backbone it records."),
          backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
@@ -113,8 +102,8 @@ def info(prompt_set: str = typer.Option(None, "--task", help="Check this prompt 
     """Print a backbone's dims, data config and fingerprint (and validate a prompt set against it)."""
     from promptserve import PromptSet, PromptSetError
 
-    artifact = (prompt_set, artifact_metadata("info", prompt_set)) if prompt_set else None
-    bb = backbone_from_flags("info", backbone, pretrained, weights, random_init, timm_kwargs, artifact)
+    artifact = (prompt_set, artifact_metadata(prompt_set)) if prompt_set else None
+    bb = backbone_from_flags(backbone, pretrained, weights, random_init, timm_kwargs, artifact)
     typer.echo(f"backbone     {bb.source.describe()}\nfingerprint  {bb.fingerprint}\nlayers {bb.num_layers}  "
                f"dim {bb.embed_dim}  heads {bb.num_heads}  params {bb.num_params:,}\ndata         {bb.data_config}")
     if prompt_set:
@@ -127,22 +116,3 @@ def info(prompt_set: str = typer.Option(None, "--task", help="Check this prompt 
         typer.echo(f"prompt set   ok: {ps.method}, {ps.num_classes} classes, {ps.num_prompt_params():,} prompt params, "
                    f"version {ps.version[:12]}")
 
-
-def _mount() -> None:
-    for name, module, help_text in GROUPS:
-        try:
-            app.add_typer(importlib.import_module(module).app, name=name, help=help_text)
-        except ModuleNotFoundError as e:  # only a package missing from this checkout is skipped
-            if e.name not in (module, module.split(".")[0]):
-                raise
-    for name, module, func in COMMANDS:
-        try:
-            app.command(name)(getattr(importlib.import_module(module), func))
-        except ModuleNotFoundError as e:
-            if e.name not in (module, module.split(".")[0]):
-                raise
-
-
-def main() -> None:
-    _mount()
-    app()

@@ -1,203 +1,274 @@
-"""`promptserve serve`, `promptserve classify`, `promptserve push`: plain functions that promptserve.cli
-registers as commands. Flags override PROMPTSERVE_* environment variables, which override defaults."""
+"""`promptserve serve`, `promptserve classify`, `promptserve push`: plain functions that promptserve_cli
+registers as commands. `serve`'s flags are generated from ServerSettings (flags override PROMPTSERVE_*
+environment variables, which override defaults); `classify` and `push` go through promptserve.Client."""
 
 from __future__ import annotations
 
+import csv
+import inspect
 import json
-import logging
+import sys
+import types
+import typing
 from pathlib import Path
 
 import typer
+from pydantic import SecretStr
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+from promptserve.cli import fail, parse_timm_kwargs, read_token_file
+from promptserve.client import ADMIN_TOKEN_ENV, API_TOKEN_ENV, URL_ENV, ClientError
+from promptserve.logs import LOG_LEVELS
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-def serve(
-    backbone: str = typer.Option(None, help="A project backbone file, a timm model name (with --pretrained or "
-                                            "--weights) or random-tiny. Default: the demo backbone in "
-                                            "assets/backbones/."),
-    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights for a timm-name "
-                                                                "--backbone (downloaded: needs a network)."),
-    weights: str = typer.Option(None, "--weights", "--backbone-weights",
-                                help="A local .safetensors/.pth/.bin state dict for a timm-name --backbone."),
-    random_init: bool = typer.Option(False, "--random-init", help="Random (seeded) weights on purpose (warns)."),
-    timm_kwargs: str = typer.Option(None, help="JSON kwargs for timm.create_model with a timm-name --backbone."),
-    store: str = typer.Option(None, help="Registry: a directory (default ./registry) or a redis:// URL."),
-    host: str = typer.Option(None, help="Bind address (default 127.0.0.1; 0.0.0.0 exposes the server)."),
-    port: int = typer.Option(None, help="Port (default 8000)."),
-    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
-    dtype: str = typer.Option(None, help="float32, float16 or bfloat16."),
-    max_batch: int = typer.Option(None, help="Images per forward, at most."),
-    max_wait_ms: float = typer.Option(None, help="How long a batch waits for more images after its first."),
-    queue_limit: int = typer.Option(None, help="Queued images before 503 + Retry-After."),
-    resident_max_tasks: int = typer.Option(None, help="Tasks kept in the prompt bank (LRU beyond)."),
-    resident_max_mib: float = typer.Option(None, help="Prompt-set MiB kept in the bank (LRU beyond)."),
-    pin: list[str] = typer.Option(None, help="A task to keep resident (repeatable)."),
-    max_upload_mib: float = typer.Option(None, help="Largest prompt-set upload."),
-    max_image_mib: float = typer.Option(None, help="Largest encoded image."),
-    max_image_pixels: int = typer.Option(None, help="Largest image width*height (default: from the backbone)."),
-    max_request_pixels: int = typer.Option(None, help="Pixels one request may decode (default 8 images' worth)."),
-    max_prompt_tokens_per_layer: int = typer.Option(None, help="Prompt tokens per layer (default 2x the sequence)."),
-    request_timeout_s: float = typer.Option(None, help="Classify deadline in seconds (504 beyond)."),
-    body_timeout_s: float = typer.Option(None, help="Seconds a request body may take to arrive (408 beyond)."),
-    keep_alive_timeout_s: int = typer.Option(None, help="Seconds an idle keep-alive connection stays open."),
-    admin_token_file: Path = typer.Option(None, exists=True, dir_okay=False, help=(
-        "Read the admin token from this file (or PROMPTSERVE_ADMIN_TOKEN); never put it on the command line.")),
-    api_token_file: Path = typer.Option(None, exists=True, dir_okay=False, help=(
-        "Read the API token from this file (or PROMPTSERVE_API_TOKEN).")),
-    seed_demo: bool = typer.Option(None, "--seed-demo/--no-seed-demo",
-                                   help="Seed a store that has no task for this backbone from assets/tasks "
-                                        "(or with generated demo tasks)."),
-    seed_from: str = typer.Option(None, help="Seed from this folder of *.safetensors (implies --seed-demo)."),
-    ray: bool = typer.Option(False, "--ray", help="Run on Ray Serve: engine replicas routed by task "
-                                                  "(needs promptserve[ray]; see docs/serving.md)."),
-    replicas: int = typer.Option(None, help="With --ray: engine replicas (default 2)."),
-    ray_address: str = typer.Option(None, help="With --ray: a running Ray cluster (ray://host:10001 or auto); "
-                                               "default: a local Ray instance."),
-    log_level: str = typer.Option("info", help="debug, info, warning, error."),
-) -> None:
+# Every ServerSettings field is a `serve` flag: --field-name, except where an older or shorter name is kept
+# (the README and scripts use them) or the value is a secret (read from a file, never put on the command line).
+FLAG_NAMES: dict[str, tuple[str, ...]] = {
+    "backbone_weights": ("--weights", "--backbone-weights"),
+    "backbone_pretrained": ("--pretrained/--no-pretrained",),
+    "backbone_random_init": ("--random-init/--no-random-init",),
+    "backbone_kwargs": ("--timm-kwargs",),
+    "pinned_tasks": ("--pin", "--pinned-tasks"),
+    "demo_tasks_dir": ("--seed-from", "--demo-tasks-dir"),
+    "admin_token": ("--admin-token-file",),
+    "api_token": ("--api-token-file",),
+}
+FILE_FIELDS = {"admin_token", "api_token"}  # the flag names a file holding the secret
+EXTRA_HELP = {
+    "demo_tasks_dir": "Seed from this folder of *.safetensors (implies --seed-demo).",
+    "host": "Bind address (0.0.0.0 exposes the server).",
+    "port": "Port.",
+    "max_images_per_request": "Images one classify request may carry (413 beyond); clients split longer lists.",
+    "default_top_k": "Labels per image when a request does not say.",
+    "admin_token": "Read the admin token from this file (or PROMPTSERVE_ADMIN_TOKEN); unset: generated, printed once.",
+    "api_token": "Read the API token from this file (or PROMPTSERVE_API_TOKEN); unset: the API is open.",
+}
+
+
+def flag_names(field: str) -> tuple[str, ...]:
+    from server.settings import ServerSettings
+
+    if field in FLAG_NAMES:
+        return FLAG_NAMES[field]
+    dashed = "--" + field.replace("_", "-")
+    plain = _flag_type(ServerSettings.model_fields[field].annotation)
+    return (f"{dashed}/--no-{dashed[2:]}",) if plain is bool else (dashed,)
+
+
+def _flag_type(annotation):
+    """The command-line type of a settings field: `X | None` is X, a Literal a str (pydantic checks it)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) is typing.Literal or annotation is SecretStr:
+        return str
+    if typing.get_origin(annotation) is list:
+        return list[str]
+    if annotation is dict:
+        return str  # JSON
+    return annotation
+
+
+def _settings_options() -> list[inspect.Parameter]:
+    from server.settings import ServerSettings
+
+    params = []
+    for name, field in ServerSettings.model_fields.items():
+        default = field.default_factory() if field.default_factory else field.default
+        env = "PROMPTSERVE_" + name.upper()
+        shown = "" if default in (None, [], {}) or name in FILE_FIELDS else f"default {default}; "
+        help_text = EXTRA_HELP[name] if name in FILE_FIELDS else \
+            f"{EXTRA_HELP.get(name) or field.description or ''} ({shown}env {env})".strip()
+        kind = Path if name in FILE_FIELDS else _flag_type(field.annotation)
+        option = typer.Option(None, *flag_names(name), help=help_text, show_default=False,
+                              **({"exists": True, "dir_okay": False} if kind is Path else {}))
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
+    return params
+
+
+def settings_from_flags(flags: dict):
+    """ServerSettings from the given flags over PROMPTSERVE_* over defaults; a bad value is one line naming
+    its flag (exit 2)."""
+    from pydantic import ValidationError
+
+    from server.settings import ServerSettings
+
+    values = {k: v for k, v in flags.items() if v is not None and v != []}
+    for name in FILE_FIELDS & values.keys():
+        values[name] = read_token_file(values[name])
+    if "backbone_kwargs" in values:
+        values["backbone_kwargs"] = parse_timm_kwargs(values["backbone_kwargs"])
+    if "demo_tasks_dir" in values:
+        values.setdefault("seed_demo", True)
+    try:
+        return ServerSettings(**values)
+    except ValidationError as e:
+        fail("; ".join(f"{flag_names(str(err['loc'][0]))[0].split('/')[0] if err['loc'] else 'settings'}: "
+                       f"{err['msg']}" for err in e.errors()))
+
+
+def serve(**flags) -> None:
     """Serve the classify and task API (uvicorn, or Ray Serve with --ray)."""
     import uvicorn
 
     from promptserve.backbone import BackboneError
-    from promptserve.cli import fail, parse_timm_kwargs
+    from promptserve.logs import setup_logging
     from server.app import create_app
     from server.loading import backbone_spec
-    from server.settings import ServerSettings
 
-    # flags override the PROMPTSERVE_BACKBONE* settings; an absent flag leaves the setting alone
-    flags = dict(backbone=backbone, backbone_weights=weights, backbone_pretrained=pretrained or None,
-                 backbone_random_init=random_init or None,
-                 backbone_kwargs=None if timm_kwargs is None else parse_timm_kwargs("serve", timm_kwargs),
-                 store=store, host=host, port=port,
-                 device=device, dtype=dtype, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_limit=queue_limit,
-                 resident_max_tasks=resident_max_tasks, resident_max_mib=resident_max_mib, pinned_tasks=pin or None,
-                 max_upload_mib=max_upload_mib, max_image_mib=max_image_mib, max_image_pixels=max_image_pixels,
-                 max_request_pixels=max_request_pixels, max_prompt_tokens_per_layer=max_prompt_tokens_per_layer,
-                 request_timeout_s=request_timeout_s, body_timeout_s=body_timeout_s,
-                 keep_alive_timeout_s=keep_alive_timeout_s, admin_token=_read_token(admin_token_file),
-                 api_token=_read_token(api_token_file),
-                 seed_demo=True if seed_from else seed_demo, demo_tasks_dir=seed_from)
-    settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ray, replicas, ray_address = flags.pop("ray"), flags.pop("replicas"), flags.pop("ray_address")
+    log_level = flags.pop("log_level")
+    if log_level.lower() not in LOG_LEVELS:
+        fail(f"--log-level {log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    settings = settings_from_flags(flags)
+    setup_logging(log_level)
     try:  # fail before binding the port when the backbone cannot possibly load
         backbone_spec(settings)
     except BackboneError as e:
-        fail("serve", str(e))
+        fail(str(e))
     if ray or replicas is not None or ray_address is not None:
         _serve_on_ray(settings, ray, replicas, ray_address)
         return
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(),
+    # log_config=None: uvicorn's loggers keep the one format setup_logging gave the root logger
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(), log_config=None,
                 timeout_keep_alive=settings.keep_alive_timeout_s)
+
+
+_SERVE_ONLY = [
+    inspect.Parameter("ray", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+        False, "--ray", help="Run on Ray Serve: engine replicas routed by task (needs promptserve[ray]; see "
+                             "docs/serving.md).")),
+    inspect.Parameter("replicas", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
+        None, help="With --ray: engine replicas (default 2).")),
+    inspect.Parameter("ray_address", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        None, help="With --ray: a running Ray cluster (ray://host:10001 or auto); default: a local Ray instance.")),
+    inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        "info", help=f"{', '.join(LOG_LEVELS)}: the server's and uvicorn's lines, one format.")),
+]
+serve.__signature__ = inspect.Signature([*_settings_options(), *_SERVE_ONLY])  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in serve.__signature__.parameters.values()}
 
 
 def _serve_on_ray(settings, ray: bool, replicas: int | None, address: str | None) -> None:
     from pydantic import ValidationError
 
-    from promptserve.cli import fail
-
     if not ray:
-        fail("serve", "--replicas and --ray-address need --ray")
+        fail("--replicas and --ray-address need --ray")
     try:
         from server.ray_app import run
         from server.ray_settings import RaySettings
     except ImportError as e:
-        fail("serve", f"--ray needs Ray Serve ({e}): pip install 'promptserve[ray]'")
+        fail(f"--ray needs Ray Serve ({e}): pip install 'promptserve[ray]'")
     flags = {k: v for k, v in dict(replicas=replicas, address=address).items() if v is not None}
     try:
         ray_settings = RaySettings(**flags)
     except ValidationError as e:
-        fail("serve", "; ".join(f"{'.'.join(map(str, err['loc'])) or 'ray'}: {err['msg']}" for err in e.errors()))
+        fail("; ".join(f"{'.'.join(map(str, err['loc'])) or 'ray'}: {err['msg']}" for err in e.errors()))
     run(settings, ray_settings)
 
 
-def classify(
-    images: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="Image files."),
-    task: str = typer.Option(..., "--task", "-t", help="Task name."),
-    url: str = typer.Option(DEFAULT_URL, envvar="PROMPTSERVE_URL", help="Server URL."),
-    top_k: int = typer.Option(5, help="Labels per image."),
-    token: str = typer.Option(None, envvar="PROMPTSERVE_API_TOKEN", help=(
-        "API token, when the server sets one (visible in the process list: prefer the env or --token-file).")),
-    token_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Read the API token from this file."),
-    as_json: bool = typer.Option(False, "--json", help="Print the server's JSON answer."),
-    timeout: float = typer.Option(60.0, help="Seconds to wait for the answer."),
-) -> None:
-    """Classify images with a task on a running server."""
-    import httpx
+URL_FLAG = typer.Option(None, "--url", help=f"Server URL (env {URL_ENV}; default http://127.0.0.1:8000).",
+                        show_default=False)
+TOKEN_FILE_FLAG = typer.Option(None, "--token-file", exists=True, dir_okay=False,
+                               help="Read the token from this file (keeps it out of the process list).")
 
-    token = _read_token(token_file) or token
-    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in images]
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    try:
-        r = httpx.post(f"{url.rstrip('/')}/classify/{task}", params={"top_k": top_k}, files=files,
-                       headers=headers, timeout=timeout)
-    except httpx.HTTPError as e:
-        _fail(f"cannot reach {url}: {e}")
-    if r.status_code != 200:
-        _fail_response(r)
-    answers = r.json()
+
+def image_paths(paths: list[Path]) -> list[Path]:
+    """Files as given; a directory's images (by suffix, recursively, sorted). Missing paths are one line."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            fail(f"{path} does not exist")
+    if not found:
+        fail(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(map(str, paths))}")
+    return found
+
+
+def classify(
+    images: list[Path] = typer.Argument(..., help="Image files and directories (their images, recursively)."),
+    task: str = typer.Option(..., "--task", "-t", help="Task name."),
+    url: str = URL_FLAG,
+    top_k: int = typer.Option(None, help="Labels per image (default: the server's, 5)."),
+    token: str = typer.Option(None, help=f"API token when the server sets one (env {API_TOKEN_ENV}); visible in "
+                                         "the process list: prefer the env or --token-file.", show_default=False),
+    token_file: Path = TOKEN_FILE_FLAG,
+    as_json: bool = typer.Option(False, "--json", help="Print the answers as JSON (a list, one per image)."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV: image, task, version, rank, label, score."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for each request's answer."),
+) -> None:
+    """Classify images with a task on a running server (any number: sent in requests of the server's limit)."""
+    from promptserve.client import Client
+
+    if as_json and as_csv:
+        fail("--json and --csv: choose one")
+    paths = image_paths(images)
+    with Client(url, read_token_file(token_file) or token, timeout=timeout) as client:
+        try:
+            answers = client.classify(task, paths, top_k=top_k)
+        except ClientError as e:
+            fail(str(e), 1)
     if as_json:
-        typer.echo(json.dumps(answers, indent=2))
-        return
-    for path, answer in zip(images, answers, strict=True):
-        best = ", ".join(f"{p['label']} {p['score']:.3f}" for p in answer["predictions"])
-        typer.echo(f"{path}\t{task}@{answer['version'][:12]}\t{best}\t({answer['timing_ms']['total']:.1f} ms)")
+        typer.echo(json.dumps([{"image": str(p), **a} for p, a in zip(paths, answers, strict=True)], indent=2))
+    elif as_csv:
+        out = csv.writer(sys.stdout, lineterminator="\n")
+        out.writerow(["image", "task", "version", "rank", "label", "score"])
+        for path, answer in zip(paths, answers, strict=True):
+            for rank, p in enumerate(answer["predictions"], 1):
+                out.writerow([path, answer["task"], answer["version"], rank, p["label"], f"{p['score']:.6f}"])
+    else:
+        _print_answers(task, paths, answers)
+
+
+def _print_answers(task: str, paths: list[Path], answers: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    versions = sorted({a["version"][:12] for a in answers})
+    table = Table(title=f"{len(answers)} images, task {task} @ {', '.join(versions)}", title_justify="left")
+    table.add_column("image", overflow="fold")
+    table.add_column("label", overflow="fold")
+    table.add_column("score", justify="right")
+    table.add_column("next", overflow="fold")
+    for path, answer in zip(paths, answers, strict=True):
+        best, *rest = answer["predictions"]
+        table.add_row(str(path), best["label"], f"{best['score']:.3f}",
+                      ", ".join(f"{p['label']} {p['score']:.2f}" for p in rest[:2]))
+    Console().print(table)
 
 
 def push(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A prompt set (.safetensors)."),
     task: str = typer.Option(..., "--task", "-t", help="Task name to point at this prompt set."),
-    url: str = typer.Option(DEFAULT_URL, envvar="PROMPTSERVE_URL", help="Server URL."),
-    token: str = typer.Option(None, envvar="PROMPTSERVE_ADMIN_TOKEN", help=(
-        "Admin token (printed by `serve` when none was configured); visible in the process list: prefer the "
-        "env or --token-file.")),
-    token_file: Path = typer.Option(None, exists=True, dir_okay=False, help="Read the admin token from this file."),
+    url: str = URL_FLAG,
+    token: str = typer.Option(None, help=f"Admin token (printed by `serve` when none was configured; env "
+                                         f"{ADMIN_TOKEN_ENV}); visible in the process list: prefer the env or "
+                                         "--token-file.", show_default=False),
+    token_file: Path = TOKEN_FILE_FLAG,
     timeout: float = typer.Option(120.0, help="Seconds to wait for the answer."),
 ) -> None:
-    """Upload a prompt set to a running server: validated, stored, and served by the next request."""
-    import httpx
+    """Upload a prompt set to a running server: validated, stored, and served by the next request.
+    (`promptserve tasks push` writes to a registry directly, with no server running.)"""
+    from promptserve.client import Client, resolve_token
 
-    token = _read_token(token_file) or token
+    token = resolve_token(read_token_file(token_file) or token)
     if not token:
-        _fail("an admin token is needed: PROMPTSERVE_ADMIN_TOKEN, --token-file or --token")
-    try:
-        r = httpx.put(f"{url.rstrip('/')}/tasks/{task}", content=file.read_bytes(), timeout=timeout,
-                      headers={"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"})
-    except httpx.HTTPError as e:
-        _fail(f"cannot reach {url}: {e}")
-    if r.status_code != 200:
-        _fail_response(r)
-    record = r.json()
+        fail(f"an admin token is needed: {ADMIN_TOKEN_ENV}, --token-file or --token")
+    with Client(url, token, timeout=timeout) as client:
+        try:
+            record = client.push(task, file)
+        except ClientError as e:
+            fail(str(e), 1)
     typer.echo(f"{record['task']} -> {record['version']} ({record['size']} bytes, {len(record['labels'])} labels)")
 
 
-def _read_token(path: Path | None) -> str | None:
-    """A token file's first line (so it never has to appear in the process list); None without a file."""
-    if path is None:
-        return None
-    words = path.read_text().split()
-    if not words:
-        _fail(f"token file {path} is empty")
-    return words[0]
-
-
-def _fail_response(r) -> None:
-    try:
-        body = r.json()
-        message = f"{body.get('error', r.status_code)}: {body.get('detail', r.text)}"
-    except ValueError:
-        message = r.text
-    _fail(f"HTTP {r.status_code} {message}")
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"promptserve: {message}", err=True)
-    raise typer.Exit(1)
-
-
 if __name__ == "__main__":  # `python -m server.cli serve ...` without the console script
-    _app = typer.Typer(add_completion=False)
+    _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     for _command in (serve, classify, push):
         _app.command()(_command)
     _app()

@@ -28,7 +28,8 @@ async def readyz(state: ServerState = Depends(get_state)):
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     engine = state.engine
     return Readiness(status="ready", backbone=state.backbone.name, fingerprint=state.backbone.fingerprint,
-                     device=str(engine.device), resident_tasks=len(engine.resident))
+                     device=str(engine.device), resident_tasks=len(engine.resident),
+                     max_images_per_request=state.settings.max_images_per_request)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)",

@@ -86,6 +86,8 @@ class Readiness(BaseModel):
     fingerprint: str | None = None
     device: str | None = None
     resident_tasks: int = 0
+    max_images_per_request: int | None = Field(None, description=(
+        "Images one classify request may carry; clients split longer lists into requests of this size."))
     detail: str | None = None
 
 

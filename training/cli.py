@@ -24,7 +24,9 @@ from promptserve.cli import (
     artifact_metadata,
     backbone_from_flags,
     fail,
+    read_token_file,
 )
+from promptserve.client import ADMIN_TOKEN_ENV, resolve_token
 from training.config import TrainConfig
 
 _D = TrainConfig  # defaults live in one place: the dataclass
@@ -39,22 +41,19 @@ def default_task_name(out: Path) -> str:
     return name or "task"
 
 
-def push_artifact(target: str, task: str, blob: bytes, token: str = "") -> str:
+def push_artifact(target: str, task: str, blob: bytes, token: str | None = None) -> str:
     """Store path / redis URL: prompt_store.open_store(target).put(task, bytes).
-    http(s) URL: PUT {target}/tasks/{task} with the bytes and `Authorization: Bearer <token>`."""
+    http(s) URL: promptserve.Client(target, token).push(task, bytes), as `promptserve push` does."""
     naming.check_task_name(task, error=typer.BadParameter)
     if target.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
+        from promptserve.client import Client, ClientError
 
-        req = urllib.request.Request(f"{target.rstrip('/')}/tasks/{task}", data=blob, method="PUT",
-                                     headers={"Content-Type": "application/octet-stream",
-                                              **({"Authorization": f"Bearer {token}"} if token else {})})
         try:
-            with urllib.request.urlopen(req, timeout=60) as resp:
-                return f"{resp.status} {resp.read(500).decode(errors='replace')}"
-        except urllib.error.HTTPError as e:
-            raise RuntimeError(f"server refused the upload: {e.code} {e.read(1000).decode(errors='replace')}") from None
+            with Client(target, token) as client:
+                record = client.push(task, blob)
+        except ClientError as e:
+            fail(f"the upload to {target} failed: {e}", 1)
+        return f"{record['version']} ({record['size']} bytes, {len(record['labels'])} labels)"
     from prompt_store import open_store  # lazy: the registry package is optional for training
 
     result = open_store(target).put(task, blob)
@@ -106,7 +105,11 @@ def train(
     progress: bool = typer.Option(True, help="progress bars"),
     task_name: str = typer.Option("", help="task name for --push (default: from --out)"),
     push: str = typer.Option("", help="store dir, redis:// URL, or http(s):// server to upload to"),
-    token: str = typer.Option("", envvar="PROMPTSERVE_TOKEN", help="bearer token for an http --push"),
+    token: str = typer.Option(None, help=f"admin token for an http(s) --push (env {ADMIN_TOKEN_ENV}; the old "
+                              "PROMPTSERVE_TOKEN still works, deprecated); prefer the env or --token-file",
+                              show_default=False),
+    token_file: Path = typer.Option(None, "--token-file", exists=True, dir_okay=False,
+                                    help="read the admin token for an http(s) --push from this file"),
 ) -> None:
     """Train one task; write the artifact, <out>.report.json and PNG plots; optionally push it."""
     from training.config import TrainConfigError
@@ -127,8 +130,11 @@ def train(
                           progress=progress)
     except TrainConfigError as e:
         raise typer.BadParameter(str(e)) from None
+    token = read_token_file(token_file) or token
+    if push.startswith(("http://", "https://")) and not resolve_token(token):  # before training, not after
+        fail(f"--push {push} needs the server's admin token: {ADMIN_TOKEN_ENV}, --token-file or --token")
     try:
-        bb = backbone_from_flags("train", backbone, pretrained, weights, random_init, timm_kwargs)
+        bb = backbone_from_flags(backbone, pretrained, weights, random_init, timm_kwargs)
         _log(f"backbone {bb.source.describe()} ({bb.num_params:,} params, fingerprint {bb.fingerprint[:12]})")
         result = train_task(cfg, data, bb, log=_log)
         out = Path(out)
@@ -139,11 +145,10 @@ def train(
         if push:
             if result["kind"] != "prompt_set":
                 raise typer.BadParameter("--push uploads prompt sets; a `full` artifact is a whole model")
-            _log(f"pushed {task_name or default_task_name(out)}: "
-                 f"{push_artifact(push, task_name or default_task_name(out), result['artifact'], token)}")
+            name = task_name or default_task_name(out)
+            _log(f"pushed {name}: {push_artifact(push, name, result['artifact'], token)}")
     except (DatasetError, TrainConfigError) as e:  # a user's data or settings: one line, no traceback
-        _log(f"error: {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     except KeyboardInterrupt:
         _log("interrupted: nothing was written (the artifact, report and plots are written together at the end)")
         raise typer.Exit(130) from None
@@ -165,24 +170,24 @@ def evaluate(
     from training.imagefolder import DatasetError
     from training.loop import accuracy_module, accuracy_prompt_set
 
-    meta = artifact_metadata("eval", task)
+    meta = artifact_metadata(task)
     full = meta.get("method") == "full" and "timm_name" in meta
     if full and (backbone or pretrained or weights or random_init):
-        fail("eval", f"{task} is a `full` model: it is its own backbone, drop --backbone/--pretrained/--weights")
-    bb = (backbone_from_flags("eval", str(task)) if full else
-          backbone_from_flags("eval", backbone, pretrained, weights, random_init, timm_kwargs, (str(task), meta)))
+        fail(f"{task} is a `full` model: it is its own backbone, drop --backbone/--pretrained/--weights")
+    bb = (backbone_from_flags(str(task)) if full else
+          backbone_from_flags(backbone, pretrained, weights, random_init, timm_kwargs, (str(task), meta)))
     dc = bb.data_config
     try:  # only the asked split is listed and decoded: a folder with just test/ works
         (arr,) = load_splits(data, dc.input_size, dc.interpolation, progress=False, splits=(split,))
     except DatasetError as e:
-        fail("eval", str(e))
+        fail(str(e))
     if arr is None:
-        fail("eval", f"{data} has no '{split}' split ({split}/<class>/<image> folders)")
+        fail(f"{data} has no '{split}' split ({split}/<class>/<image> folders)")
     labels = json.loads(meta.get("labels", "[]"))
     index = {c: i for i, c in enumerate(labels)}
     unknown = sorted(set(arr.classes) - set(index))
     if unknown:
-        fail("eval", f"classes {unknown} of {data} are not among the artifact's labels")
+        fail(f"classes {unknown} of {data} are not among the artifact's labels")
     y = np.asarray([index[arr.classes[i]] for i in arr.labels], dtype=np.int64)
     if full:
         acc = accuracy_module(bb.model, dc, arr.images, y, batch_size)
@@ -222,8 +227,7 @@ def pretrain(
         _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun with --resume")
         raise typer.Exit(130) from None
     except (FileExistsError, ValueError) as e:
-        _log(f"error: {e}")
-        raise typer.Exit(2) from None
+        fail(str(e))
     _log(json.dumps(result["history"][-1]))
 
 

@@ -38,8 +38,7 @@ def make_image_folder(root: Path, per_class: dict[str, int], size: int = 20, see
 
 
 def promptserve(*args: str, env: dict | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    code = "import sys; from promptserve.cli import main; sys.argv[0] = 'promptserve'; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "promptserve_cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300, env=env)
 
 

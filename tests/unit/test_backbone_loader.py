@@ -136,8 +136,7 @@ def test_a_fingerprint_mismatch_names_the_backbone_the_set_was_trained_on(zoo):
 
 
 def _promptserve(*args: str) -> subprocess.CompletedProcess:
-    code = "import sys; from promptserve.cli import main; sys.argv[0] = 'promptserve'; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "promptserve_cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_refuses_a_timm_name_without_weights_in_one_line(tmp_path):
