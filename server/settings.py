@@ -6,13 +6,29 @@ pixels, images per request, queue length. Tokens are secrets (never echoed in lo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEMO_BACKBONE = "assets/backbones/vit_tiny_p4_32_cifar10.safetensors"
+DEMO_BACKBONE_FILE = "backbones/vit_tiny_p4_32_cifar10.safetensors"
 MIB = 1 << 20
+
+
+def demo_assets_dir() -> Path:
+    """The demo backbone and demo tasks: shipped in the wheel as server/demo_assets (pyproject's package-dir),
+    else the checkout's assets/ beside this package (a source tree or an editable install), so the defaults
+    work from any directory. Neither: the checkout-relative path, whose "not found" names how to build it."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "demo_assets", package.parent / "assets"):
+        if (candidate / DEMO_BACKBONE_FILE).is_file():
+            return candidate
+    return Path("assets")
+
+
+DEMO_BACKBONE = str(demo_assets_dir() / DEMO_BACKBONE_FILE)
+DEMO_TASKS_DIR = str(demo_assets_dir() / "tasks")
 
 
 class ServerSettings(BaseSettings):
@@ -41,9 +57,13 @@ class ServerSettings(BaseSettings):
     # ---- the registry --------------------------------------------------------------------------------
     store: str = Field("./registry", description="A directory (LocalStore) or a redis:// URL (RedisStore).")
     seed_demo: bool = Field(False, description=(
-        "When the store has no task for this backbone, seed it from assets/tasks/*.safetensors, or with "
+        "When the store has no task for this backbone, seed it from demo_tasks_dir/*.safetensors, or with "
         "generated demo prompt sets when that folder is empty."))
-    demo_tasks_dir: str = "assets/tasks"
+    demo_tasks_dir: str = Field(DEMO_TASKS_DIR, description=(
+        "The demo prompt sets (and examples/ for the web page): by default the ones shipped with the package."))
+    demo: bool = Field(False, description=(
+        "The demo, from any directory: the demo backbone shipped with the package (unless backbone is set) and "
+        "a store seeded with its four demo tasks (seed_demo)."))
 
     # ---- network -------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -105,6 +125,12 @@ class ServerSettings(BaseSettings):
                 return json.loads(value)
             return [name.strip() for name in value.split(",") if name.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _demo_seeds_the_store(self):
+        if self.demo:  # the backbone's default already is the demo backbone; an explicit one is kept
+            self.seed_demo = True
+        return self
 
     @field_validator("admin_token", "api_token", mode="before")
     @classmethod

@@ -86,10 +86,12 @@ class ServerProcess:
         self.env = {**os.environ, "PROMPTSERVE_ADMIN_TOKEN": ADMIN, "OMP_NUM_THREADS": "1",
                     "PROMPTSERVE_TORCH_THREADS": "1", **(env or {})}
         self.process: subprocess.Popen | None = None
+        self.cwd = REPO
 
     def start(self) -> ServerProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(self.args, cwd=REPO, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(self.args, cwd=self.cwd, env=self.env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
         return self
 
     def wait_ready(self, timeout_s: float = 120.0) -> ServerProcess:
