@@ -6,6 +6,7 @@ pixels, images per request, queue length. Tokens are secrets (never echoed in lo
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -131,6 +132,15 @@ class ServerSettings(BaseSettings):
         if self.demo:  # the backbone's default already is the demo backbone; an explicit one is kept
             self.seed_demo = True
         return self
+
+    @field_validator("store")
+    @classmethod
+    def _redis_store_needs_its_extra(cls, value: str) -> str:
+        from prompt_store import REDIS_EXTRA_MISSING, REDIS_SCHEMES
+
+        if value.startswith(REDIS_SCHEMES) and importlib.util.find_spec("redis") is None:
+            raise ValueError(REDIS_EXTRA_MISSING)
+        return value
 
     @field_validator("admin_token", "api_token", mode="before")
     @classmethod

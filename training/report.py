@@ -4,6 +4,7 @@ hp-search grid and the seeds. `write_outputs` writes a run's files all or nothin
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -25,7 +26,10 @@ def write_report(report: dict, out_dir: Path, stem: str) -> list[Path]:
         import matplotlib
 
         matplotlib.use("Agg")
-    except ImportError:  # plots are a convenience; the JSON has every number
+    except ImportError:  # plots are a convenience (an extra); the JSON has every number
+        logging.getLogger("promptserve.training").warning(
+            "no PNG plots: matplotlib is not installed (pip install 'promptserve[plots]'); %s has every number",
+            paths[0])
         return paths
     if report.get("history"):
         paths.append(plot_curves(report, out_dir / f"{stem}.curves.png"))

@@ -3,7 +3,13 @@ dependencies (redis, matplotlib, ray) are extras, and the typed packages say so 
 
 from __future__ import annotations
 
+import logging
+import sys
+import tomllib
 from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from server.settings import DEMO_BACKBONE, DEMO_TASKS_DIR, ServerSettings, demo_assets_dir
 
@@ -23,3 +29,41 @@ def test_demo_seeds_the_store_and_keeps_an_explicit_backbone(monkeypatch):
     demo = ServerSettings(demo=True)
     assert demo.seed_demo and demo.backbone == DEMO_BACKBONE and demo.demo_tasks_dir == DEMO_TASKS_DIR
     assert ServerSettings(demo=True, backbone="random-tiny").backbone == "random-tiny"
+
+
+def test_optional_features_are_extras_not_dependencies():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    hard = " ".join(project["dependencies"])
+    extras = project["optional-dependencies"]
+    for package, extra in (("redis", "redis"), ("matplotlib", "plots"), ("ray", "ray")):
+        assert package not in hard, f"{package} is a hard dependency; it belongs in the [{extra}] extra"
+        assert any(spec.startswith(package) for spec in extras[extra])
+    for package in ("promptserve", "kernels", "prompt_store"):
+        assert (REPO / package / "py.typed").is_file()
+
+
+@pytest.fixture
+def without_redis(monkeypatch):
+    """As if the [redis] extra were not installed: `import redis` fails the way a missing package does."""
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "prompt_store.redis_store", raising=False)
+
+
+def test_a_redis_store_without_the_extra_says_what_to_install(without_redis):
+    from prompt_store import StoreError, open_store
+
+    with pytest.raises(StoreError, match=r"pip install 'promptserve\[redis\]'"):
+        open_store("redis://127.0.0.1:1/0")
+    with pytest.raises(ValidationError, match=r"pip install 'promptserve\[redis\]'"):
+        ServerSettings(store="redis://127.0.0.1:1/0")
+    assert ServerSettings(store="./registry").store == "./registry"  # a local store needs no Redis client
+
+
+def test_training_without_matplotlib_writes_the_json_and_says_why_no_plots(monkeypatch, tmp_path, caplog):
+    from training.report import write_report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with caplog.at_level(logging.WARNING):
+        paths = write_report({"history": [{"epoch": 0, "loss": 1.0}]}, tmp_path, "run")
+    assert [p.name for p in paths] == ["run.report.json"] and paths[0].is_file()
+    assert "pip install 'promptserve[plots]'" in caplog.text
