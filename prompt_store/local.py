@@ -22,7 +22,6 @@ import errno
 import json
 import logging
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ from prompt_store.base import (
     match_version,
     utc_now,
 )
+from promptserve.files import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 BLOB_SUFFIX = ".safetensors"
@@ -145,7 +145,7 @@ class LocalStore(PromptStore):
             if not path.exists():
                 raise TaskNotFound(f"no task {task!r}")
             path.unlink()  # the task is gone from here on; the sweep below only frees space
-            _fsync_dir(self.tasks)
+            fsync_dir(self.tasks)
             self._sweep_unreferenced_blobs()
 
     def _sweep_unreferenced_blobs(self) -> list[str]:
@@ -158,7 +158,7 @@ class LocalStore(PromptStore):
         orphans = self._orphans(referenced)
         for path in orphans:
             path.unlink(missing_ok=True)
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
         return sorted({p.name.split(".", 1)[0] for p in orphans})
 
     def _referenced_versions(self) -> set[str] | None:
@@ -192,7 +192,7 @@ class LocalStore(PromptStore):
                 quarantine.mkdir(exist_ok=True)
                 for task in report.broken_tasks:
                     os.replace(self.tasks / f"{task}.json", quarantine / f"{task}.json")
-                _fsync_dir(self.tasks)
+                fsync_dir(self.tasks)
             referenced = self._referenced_versions()
             if referenced is not None:
                 report.orphan_blobs = sorted({p.name.split(".", 1)[0] for p in self._orphans(referenced)})
@@ -236,18 +236,7 @@ class LocalStore(PromptStore):
             path.unlink(missing_ok=True)
 
     def _write_atomic(self, target: Path, data: bytes) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=target.name + ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(target.parent)  # makes the rename itself durable before the next step depends on it
+        write_atomic(target, data, durable=True, tmp_dir=self.tmp)
 
     # ---- paths and small files ------------------------------------------------------------------------
     def _task_path(self, task: str) -> Path:
@@ -391,13 +380,5 @@ def _read_first_line(dir_fd: int, name: str, chunk: int = 1 << 16) -> bytes | No
                 break
             data += more
         return data.partition(b"\n")[0]
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -136,6 +136,11 @@ class Backbone:
     def patch_size(self) -> int:
         return self.model.patch_embed.patch_size[0]
 
+    @property
+    def pooling(self) -> str:
+        """'avg' (mean of patch tokens) or 'token' (CLS): what the final-norm features are pooled with."""
+        return "avg" if self.model.global_pool == "avg" else "token"
+
     @cached_property
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

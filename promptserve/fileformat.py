@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from promptserve.config import ConfigError, PromptConfig
+
 FORMAT = "promptserve/1"
 TENSOR_NAME = re.compile(r"^(?:(visual|kv|key|value)\.(0|[1-9][0-9]{0,3})|head\.(weight|bias))$")
 FILE_DTYPES = {"F16": 2, "BF16": 2, "F32": 4}  # dtype -> bytes per element
@@ -92,7 +94,7 @@ class Header:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
     labels: list[str]
-    config: dict
+    config: PromptConfig
     metrics: dict
 
     @property
@@ -150,7 +152,7 @@ def parse_header(data: bytes) -> Header:
     if len(labels) != classes:
         raise LabelsError(f"{len(labels)} labels for a head of {classes} classes")
     return Header(tensors=tensors, metadata=metadata, labels=labels,
-                  config=_json_field(metadata, "config", {}, dict, FormatError),
+                  config=parse_config(_json_field(metadata, "config", {}, dict, FormatError)),
                   metrics=_json_field(metadata, "metrics", {}, dict, FormatError))
 
 
@@ -227,6 +229,18 @@ def _json_field(metadata: dict[str, str], key: str, default: Any, kind: type, er
         raise error(f"metadata {key!r} must be a JSON {'list' if kind is list else 'object'}, got "
                     f"{type(value).__name__}")
     return value
+
+
+def parse_config(config: dict | PromptConfig) -> PromptConfig:
+    """The metadata's `config` JSON as a validated PromptConfig; a malformed one is a FormatError."""
+    if isinstance(config, PromptConfig):
+        return config
+    try:
+        return PromptConfig.from_dict(config)
+    except ConfigError as e:
+        raise FormatError(f"metadata 'config': {e}") from None
+    except TypeError as e:  # a key given twice and the like: still the file's fault, said in one line
+        raise FormatError(f"metadata 'config' is malformed ({e})") from None
 
 
 def canonical_bytes(data: bytes) -> bytes:

@@ -19,7 +19,7 @@ from torch import nn
 from kernels import prompt_attention
 from promptserve.backbone import Backbone
 from promptserve.bank import PromptBank, PromptBatch
-from promptserve.promptset import PromptSet, ShapeError
+from promptserve.promptset import PromptSet
 
 
 def _pad_tokens(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ class PromptedViT(nn.Module):
             self.vit.to(device=device, dtype=dtype)
         p = next(self.vit.parameters())
         self.attention_impl = attention_impl  # None: kernels' dispatcher decides (env PROMPTSERVE_ATTENTION)
-        self.pooling = "avg" if self.vit.global_pool == "avg" else "token"
+        self.pooling = backbone.pooling
         self.bank = PromptBank(backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim,
                                device=p.device, dtype=p.dtype, pooling=self.pooling)
 
@@ -45,9 +45,6 @@ class PromptedViT(nn.Module):
     def add_task(self, name: str, prompt_set: PromptSet) -> None:
         """Validate against this backbone, then add or atomically replace the task."""
         prompt_set.validate(self.backbone)
-        pooling = prompt_set.config.get("pooling", self.pooling)
-        if pooling != self.pooling:
-            raise ShapeError(f"prompt set pools with {pooling!r}, this backbone pools with {self.pooling!r}")
         self.bank.put(name, prompt_set)
 
     def remove_task(self, name: str) -> None:

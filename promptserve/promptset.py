@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from promptserve.config import PromptConfig
 from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors belong to the file format)
     FORMAT,
     RANK,
@@ -34,8 +35,10 @@ from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors bel
     ShapeError,
     TooLargeError,
     canonical_bytes,
+    parse_config,
     parse_header,
 )
+from promptserve.files import write_atomic
 
 if TYPE_CHECKING:
     from promptserve.backbone import Backbone
@@ -50,10 +53,13 @@ class PromptSet:
     backbone: str = ""
     labels: list[str] = field(default_factory=list)
     method: str = "e2vpt"
-    config: dict = field(default_factory=dict)
+    config: PromptConfig = field(default_factory=PromptConfig)  # a dict is parsed (FormatError if invalid)
     metrics: dict = field(default_factory=dict)
     created: str = ""
     _bytes: bytes | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.config = parse_config(self.config)
 
     # ---- construction and I/O -------------------------------------------------------------------
     @classmethod
@@ -73,7 +79,8 @@ class PromptSet:
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "backbone": self.backbone, "backbone_fingerprint": self.backbone_fingerprint,
                 "labels": json.dumps(self.labels), "method": self.method,
-                "config": json.dumps(self.config, sort_keys=True), "metrics": json.dumps(self.metrics, sort_keys=True),
+                "config": json.dumps(self.config.to_dict(), sort_keys=True),
+                "metrics": json.dumps(self.metrics, sort_keys=True),
                 "created": self.created or datetime.now(UTC).isoformat(timespec="seconds")}
 
     def to_bytes(self) -> bytes:
@@ -86,11 +93,7 @@ class PromptSet:
 
     def save(self, path: str | Path) -> str:
         """Write atomically (temp file + rename); returns the version."""
-        path = Path(path)
-        data = self.to_bytes()
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        write_atomic(path, self.to_bytes())
         return self.version
 
     @property
@@ -100,7 +103,7 @@ class PromptSet:
     # ---- what it holds ---------------------------------------------------------------------------
     @property
     def deep(self) -> bool:
-        return bool(self.config.get("deep", True))
+        return self.config.deep
 
     @property
     def num_classes(self) -> int:
@@ -140,8 +143,9 @@ class PromptSet:
         for needed in ("head.weight", "head.bias"):
             if needed not in self.tensors:
                 raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
-        if not isinstance(self.config, dict):
-            raise FormatError("metadata 'config' must be a JSON object")
+        if self.config.pooling not in (None, backbone.pooling):
+            raise ShapeError(f"prompt set pools with {self.config.pooling!r}, this backbone pools with "
+                             f"{backbone.pooling!r}")
         for name, t in self.tensors.items():
             rank = RANK.get(name) or RANK.get(name.partition(".")[0])
             if rank is not None and t.ndim != rank:
@@ -177,6 +181,17 @@ class PromptSet:
                     self._expect(name, (H, self.tensors[name].shape[1] if self.tensors[name].ndim == 3 else -1, d))
             if has_key:
                 self._expect(f"value.{i}", tuple(self.tensors[f"key.{i}"].shape))
+        self._check_config_lengths(L)
+
+    def _check_config_lengths(self, num_layers: int) -> None:
+        """Per-layer lengths the config states (the trainer's lists) must be the tensors' own."""
+        stated = {"visual_tokens": self.config.visual_tokens, "kv_tokens": self.config.kv_tokens}
+        actual = {"visual_tokens": [0 if (v := self.visual(i)) is None else v.shape[0] for i in range(num_layers)],
+                  "kv_tokens": [0 if (kv := self.kv(i)) is None else kv[0].shape[1] for i in range(num_layers)]}
+        for name, counts in stated.items():
+            if isinstance(counts, list) and counts != actual[name]:
+                raise FormatError(f"metadata 'config' says {name}={counts}, the tensors hold {actual[name]}: "
+                                  "write the config from the tensors (or leave the lengths out)")
 
     def _expect(self, name: str, shape: tuple[int, ...]) -> None:
         got = tuple(self.tensors[name].shape)

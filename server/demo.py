@@ -56,7 +56,7 @@ def demo_prompt_set(backbone: Backbone, labels: list[str] | None = None, visual_
     if not visual_tokens and not kv_tokens:
         method = "linear"
     return PromptSet(tensors=tensors, backbone_fingerprint=backbone.fingerprint, backbone=backbone.spec,
-                     labels=labels, method=method, config=config.to_dict(), metrics=metrics or {})
+                     labels=labels, method=method, config=config, metrics=metrics or {})
 
 
 def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = "assets/tasks",

@@ -24,7 +24,7 @@ import numpy as np
 from promptserve.fileformat import parse_header
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
-from promptserve.promptset import PromptSet, ShapeError, prompt_set_nbytes
+from promptserve.promptset import PromptSet, prompt_set_nbytes
 from server.loading import resolve_device, resolve_dtype
 from server.residency import ResidentSet
 
@@ -83,9 +83,6 @@ class Engine:
     def check(self, ps: PromptSet) -> None:
         """Raise the PromptSetError that says why `ps` cannot serve on this backbone (as add_task would)."""
         ps.validate(self.backbone)
-        pooling = ps.config.get("pooling", self.model.pooling)
-        if pooling != self.model.pooling:
-            raise ShapeError(f"prompt set pools with {pooling!r}, this backbone pools with {self.model.pooling!r}")
 
     def parse(self, data: bytes) -> PromptSet:
         if self.limits is not None:  # from the header alone, before a long prompt set is loaded
@@ -217,7 +214,7 @@ class Engine:
 
     async def preload(self, pinned: list[str]) -> None:
         """Fill the bank at start: pinned tasks first, then the store's others up to the budget."""
-        names = await asyncio.to_thread(list_task_names, self.store)
+        names = [r.task for r in await asyncio.to_thread(self.store.list)]
         for task in pinned:
             if task not in names:
                 log.warning("pinned task %s is not in the store", task)
@@ -272,8 +269,3 @@ class Engine:
             preds = [(labels[c], c, s) for c, s in zip(indices[j, :k].tolist(), scores[j, :k].tolist(), strict=True)]
             out.append(ItemResult(versions[j], preds, max(0.0, start - item.enqueued), compute))
         return out
-
-
-def list_task_names(store) -> list[str]:
-    """Task names from store.list(), whether it returns names or records."""
-    return [getattr(entry, "task", entry) for entry in store.list()]

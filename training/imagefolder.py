@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from promptserve.files import atomic_target
 from promptserve.preprocess import image_to_uint8
 from training.progress import bar
 
@@ -138,8 +139,6 @@ def load_split(source: str | Path, split: str, size: int, interpolation: str = "
     steps.close()
     result = ImageArray(images, labels, list(classes))
     if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels, classes=np.array(classes))
-        os.replace(tmp, cached)
+        with atomic_target(cached) as tmp:
+            np.savez(tmp, images=images, labels=labels, classes=np.array(classes))
     return result

@@ -17,6 +17,7 @@ from torch import nn
 
 from promptserve.backbone import Backbone
 from promptserve.bank import PromptBatch
+from promptserve.config import PromptConfig
 from promptserve.promptset import PromptSet
 
 
@@ -69,7 +70,7 @@ class PromptParams(nn.Module):
         L, D, H, d = backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim
         self.L, self.D, self.H, self.d = L, D, H, d
         self.deep, self.shared_kv, self.segments, self.segment_layout = deep, shared_kv, segments, segment_layout
-        self.pooling = "avg" if backbone.model.global_pool == "avg" else "token"
+        self.pooling = backbone.pooling
         gen = torch.Generator().manual_seed(seed)
         self.visual = nn.ParameterDict()
         self.key = nn.ParameterDict()
@@ -139,7 +140,7 @@ class PromptParams(nn.Module):
             out["head.bias"] = self.head_bias.detach().float().clone()
         return out
 
-    def to_prompt_set(self, backbone: Backbone, labels: list[str], method: str, config: dict,
+    def to_prompt_set(self, backbone: Backbone, labels: list[str], method: str, config: PromptConfig,
                       metrics: dict | None = None, created: str = "") -> PromptSet:
         return PromptSet(tensors=self.tensors(), backbone_fingerprint=backbone.fingerprint, backbone=backbone.spec,
                          labels=list(labels), method=method, config=config, metrics=metrics or {}, created=created)
@@ -156,14 +157,14 @@ def build_prompt_params(backbone: Backbone, num_classes: int, cfg, **kw) -> Prom
                         segment_layout=cfg.segment_layout, prompt_dropout=cfg.prompt_dropout, **kw)
 
 
-def prompt_config_dict(params: PromptParams, cfg) -> dict:
-    """The artifact's `config` JSON: PromptConfig fields (actual per-layer lengths) + the TrainConfig."""
+def prompt_config(params: PromptParams, cfg) -> PromptConfig:
+    """The artifact's config: the prompts' actual per-layer lengths (after pruning) + the TrainConfig."""
     vis = params.visual_lengths()
     kv = {int(k): v.shape[1] for k, v in params.key.items()}
-    return {"visual_tokens": [vis.get(i, 0) for i in range(params.L)],
-            "kv_tokens": [kv.get(i, 0) for i in range(params.L)], "deep": params.deep, "shared_kv": params.shared_kv,
-            "pooling": params.pooling, "visual_init": cfg.visual_init, "kv_init": cfg.kv_init,
-            "num_layers": params.L, "train": cfg.to_dict()}
+    return PromptConfig(visual_tokens=[vis.get(i, 0) for i in range(params.L)],
+                        kv_tokens=[kv.get(i, 0) for i in range(params.L)], deep=params.deep,
+                        shared_kv=params.shared_kv, pooling=params.pooling, visual_init=cfg.visual_init,
+                        kv_init=cfg.kv_init, num_layers=params.L, extra={"train": cfg.to_dict()})
 
 
 # ---- full fine-tuning ---------------------------------------------------------------------------------

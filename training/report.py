@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """temp file + rename: an interrupted run never leaves a half-written file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+from promptserve.files import atomic_target, write_atomic
 
 
 def write_report(report: dict, out_dir: Path, stem: str) -> list[Path]:
@@ -104,10 +97,11 @@ def plot_importance(report: dict, path: Path) -> Path:
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
 
 
 def plot_protocol(report: dict, path: Path) -> Path:

@@ -19,7 +19,7 @@ from training.config import TrainConfig
 from training.e2vpt import Importance, Pruning, apply_pruning, one_pass_importance, prune
 from training.imagefolder import ImageArray
 from training.loop import ModuleForward, PromptForward, accuracy_module, accuracy_prompt_set, features, fit
-from training.methods import PromptParams, build_prompt_params, full_model, prompt_config_dict
+from training.methods import PromptParams, build_prompt_params, full_model, prompt_config
 from training.progress import StepClock, bar
 
 
@@ -51,7 +51,7 @@ class Stage1:
 
 
 def prompt_set(params: PromptParams, backbone: Backbone, labels, cfg: TrainConfig, metrics=None) -> PromptSet:
-    return params.to_prompt_set(backbone, labels, cfg.method, prompt_config_dict(params, cfg), metrics)
+    return params.to_prompt_set(backbone, labels, cfg.method, prompt_config(params, cfg), metrics)
 
 
 def accuracy(res: RunResult, backbone: Backbone, split: ImageArray, cfg: TrainConfig) -> float:

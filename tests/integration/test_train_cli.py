@@ -87,7 +87,7 @@ def test_train_writes_artifact_report_plots_and_eval_matches_served(app, backbon
         assert (tmp_path / f"Demo_Task{suffix}").exists(), suffix
     ps = PromptSet.load(out)
     report = json.loads((tmp_path / "Demo_Task.report.json").read_text())
-    assert ps.method == "e2vpt" and ps.labels == ["x", "y", "z"] and ps.config["train"]["seed"] == 0
+    assert ps.method == "e2vpt" and ps.labels == ["x", "y", "z"] and ps.config.extra["train"]["seed"] == 0
     for key in ("test_acc", "val_acc", "tuned_params", "tuned_percent", "visual_pruned_fraction"):
         assert key in ps.metrics, key
     assert report["metrics"]["artifact_bytes"] == out.stat().st_size

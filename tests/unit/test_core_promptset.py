@@ -88,6 +88,12 @@ def _bad(bb, mutate):
      "only one of 'key.0' and 'value.0'"),
     (lambda t, m: m.update(config=json.dumps({"deep": False})), ps.ShapeError, "shallow set"),
     (lambda t, m: m.update(labels="not json"), ps.FormatError, "'labels' is not valid JSON"),
+    (lambda t, m: m.update(config=json.dumps({"pooling": "avg"})), ps.ShapeError, "pools with 'avg'"),
+    (lambda t, m: m.update(config=json.dumps({"visual_tokens": "ten"})), ps.FormatError,
+     "metadata 'config': visual_tokens=ten"),
+    (lambda t, m: m.update(config=json.dumps({"deep": "yes"})), ps.FormatError, "deep='yes': use true or false"),
+    (lambda t, m: m.update(config=json.dumps({"visual_tokens": [9, 9, 9], "num_layers": 3})), ps.FormatError,
+     r"says visual_tokens=\[9, 9, 9\], the tensors hold \[3, 3, 3\]"),
 ])
 def test_each_validation_error_is_specific(bb, mutate, error, message):
     blob = _bad(bb, mutate)
@@ -139,6 +145,25 @@ def test_prompt_config_validation_says_what_to_fix():
     cfg = ps.PromptConfig(visual_tokens=[1, 2, 3], kv_tokens=4, num_layers=3)
     assert (cfg.visual_at(2), cfg.kv_at(1)) == (3, 4)
     assert ps.PromptConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_prompt_config_extra_sits_beside_the_fields_in_the_file():
+    cfg = ps.PromptConfig(visual_tokens=[1, 2], kv_tokens=0, num_layers=2, extra={"train": {"seed": 3}})
+    assert cfg.to_dict()["train"] == {"seed": 3} and "extra" not in cfg.to_dict()
+    assert ps.PromptConfig.from_dict(cfg.to_dict()) == cfg
+    older = {**cfg.to_dict(), "extra": {"generated_by": "x"}}  # an earlier writer nested its notes
+    assert ps.PromptConfig.from_dict(older).extra == {"train": {"seed": 3}, "generated_by": "x"}
+    with pytest.raises(ps.ConfigError, match="extra repeats the config fields"):
+        ps.PromptConfig(extra={"deep": False})
+
+
+def test_a_dict_config_is_parsed_into_one_prompt_config(bb):
+    prompt_set = random_prompt_set(bb, seed=1)
+    assert isinstance(prompt_set.config, ps.PromptConfig)
+    loaded = ps.PromptSet.load(prompt_set.to_bytes())
+    assert loaded.config == prompt_set.config
+    with pytest.raises(ps.FormatError, match="pooling='max'"):
+        ps.PromptSet(dict(prompt_set.tensors), config={"pooling": "max"})
 
 
 def test_backbone_refuses_non_vit_models():

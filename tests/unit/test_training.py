@@ -324,7 +324,7 @@ def test_seeds_report_mean_sd_and_save_the_best_on_validation(tmp_path):
     assert seeds["test_acc_mean"] == pytest.approx(np.mean(tests))
     assert seeds["test_acc_sd"] == pytest.approx(np.std(tests, ddof=1))
     ps = PromptSet.load(out["artifact"])
-    assert ps.config["train"]["seed"] == seeds["saved_seed"]
+    assert ps.config.extra["train"]["seed"] == seeds["saved_seed"]
     saved = next(r for r in runs if r["seed"] == seeds["saved_seed"])
     assert ps.metrics["test_acc"] == saved["test_acc"] and ps.metrics["val_acc"] == saved["val_acc"]
 
