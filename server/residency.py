@@ -76,9 +76,6 @@ class ResidentSet:
         return self._inflight[task] > 0
 
     # ---- budget --------------------------------------------------------------------------------------
-    def over_budget(self) -> bool:
-        return len(self._lru) > self.max_tasks or self.nbytes > self.max_bytes
-
     def victims(self, keep: str | None = None) -> list[str]:
         """Least recently used tasks to drop so the rest fits the budget; pinned, busy and `keep` stay."""
         count, nbytes = len(self._lru), self.nbytes

@@ -81,7 +81,7 @@ class TrainConfig:
     search_tolerance: float = 0.01  # keep the most pruning within this val accuracy of the best
     # runtime (not saved: they do not change the result)
     eval_batch_size: int = 256
-    threads: int = 0  # 0 = torch's default
+    threads: int | None = None  # None: torch's default
     device: str = "cpu"
     progress: bool = True
     cache: bool = True  # the decode cache (see training/imagefolder.py)
@@ -123,12 +123,14 @@ class TrainConfig:
                                    f"({self.segments})")
         if self.importance not in IMPORTANCE:
             raise TrainConfigError(f"importance={self.importance!r}: choose one of {IMPORTANCE}")
+        if self.threads is not None and self.threads < 1:
+            raise TrainConfigError(f"threads={self.threads}: use >= 1, or leave it out for torch's default")
         if self.seeds < 1:
             raise TrainConfigError(f"seeds={self.seeds}: train at least one seed")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise TrainConfigError(f"grad_clip={self.grad_clip}: a positive norm, or None for no clipping")
         if self.hp_search is None:
-            self.hp_search = self.uses_prompts
+            self.hp_search = self.method not in ("linear", "full")  # the prompt methods
         if self.hp_epochs is None:
             self.hp_epochs = max(1, self.epochs // 2)
         if self.hp_epochs < 1:
@@ -137,10 +139,6 @@ class TrainConfig:
             self.lr_grid = [round(self.lr * f, 6) for f in LR_FACTORS]
         if self.hp_search and not self.wd_grid:
             self.wd_grid = WD_GRID[self.optimizer](self.weight_decay)
-
-    @property
-    def uses_prompts(self) -> bool:
-        return self.method in ("vpt-shallow", "vpt-deep", "e2vpt")
 
     @property
     def tunes(self) -> bool:

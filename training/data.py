@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from promptserve.preprocess import image_to_uint8, normalise
+from promptserve.files import atomic_target
+from promptserve.preprocess import image_to_uint8
 from training.imagefolder import (
     IMAGE_EXTENSIONS,
     DatasetError,
@@ -100,10 +101,8 @@ def load_idx_split(root: str | Path, split: str, size: int, interpolation: str, 
     images = np.stack([image_to_uint8(Image.fromarray(a, mode="L"), size, interpolation) for a in raw])
     if not use_cache:
         return ImageArray(images, labels, list(FMNIST_CLASSES))
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels)
-    os.replace(tmp, cached)
+    with atomic_target(cached) as tmp:
+        np.savez(tmp, images=images, labels=labels)
     return ImageArray(images, labels, list(FMNIST_CLASSES))
 
 
@@ -239,12 +238,14 @@ def merge(a: ImageArray, b: ImageArray | None) -> ImageArray:
 
 # ---- batches ------------------------------------------------------------------------------------------
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (4px zero padding after normalisation) + horizontal flip on (B, 3, S, S)."""
-    from training.pretrain import _augment
-
-    return _augment(x, gen)
-
-
-def batch_tensor(images: np.ndarray, data_config) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float32: the server's normalisation."""
-    return normalise(images, data_config)
+    """Random crop (4px zero padding after normalisation) + horizontal flip on (B, 3, S, S).
+    Pretraining's recipe too: its checkpoints resume with this exact use of `gen`."""
+    b, _, s, _ = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx, dy = torch.randint(0, 9, (2, b), generator=gen)
+    rows = (dy[:, None] + torch.arange(s))[:, None, :, None].expand(b, 3, s, s + 8)
+    x = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(s))[:, None, None, :].expand(b, 3, s, s)
+    x = x.gather(3, cols)
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(3), x)

@@ -44,6 +44,44 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.effective_lr)
 
 
+def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
+                params: list[nn.Parameter], batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int,
+                lr: Callable[[int], float], first_step: int, *, grad_clip: float | None, label_smoothing: float,
+                device: torch.device, amp: bool = False, after_backward: Callable[[], None] | None = None,
+                clock: StepClock | None = None, desc: str = "train", progress: bool = True) -> dict:
+    """One epoch of optimizer steps: the step every training run in the project takes (`fit`, pretraining).
+
+    batch(i) -> (x, y) for step i of the epoch (the caller owns data order and augmentation);
+    lr(step) -> the learning rate of global step `first_step + i`. Returns {"train_loss", "train_acc"}."""
+    seen, loss_sum, correct = 0, 0.0, 0
+    steps_bar = bar(range(steps), desc=desc, enabled=progress)
+    for i in steps_bar:
+        for group in opt.param_groups:
+            group["lr"] = lr(first_step + i)
+        x, y = batch(i)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = forward(x)  # (B, C)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {i}: lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        if clock is not None:
+            clock.step()
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        steps_bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+    steps_bar.close()
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+
+
 def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], inputs, labels: np.ndarray,
         cfg: TrainConfig, *, prepare: Callable | None = None, after_backward: Callable[[], None] | None = None,
         desc: str = "train", salt: int = 0, log=print, clock: StepClock | None = None) -> list[dict]:
@@ -62,7 +100,6 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
     opt = make_optimizer(params, cfg)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + salt)
     y_all = torch.as_tensor(labels)
-    amp = cfg.amp and device.type == "cuda"
     n_params = sum(p.numel() for p in params)
     log(f"[{desc}] {n} images, {cfg.epochs} epochs x {steps} steps, batch {bs}, {cfg.optimizer} "
         f"lr {cfg.effective_lr:.4g} (base {cfg.lr:g} x {bs}/256), wd {cfg.weight_decay:g}, "
@@ -71,48 +108,27 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
     if set_mode is not None:
         set_mode(True)
     try:
-        history, step = [], 0
+        history = []
         for epoch in range(cfg.epochs):
             order = torch.randperm(n, generator=gen)
-            t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-            progress = bar(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", enabled=cfg.progress)
-            for s in progress:
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, warmup, cfg.effective_lr)
+
+            def batch(s: int, order=order) -> tuple[torch.Tensor, torch.Tensor]:
                 idx = order[s * bs:(s + 1) * bs]
-                if prepare is None:
-                    x = normalise(inputs[idx.numpy()], _data_cfg(forward))
-                    if cfg.augment:
-                        x = augment(x, gen)
-                else:
-                    x = prepare(inputs, idx)
-                x, y = x.to(device), y_all[idx].to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = forward(x)  # (B, C)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"[{desc}] loss is {loss.item()} at epoch {epoch + 1} step {s}: "
-                                             "lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if after_backward is not None:
-                    after_backward()
-                if cfg.grad_clip:
-                    nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                if clock is not None:
-                    clock.step()
-                step += 1
-                seen += len(y)
-                loss_sum += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
-                progress.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-            progress.close()
-            history.append({"stage": desc, "epoch": epoch + 1, "train_loss": loss_sum / seen,
-                            "train_acc": correct / seen, "lr_end": opt.param_groups[0]["lr"],
+                if prepare is not None:
+                    return prepare(inputs, idx), y_all[idx]
+                x = normalise(inputs[idx.numpy()], _data_cfg(forward))
+                return (augment(x, gen) if cfg.augment else x), y_all[idx]
+
+            t0 = time.time()
+            stats = train_epoch(forward, opt, params, batch, steps, lambda step: lr_at(step, total, warmup,
+                                cfg.effective_lr), epoch * steps, grad_clip=cfg.grad_clip,
+                                label_smoothing=cfg.label_smoothing, device=device,
+                                amp=cfg.amp and device.type == "cuda", after_backward=after_backward, clock=clock,
+                                desc=f"{desc} {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
+            history.append({"stage": desc, "epoch": epoch + 1, **stats, "lr_end": opt.param_groups[0]["lr"],
                             "seconds": round(time.time() - t0, 2)})
-            log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {loss_sum / seen:.4f} acc {correct / seen:.4f} "
-                f"({time.time() - t0:.1f}s)")
+            log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {stats['train_loss']:.4f} "
+                f"acc {stats['train_acc']:.4f} ({time.time() - t0:.1f}s)")
     finally:
         if set_mode is not None:
             set_mode(False)
@@ -191,10 +207,9 @@ def features(backbone: Backbone, images: np.ndarray, batch_size: int = 256) -> t
 
     model = PromptedViT(backbone)
     eye, zero = torch.eye(D), torch.zeros(D)
-    pooling = "avg" if backbone.model.global_pool == "avg" else "token"
     out = []
     for i in range(0, len(images), batch_size):
         x = normalise(images[i:i + batch_size], backbone.data_config)
-        batch = PromptBatch.for_one_task(len(x), backbone.num_layers, {}, {}, None, eye, zero, pooling=pooling)
+        batch = PromptBatch.for_one_task(len(x), backbone.num_layers, {}, {}, None, eye, zero, pooling=backbone.pooling)
         out.append(model.forward_batch(x, batch))
     return torch.cat(out)

@@ -10,19 +10,19 @@ A checkpoint after every epoch lets an interrupted run resume where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
-from tqdm import tqdm
 
 from promptserve.backbone import DataConfig
+from promptserve.files import atomic_target
 from promptserve.preprocess import normalise
+from training.data import augment
 from training.imagefolder import load_split
+from training.loop import lr_at, train_epoch
 
 
 @dataclass
@@ -48,19 +48,6 @@ class PretrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0 < self.lr < 1:
             raise ValueError(f"lr={self.lr} is outside (0, 1)")
-
-
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop with 4px zero padding + horizontal flip, on a (B, 3, S, S) float batch."""
-    b, _, s, _ = x.shape
-    padded = F.pad(x, (4, 4, 4, 4))
-    dx, dy = torch.randint(0, 9, (2, b), generator=gen)
-    rows = (dy[:, None] + torch.arange(s))[:, None, :, None].expand(b, 3, s, s + 8)
-    x = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(s))[:, None, None, :].expand(b, 3, s, s)
-    x = x.gather(3, cols)
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
 @torch.no_grad()
@@ -98,16 +85,12 @@ def pretrain(cfg: PretrainConfig) -> dict:
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+    params = list(model.parameters())  # what gradient clipping sees, in the model's order
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = len(train) // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     history, start_epoch = [], 0
     if ckpt_path.exists() and not cfg.resume:
@@ -125,38 +108,27 @@ def pretrain(cfg: PretrainConfig) -> dict:
         gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: each epoch's order depends on its index only
         model.train()
         order = torch.randperm(len(train), generator=gen)
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", mininterval=5)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+
+        def batch(i: int, order=order) -> tuple[torch.Tensor, torch.Tensor]:
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy()
-            x = _augment(normalise(train.images[idx], data_cfg), gen)
-            y = torch.from_numpy(train.labels[idx])
-            logits = model(x)  # (B, C)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            return augment(normalise(train.images[idx], data_cfg), gen), torch.from_numpy(train.labels[idx])
+
+        t0 = time.time()
+        stats = train_epoch(model, opt, params, batch, steps_per_epoch,
+                            lambda step: lr_at(step, total, warmup, cfg.lr), epoch * steps_per_epoch,
+                            grad_clip=1.0, label_smoothing=cfg.label_smoothing, device=torch.device("cpu"),
+                            desc=f"epoch {epoch + 1}/{cfg.epochs}")
         # a seeded 2,000-image sample per epoch keeps evaluation cheap; the last epoch uses the whole split
         last = epoch + 1 == cfg.epochs
         sample = slice(None) if last else torch.randperm(
             len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
         test_acc = evaluate(model, test.images[sample], test.labels[sample], data_cfg)
-        history.append({"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                        "test_acc": test_acc, "test_images": len(test.labels[sample]), "seconds": time.time() - t0,
-                        "threads": torch.get_num_threads()})
+        history.append({"epoch": epoch + 1, **stats, "test_acc": test_acc, "test_images": len(test.labels[sample]),
+                        "seconds": time.time() - t0, "threads": torch.get_num_threads()})
         print(json.dumps(history[-1]), flush=True)
-        tmp = ckpt_path.with_suffix(".tmp")  # a kill mid-save must not destroy the previous checkpoint
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
-                    "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
-        tmp.replace(ckpt_path)
+        with atomic_target(ckpt_path) as tmp:  # a kill mid-save must not destroy the previous checkpoint
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
+                        "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
         _export(model, cfg, train.classes, history, out)
     return {"history": history, "out": str(out)}
 
@@ -177,6 +149,5 @@ def _export(model, cfg: PretrainConfig, classes: list[str], history: list[dict],
     meta = {"timm_name": cfg.model, "timm_kwargs": json.dumps(kwargs), "labels": json.dumps(classes),
             "test_acc": f"{history[-1]['test_acc']:.4f}", "epochs": str(history[-1]["epoch"]),
             "pretrain_config": json.dumps(asdict(cfg))}
-    tmp = out.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata=meta)
-    tmp.replace(out)
+    with atomic_target(out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
