@@ -41,8 +41,13 @@ _REQUEST_BODY = {
 
 @router.post(
     "/classify/{task}",
+    operation_id="classify",
     response_model=ClassifyResponse | list[ClassifyResponse],
     summary="Classify one or several images with a task",
+    description="The answer's shape follows the request's form, never the number of images: one image (a raw "
+                "image body, or one multipart `file` part) answers one `ClassifyResponse` object; multipart `files` "
+                "parts answer a list of them in the order sent, also for a single `files` part. `file` and `files` "
+                "in one body is a 422.",
     responses=error_responses(400, 401, 403, 404, 408, 413, 415, 422, 500, 503, 504),
     openapi_extra={"requestBody": _REQUEST_BODY},
 )

@@ -12,7 +12,7 @@ from server.state import ServerState, get_state
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}},
+@router.get("/healthz", operation_id="healthz", response_model=Health, responses={503: {"model": Health}},
             summary="Alive: 200 while the process works (also while loading), 503 once start-up failed")
 async def healthz(state: ServerState = Depends(get_state)):
     if state.error:  # a liveness probe should restart a process that can never become ready
@@ -20,8 +20,8 @@ async def healthz(state: ServerState = Depends(get_state)):
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Readiness, summary="Ready to classify (503 until the backbone is loaded)",
-            responses={503: {"model": Readiness}})
+@router.get("/readyz", operation_id="readyz", response_model=Readiness,
+            summary="Ready to classify (503 until the backbone is loaded)", responses={503: {"model": Readiness}})
 async def readyz(state: ServerState = Depends(get_state)):
     if not state.ready:
         body = Readiness(status="failed" if state.error else "loading", detail=state.error)
@@ -32,7 +32,8 @@ async def readyz(state: ServerState = Depends(get_state)):
                      max_images_per_request=state.settings.max_images_per_request)
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics (text exposition format)",
+@router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse,
+            summary="Prometheus metrics (text exposition format)",
             responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
 async def metrics(state: ServerState = Depends(get_state)) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

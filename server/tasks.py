@@ -48,6 +48,7 @@ def record_model(record) -> TaskRecordModel:
 
 @router.put(
     "/tasks/{task}",
+    operation_id="put_task",
     response_model=TaskRecordModel,
     summary="Upload a prompt set (safetensors) as the task's new version and serve it",
     dependencies=[Depends(require_admin)],
@@ -73,7 +74,7 @@ async def upload(task: TaskName, request: Request, state: ServerState = Depends(
     return record_model(record)
 
 
-@router.get("/tasks", response_model=TaskList, summary="Every task with its current version")
+@router.get("/tasks", operation_id="list_tasks", response_model=TaskList, summary="Every task with its current version")
 async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
     with translated(""):
         records, broken = await asyncio.to_thread(state.store.scan)
@@ -83,7 +84,7 @@ async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
                     broken=[BrokenTask(task=t, reason=why) for t, why in sorted(broken.items())])
 
 
-@router.get("/tasks/{task}", response_model=TaskDetail, responses=error_responses(404, 422),
+@router.get("/tasks/{task}", operation_id="get_task", response_model=TaskDetail, responses=error_responses(404, 422),
             summary="A task's current version, history, labels, metrics, size and residency")
 async def get_task(task: TaskName, state: ServerState = Depends(ready_state)) -> TaskDetail:
     check_task_name(task)
@@ -97,6 +98,7 @@ async def get_task(task: TaskName, state: ServerState = Depends(ready_state)) ->
 
 @router.post(
     "/tasks/{task}/rollback",
+    operation_id="rollback_task",
     response_model=TaskRecordModel,
     summary="Point the task back at an earlier version and serve it",
     dependencies=[Depends(require_admin)],
@@ -120,6 +122,7 @@ async def rollback(task: TaskName, body: RollbackRequest, state: ServerState = D
 
 @router.delete(
     "/tasks/{task}",
+    operation_id="delete_task",
     response_model=DeletedResponse,
     summary="Delete the task and all its versions; it stops serving (404) at once",
     dependencies=[Depends(require_admin)],

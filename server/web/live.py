@@ -153,6 +153,7 @@ async def sampling(app):
 router = APIRouter(lifespan=sampling, tags=["web"])
 
 
-@router.get("/ui/live.json", summary="Requests/s per task and distinct tasks per batch over the last minutes")
+@router.get("/ui/live.json", operation_id="live_stats",
+            summary="Requests/s per task and distinct tasks per batch over the last minutes")
 async def live_json(request: Request) -> dict:
     return request.app.state.web_live.to_json()
