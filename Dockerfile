@@ -9,14 +9,26 @@ ARG PIP_EXTRA_INDEX_URL=""
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# the project's packages only; tests, data and runs stay out (.dockerignore)
-COPY pyproject.toml README.md ./
+# The dependencies first, from pyproject.toml alone (plus EXTRAS: redis for docker-compose's shared registry):
+# this layer is rebuilt when the dependencies change, not when the source does.
+ARG EXTRAS="redis"
+COPY pyproject.toml ./
+RUN python -c "import sys, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + [d for e in sys.argv[1].split(',') if e for d in p['optional-dependencies'][e]]))" \
+        "$EXTRAS" > requirements.txt \
+    && pip install --no-cache-dir -r requirements.txt
+# Then the project itself, without dependencies: its packages and assets/ (the wheel ships the demo backbone and
+# demo tasks as package data, so `promptserve serve` finds them from any directory); tests, data and runs stay
+# out (.dockerignore).
+COPY setup.py README.md ./
+COPY assets/ assets/
 COPY promptserve/ promptserve/
+COPY promptserve_cli/ promptserve_cli/
 COPY kernels/ kernels/
 COPY prompt_store/ prompt_store/
 COPY server/ server/
 COPY training/ training/
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -30,8 +42,6 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin promptserve \
     && chown -R 10001:10001 /data
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
-# the demo backbone and demo tasks (the default PROMPTSERVE_BACKBONE is assets/backbones/...)
-COPY --chown=10001:10001 assets/ assets/
 USER 10001
 VOLUME ["/data"]
 EXPOSE 8000

@@ -67,3 +67,13 @@ def test_training_without_matplotlib_writes_the_json_and_says_why_no_plots(monke
         paths = write_report({"history": [{"epoch": 0, "loss": 1.0}]}, tmp_path, "run")
     assert [p.name for p in paths] == ["run.report.json"] and paths[0].is_file()
     assert "pip install 'promptserve[plots]'" in caplog.text
+
+
+def test_the_dockerfile_installs_dependencies_in_a_layer_the_source_does_not_touch():
+    text = (REPO / "Dockerfile").read_text()
+    deps, source = text.index("pip install --no-cache-dir -r requirements.txt"), text.index("COPY setup.py")
+    assert text.index("COPY pyproject.toml ./") < deps < source < text.index("pip install --no-cache-dir --no-deps .")
+    top_level = {p.parent.name for p in REPO.glob("*/__init__.py")} - {"tests"}
+    assert top_level >= {"promptserve", "server", "prompt_store", "kernels"}
+    for package in top_level | {"training", "assets"}:  # training/ is a namespace package (no __init__.py)
+        assert f"COPY {package}/ {package}/" in text[source:], f"the image does not copy {package}/"
