@@ -50,10 +50,12 @@ def test_cli_push_then_classify(live, tmp_path):
     pushed = runner.invoke(cli(), ["push", str(path), "--task", "cats", "--url", live.url, "--token", ADMIN])
     assert pushed.exit_code == 0, pushed.output
     version = pushed.output.split(" -> ")[1].split()[0]
-    out = runner.invoke(cli(), ["classify", *map(str, images), "--task", "cats", "--url", live.url, "--top-k", "2"])
+    out = CliRunner(env={"COLUMNS": "250"}).invoke(
+        cli(), ["classify", *map(str, images), "--task", "cats", "--url", live.url, "--top-k", "2"])
     assert out.exit_code == 0, out.output
-    lines = out.output.strip().splitlines()
-    assert len(lines) == 2 and all(f"cats@{version[:12]}" in line and "s50-c" in line for line in lines)
+    assert f"2 images, task cats @ {version[:12]}" in out.output, out.output  # the table's title
+    rows = [line for line in out.output.splitlines() if "img" in line]
+    assert len(rows) == 2 and all("s50-c" in row for row in rows), out.output
     refused = runner.invoke(cli(), ["push", str(images[0]), "--task", "cats", "--url", live.url, "--token", ADMIN])
     assert refused.exit_code == 1 and "HTTP 422" in refused.output
     missing = runner.invoke(cli(), ["classify", str(images[0]), "--task", "nope", "--url", live.url])

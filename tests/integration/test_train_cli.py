@@ -131,9 +131,11 @@ def test_push_to_http_server_with_token(app, backbone_file, folder, tmp_path):
         def do_PUT(self):  # noqa: N802 (http.server's naming)
             got["path"], got["auth"] = self.path, self.headers.get("Authorization")
             got["body"] = self.rfile.read(int(self.headers["Content-Length"]))
-            self.send_response(201)
+            answer = json.dumps({"task": "lin", "version": "v1", "size": len(got["body"]), "labels": ["a"]}).encode()
+            self.send_response(200)  # the shape of the real server's answer (a task record)
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(b'{"ok": true}')
+            self.wfile.write(answer)
 
         def log_message(self, *args):
             pass

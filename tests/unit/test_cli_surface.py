@@ -1,0 +1,120 @@
+"""The command line as a user meets it: `serve` has a flag for every ServerSettings field (and docs/serving.md
+lists every field), flags reach the settings, user mistakes are one `error:` line (tracebacks only with
+--debug), and `tasks list` reads at 80 columns."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from prompt_store.cli import app as tasks_app
+from server.cli import flag_names, serve, settings_from_flags
+from server.settings import ServerSettings
+from tests.store_utils import make_prompt_set
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_options() -> dict[str, list[str]]:
+    app = typer.Typer()
+    app.command()(serve)
+    return {p.name: [*p.opts, *p.secondary_opts] for p in get_command(app).params}
+
+
+def test_every_setting_has_a_serve_flag():
+    options = serve_options()
+    missing = [name for name in ServerSettings.model_fields if name not in options]
+    assert missing == [], f"ServerSettings fields without a `serve` flag: {missing}"
+    flags = {flag for names in options.values() for flag in names}
+    assert {"--decode-threads", "--max-images-per-request", "--redis-retry-s"} <= flags
+    # the names the README, docs and scripts use keep working
+    for field, flag in (("backbone_weights", "--weights"), ("backbone_weights", "--backbone-weights"),
+                        ("backbone_kwargs", "--timm-kwargs"), ("pinned_tasks", "--pin"),
+                        ("demo_tasks_dir", "--seed-from"), ("admin_token", "--admin-token-file")):
+        assert flag in options[field], (field, options[field])
+
+
+def test_docs_list_every_setting():
+    text = (REPO / "docs" / "serving.md").read_text()
+    table = text[text.index("## Settings"):]
+    table = table[:table.index("\n## ", 1)]
+    listed = set(re.findall(r"^\| `([a-z_]+)`(?:, `([a-z_]+)`)?(?:, `([a-z_]+)`)?", table, re.M))
+    names = {name for row in listed for name in row if name}
+    assert sorted(set(ServerSettings.model_fields) - names) == [], "docs/serving.md's settings table misses these"
+
+
+def test_flags_reach_the_settings(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROMPTSERVE_MAX_BATCH", raising=False)
+    token = tmp_path / "admin"
+    token.write_text("s3cret\n")
+    settings = settings_from_flags({"max_batch": 7, "decode_threads": 3, "pinned_tasks": ["a", "b"],
+                                    "backbone_kwargs": '{"img_size": 64}', "admin_token": token,
+                                    "demo_tasks_dir": str(tmp_path), "port": None})
+    assert (settings.max_batch, settings.decode_threads, settings.pinned_tasks) == (7, 3, ["a", "b"])
+    assert settings.backbone_kwargs == {"img_size": 64} and settings.admin_token.get_secret_value() == "s3cret"
+    assert settings.seed_demo and settings.demo_tasks_dir == str(tmp_path) and settings.port == 8000
+    assert flag_names("preload") == ("--preload/--no-preload",)
+
+
+def promptserve(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "promptserve_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["serve", "--max-batch", "0"], 2, "error: --max-batch: Input should be greater than or equal to 1"),
+    (["serve", "--log-level", "loud"], 2, "error: --log-level 'loud'"),
+    (["train", "--data", "/no/such/folder", "--backbone", "random-tiny", "--out", "/tmp/x.safetensors"], 2,
+     "does not exist"),
+    (["push", "/no/such/file.safetensors", "--task", "t"], 2, "does not exist"),
+    (["info", "--task", "README.md"], 2, "error: cannot read README.md as a safetensors artifact"),
+])
+def test_user_mistakes_are_one_line(args, code, says):
+    result = promptserve(*args)
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert says in result.stderr and "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 5  # typer's own usage box for a bad path; ours is 1
+
+
+def test_a_bad_flag_is_typers_usage_error():
+    result = promptserve("serve", "--no-such-flag")
+    assert result.returncode == 2 and "No such option: --no-such-flag" in result.stderr
+
+
+CRASHING_INFO = ("import sys, promptserve.cli, promptserve_cli\n"
+                 "def boom(*args, **kwargs):\n    raise RuntimeError('boom')\n"
+                 "promptserve.cli.backbone_from_flags = boom\n"  # a bug inside a command, not a user mistake
+                 "promptserve_cli.main(sys.argv[1:])")
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback():
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", CRASHING_INFO, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env})
+
+    quiet = run("info", "--backbone", "random-tiny")
+    assert quiet.returncode == 1 and quiet.stderr == "error: boom (RuntimeError; --debug shows the traceback)\n"
+    for loud in (run("--debug", "info", "--backbone", "random-tiny"),
+                 run("info", "--backbone", "random-tiny", PROMPTSERVE_DEBUG="1")):
+        assert loud.returncode == 1 and "Traceback" in loud.stderr and "RuntimeError: boom" in loud.stderr
+
+
+def test_tasks_list_reads_at_80_columns(tmp_path):
+    runner = CliRunner(env={"PROMPTSERVE_STORE": str(tmp_path / "registry"), "COLUMNS": "80"})
+    for seed, name in ((1, "cats"), (2, "a-rather-long-task-name-for-flowers")):
+        (tmp_path / f"{name}.safetensors").write_bytes(make_prompt_set(seed=seed, classes=3 + seed))
+        assert runner.invoke(tasks_app, ["push", str(tmp_path / f"{name}.safetensors"), "-t", name]).exit_code == 0
+    listing = runner.invoke(tasks_app, ["list"]).stdout
+    assert max(len(line) for line in listing.splitlines()) <= 80, listing
+    header = next(line for line in listing.splitlines() if "version" in line)
+    assert all(c in header for c in ("task", "version", "classes", "test acc", "size")), listing
+    cats = next(line for line in listing.splitlines() if line.strip().startswith("cats"))
+    assert "0.250" in cats and " 4 " in cats and "KiB" in cats or " B" in cats, listing
