@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -64,23 +65,36 @@ def _metrics(metrics: dict) -> str:
     return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in flat.items())
 
 
-def _table(records: list[TaskRecord], title: str, current: str | None = None) -> Table:
+def _history_table(records: list[TaskRecord], title: str, current: str) -> Table:
     table = Table(title=title)
-    columns = ("version", "size", "created (UTC)", "method", "classes", "metrics")
-    if current is None:  # a history table is one task's: its title names it
-        columns = ("task", *columns)
-    for column in columns:
+    for column in ("version", "size", "created (UTC)", "method", "classes", "metrics"):
         table.add_column(column, no_wrap=column != "metrics", overflow="fold")
     for r in records:
-        row = [r.version[:12] + (" *" if r.version == current else ""), _size(r.size),
-               r.created[:19].replace("T", " "), r.method, str(len(r.labels)), _metrics(r.metrics)]
-        table.add_row(*([r.task] if current is None else []), *row)
+        table.add_row(r.version[:12] + (" *" if r.version == current else ""), _size(r.size),
+                      r.created[:19].replace("T", " "), r.method, str(len(r.labels)), _metrics(r.metrics))
+    return table
+
+
+def _accuracy(metrics: dict, key: str) -> str:
+    value = metrics.get(key)
+    return f"{value:.3f}" if isinstance(value, int | float) else "-"
+
+
+def _list_table(records: list[TaskRecord], title: str) -> Table:
+    """What a person scans a registry for, in 80 columns: the other metrics are in `show`."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for column in ("task", "version", "classes", "test acc", "val acc", "size", "method"):
+        table.add_column(column, overflow="fold", no_wrap=column != "task",
+                         justify="right" if column in ("classes", "test acc", "val acc", "size") else "left")
+    for r in records:
+        table.add_row(r.task, r.version[:12], str(len(r.labels)), _accuracy(r.metrics, "test_acc"),
+                      _accuracy(r.metrics, "val_acc"), _size(r.size), r.method or "-")
     return table
 
 
 @app.command("list")
 def list_tasks(store: str = STORE, as_json: bool = AS_JSON) -> None:
-    """Every task and the version it serves."""
+    """Every task and the version it serves, with its classes, accuracy and size."""
     with _opened(store) as s:
         records = s.list()
     if as_json:
@@ -88,7 +102,7 @@ def list_tasks(store: str = STORE, as_json: bool = AS_JSON) -> None:
     elif not records:
         typer.echo(f"no tasks in {store}")
     else:
-        Console().print(_table(records, f"{len(records)} task{'s' * (len(records) != 1)} in {store}"))
+        Console().print(_list_table(records, f"{len(records)} task{'s' * (len(records) != 1)} in {store}"))
 
 
 @app.command()
@@ -121,7 +135,7 @@ def history(task: str, store: str = STORE, as_json: bool = AS_JSON) -> None:
     if as_json:
         _print_json([{**r.to_dict(), "current": r.version == current} for r in records])
     else:
-        Console().print(_table(records, f"history of {task} (* = current)", current))
+        Console().print(_history_table(records, f"history of {task} (* = current)", current))
 
 
 @app.command()
