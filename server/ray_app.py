@@ -29,7 +29,6 @@ import math
 import os
 import secrets
 import signal
-import sys
 import time
 from dataclasses import replace
 from functools import cache
@@ -234,8 +233,8 @@ def shareable(settings: ServerSettings) -> ServerSettings:
         update["store"] = str(Path(settings.store).resolve())  # a LocalStore directory (one machine only)
     if settings.admin_token is None:
         token = secrets.token_urlsafe(24)
-        print(f"promptserve: no admin token configured; generated one for this deployment: {token}\n"
-              "promptserve: set PROMPTSERVE_ADMIN_TOKEN to choose it", file=sys.stderr, flush=True)
+        log.warning("no admin token configured (set PROMPTSERVE_ADMIN_TOKEN to choose it); generated one for this "
+                    "deployment: %s", token)
         update["admin_token"] = SecretStr(token)
     return settings.model_copy(update=update) if update else settings
 
@@ -271,8 +270,8 @@ def run(settings: ServerSettings, rs: RaySettings, ready_timeout_s: float = 600.
         url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
         wait_ready(url, ready_timeout_s)
         scaling = (f"{rs.min_replicas or 1}-{rs.max_replicas} (autoscaling)" if rs.autoscaling else str(rs.replicas))
-        print(f"promptserve on Ray Serve: {url} ({scaling} engine replicas, routed by "
-              f"{'task' if rs.affinity else 'load only'})", file=sys.stderr, flush=True)
+        log.info("promptserve on Ray Serve: %s (%s engine replicas, routed by %s)", url, scaling,
+                 "task" if rs.affinity else "load only")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:

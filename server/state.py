@@ -10,7 +10,6 @@ import asyncio
 import logging
 import re
 import secrets
-import sys
 from typing import TYPE_CHECKING
 
 from fastapi import Request
@@ -56,9 +55,8 @@ class ServerState:
         else:
             # uploads are never open by default: without a configured token, make one and say it once
             self.admin_token = secrets.token_urlsafe(24)
-            print(f"promptserve: no admin token configured; generated one for this process: {self.admin_token}\n"
-                  "promptserve: set PROMPTSERVE_ADMIN_TOKEN to choose it (replicas must share one)",
-                  file=sys.stderr, flush=True)
+            log.warning("no admin token configured (set PROMPTSERVE_ADMIN_TOKEN to choose it; replicas must share "
+                        "one); generated one for this process: %s", self.admin_token)
         self.api_token = settings.api_token.get_secret_value() if settings.api_token else None
 
     # ---- life cycle ----------------------------------------------------------------------------------

@@ -33,7 +33,8 @@ _D = TrainConfig  # defaults live in one place: the dataclass
 
 
 def _log(msg: str) -> None:
-    print(msg, flush=True)
+    """The commands' progress lines, on stdout (library code logs; the CLI hands it this instead)."""
+    typer.echo(msg)
 
 
 def default_task_name(out: Path) -> str:
@@ -197,9 +198,9 @@ def evaluate(
         acc = accuracy_prompt_set(bb, PromptSet.load(task), arr.images, y, batch_size)
     stored = json.loads(meta.get("metrics", "{}")).get(f"{split}_acc")
     line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"
-    print(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""), flush=True)
-    print(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc,
-                      "stored_accuracy": stored}), flush=True)
+    _log(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""))
+    _log(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc,
+                      "stored_accuracy": stored}))
     return acc
 
 
@@ -222,7 +223,7 @@ def pretrain(
                          batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs, seed=seed, threads=threads,
                          limit_train=limit_train, resume=resume)
     try:
-        result = run_pretrain(cfg)
+        result = run_pretrain(cfg, log=_log)
     except KeyboardInterrupt:
         _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun with --resume")
         raise typer.Exit(130) from None

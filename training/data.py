@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import logging
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from training.imagefolder import (
     list_splits,
     load_split,
 )
+
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
 FMNIST_CLASSES = ["t-shirt-top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                   "ankle-boot"]
@@ -197,7 +200,7 @@ def _take(a: ImageArray, idx: np.ndarray) -> ImageArray:
     return ImageArray(a.images[idx], a.labels[idx], a.classes)
 
 
-def warn_thin_classes(train: ImageArray, log=print, at_least: int = 10) -> None:
+def warn_thin_classes(train: ImageArray, log=logger.info, at_least: int = 10) -> None:
     counts = np.bincount(train.labels, minlength=len(train.classes))
     thin = [f"{train.classes[c]} ({counts[c]})" for c in np.argsort(counts, kind="stable") if counts[c] < at_least]
     if thin:
@@ -207,7 +210,8 @@ def warn_thin_classes(train: ImageArray, log=print, at_least: int = 10) -> None:
 
 
 def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int = 0, val_fraction: float = 0.2,
-              val_max: int = 200, seed: int = 0, log=print, use_cache: bool = True, progress: bool = True) -> TaskData:
+              val_max: int = 200, seed: int = 0, log=logger.info, use_cache: bool = True,
+              progress: bool = True) -> TaskData:
     """train_size > 0: a class-balanced seeded subset (VTAB-1k: 1000). Without a val/ split, a validation
     split is held out of it (see `validation_split`; val_fraction 0: none) and `train` keeps the rest;
     the caller decides whether the final run trains on train + val (VTAB-1k protocol)."""

@@ -8,6 +8,7 @@ only on a terminal (training/progress.py); the per-epoch log lines are the progr
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from promptserve.promptset import PromptSet
 from training.config import TrainConfig
 from training.data import augment
 from training.progress import StepClock, bar
+
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -84,7 +87,7 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.opti
 
 def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], inputs, labels: np.ndarray,
         cfg: TrainConfig, *, prepare: Callable | None = None, after_backward: Callable[[], None] | None = None,
-        desc: str = "train", salt: int = 0, log=print, clock: StepClock | None = None) -> list[dict]:
+        desc: str = "train", salt: int = 0, log=logger.info, clock: StepClock | None = None) -> list[dict]:
     """Train `params` (the optimizer sees nothing else) for cfg.epochs; returns per-epoch history.
 
     inputs: (N, S, S, 3) uint8 images (normalised per batch by `prepare`, default: the server's

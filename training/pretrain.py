@@ -10,6 +10,7 @@ A checkpoint after every epoch lets an interrupted run resume where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from promptserve.preprocess import normalise
 from training.data import augment
 from training.imagefolder import load_split
 from training.loop import lr_at, train_epoch
+
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
 
 @dataclass
@@ -60,7 +63,7 @@ def evaluate(model, images, labels, data_cfg: DataConfig, batch_size=512) -> flo
     return correct / len(labels)
 
 
-def pretrain(cfg: PretrainConfig) -> dict:
+def pretrain(cfg: PretrainConfig, log=logger.info) -> dict:
     import timm
 
     if cfg.threads:
@@ -101,7 +104,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         history, start_epoch = state["history"], state["epoch"]
-        print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}")
 
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(start_epoch, cfg.epochs):
@@ -125,7 +128,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         test_acc = evaluate(model, test.images[sample], test.labels[sample], data_cfg)
         history.append({"epoch": epoch + 1, **stats, "test_acc": test_acc, "test_images": len(test.labels[sample]),
                         "seconds": time.time() - t0, "threads": torch.get_num_threads()})
-        print(json.dumps(history[-1]), flush=True)
+        log(json.dumps(history[-1]))
         with atomic_target(ckpt_path) as tmp:  # a kill mid-save must not destroy the previous checkpoint
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
                         "epoch": epoch + 1, "config": asdict(cfg)}, tmp)

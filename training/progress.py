@@ -7,11 +7,14 @@ are the periodic progress, so the bars are simply off.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable
 
 from tqdm import tqdm
+
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
 
 def interactive() -> bool:
@@ -28,7 +31,7 @@ class StepClock:
     """Counts the optimizer steps a whole run plans (every stage, grid point and seed) and, after the first
     few real steps, logs a time estimate for all of them: measured, not guessed from a table."""
 
-    def __init__(self, planned_steps: int, log=print, measure_steps: int = 5):
+    def __init__(self, planned_steps: int, log=logger.info, measure_steps: int = 5):
         self.planned, self.log, self.measure_steps = planned_steps, log, measure_steps
         self.done, self.t0, self.estimated = 0, None, False
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -21,6 +22,8 @@ from training.imagefolder import ImageArray
 from training.loop import ModuleForward, PromptForward, accuracy_module, accuracy_prompt_set, features, fit
 from training.methods import PromptParams, build_prompt_params, full_model, prompt_config
 from training.progress import StepClock, bar
+
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
 
 @dataclass
@@ -67,7 +70,7 @@ def binomial_sd(p: float, n: int) -> float:
     return math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
 
 
-def run_method(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=print,
+def run_method(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=logger.info,
                clock: StepClock | None = None) -> RunResult:
     """Train cfg.method without pruning on `data` (e2vpt here = visual + key-value prompts, unpruned)."""
     C = len(data.classes)
@@ -100,7 +103,8 @@ def run_method(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=print
     return res
 
 
-def stage1(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=print, clock: StepClock | None = None) -> Stage1:
+def stage1(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=logger.info,
+           clock: StepClock | None = None) -> Stage1:
     """Train visual + key-value prompts + head with masks in the graph; score every mask."""
     log(f"method e2vpt: the backbone's {backbone.num_params:,} weights are frozen and never enter the optimizer; "
         f"stage 1 trains prompts + head with token/segment masks (importance: {cfg.importance})")
@@ -120,7 +124,7 @@ def prune_at(s1: Stage1, cfg: TrainConfig) -> Pruning:
 
 
 def search_pruning(s1: Stage1, cfg: TrainConfig, backbone: Backbone, val: ImageArray,
-                   log=print) -> tuple[TrainConfig, dict]:
+                   log=logger.info) -> tuple[TrainConfig, dict]:
     """Score each (token, segment) ratio pair: stage-1 prompts hard-pruned (no retraining), on val. Keeps
     the most pruning within `search_tolerance` of the best, and says which candidates the split cannot
     tell apart (within one binomial sd of the best)."""
@@ -151,7 +155,7 @@ def search_pruning(s1: Stage1, cfg: TrainConfig, backbone: Backbone, val: ImageA
     return replace(cfg, token_prune=pick["token_prune"], segment_prune=pick["segment_prune"]), summary
 
 
-def rewind(s1: Stage1, pruning: Pruning, cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=print,
+def rewind(s1: Stage1, pruning: Pruning, cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=logger.info,
            clock: StepClock | None = None) -> RunResult:
     """Re-initialise the kept prompts, key-value prompts and head (the seeded init of cfg.seed: for stage 1's
     seed exactly stage 1's initial values) and retrain them with the masks fixed."""

@@ -15,6 +15,7 @@ pruning masks are part of the chosen configuration) and differ in the rewound in
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -44,6 +45,8 @@ from training.stages import (
     stage1,
 )
 
+logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
+
 
 def setup_runtime(cfg: TrainConfig) -> None:
     if cfg.threads:
@@ -56,7 +59,7 @@ def _steps(n: int, cfg: TrainConfig) -> int:
     return math.ceil(n / max(1, min(cfg.batch_size, n)))
 
 
-def plan(cfg: TrainConfig, data: TaskData, final: ImageArray, log=print) -> int:
+def plan(cfg: TrainConfig, data: TaskData, final: ImageArray, log=logger.info) -> int:
     """Log what will run; returns the optimizer steps of the whole run (for the time estimate)."""
     s = data.summary()
     log(f"[plan] data: {s['train']} train / {s['val']} val / {s['test']} test images, {s['classes']} classes "
@@ -84,7 +87,7 @@ def plan(cfg: TrainConfig, data: TaskData, final: ImageArray, log=print) -> int:
     return total
 
 
-def tune_hparams(cfg: TrainConfig, backbone: Backbone, data: TaskData, log=print,
+def tune_hparams(cfg: TrainConfig, backbone: Backbone, data: TaskData, log=logger.info,
                  clock: StepClock | None = None) -> tuple[TrainConfig, dict]:
     """The lr x wd grid: each point trained on train with a short schedule and scored on val."""
     rows = []
@@ -140,7 +143,7 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def train_task(cfg: TrainConfig, data: str | TaskData, backbone: Backbone, log=print) -> dict:
+def train_task(cfg: TrainConfig, data: str | TaskData, backbone: Backbone, log=logger.info) -> dict:
     """Run the protocol; returns {"artifact": bytes, "kind": "prompt_set"|"full", "report": {...}, "result"}."""
     setup_runtime(cfg)
     t0 = time.time()

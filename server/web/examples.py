@@ -14,10 +14,14 @@ import argparse
 import gzip
 import io
 import json
+import logging
 import re
 import tarfile
 from pathlib import Path
 
+from promptserve.logs import setup_logging
+
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # demo task -> the ImageFolder tarball its test images come from
@@ -96,17 +100,17 @@ def extract(datasets: Path, tasks_dir: Path, per_task: int) -> None:
     for task, tar_name in DATASET_TARS.items():
         target = out / task
         if not (datasets / tar_name).exists():
-            print(f"{task}: {datasets / tar_name} not found, skipped")
+            log.warning("%s: %s not found, skipped", task, datasets / tar_name)
             continue
         target.mkdir(parents=True, exist_ok=True)
-        print(f"{task}: {_from_tar(datasets / tar_name, target, per_task)} images -> {target}")
+        log.info("%s: %d images -> %s", task, _from_tar(datasets / tar_name, target, per_task), target)
     if FASHION_MNIST.is_dir() and (tasks_dir / "fashion-mnist.safetensors").exists():
         target = out / "fashion-mnist"
         target.mkdir(parents=True, exist_ok=True)
         written = _from_fashion_mnist(target, per_task, tasks_dir / "fashion-mnist.safetensors")
-        print(f"fashion-mnist: {written} images -> {target}")
+        log.info("fashion-mnist: %d images -> %s", written, target)
     else:
-        print(f"fashion-mnist: {FASHION_MNIST} not found (apt-get install dataset-fashion-mnist), skipped")
+        log.warning("fashion-mnist: %s not found (apt-get install dataset-fashion-mnist), skipped", FASHION_MNIST)
 
 
 def main() -> None:
@@ -115,6 +119,7 @@ def main() -> None:
     parser.add_argument("--tasks-dir", type=Path, default=Path("assets/tasks"), help="the server's demo tasks dir")
     parser.add_argument("--per-task", type=int, default=4)
     args = parser.parse_args()
+    setup_logging("info")
     if args.per_task < 1:
         parser.error("--per-task must be at least 1")
     extract(args.datasets, args.tasks_dir, args.per_task)

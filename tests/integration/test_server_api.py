@@ -3,6 +3,8 @@ classify forms, upload -> new version, rollback, delete, exact predictions, metr
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -182,16 +184,17 @@ def test_readyz_reports_a_backbone_that_cannot_load(tmp_path):
         assert c.get("/healthz").status_code == 503  # liveness fails too: restart, don't linger
 
 
-def test_generated_admin_token_is_printed_once_and_works(tmp_path, capsys):
+def test_generated_admin_token_is_logged_once_and_works(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="promptserve.server")
     app = create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path)), backbone=tiny_backbone())
-    printed = [line for line in capsys.readouterr().err.splitlines() if "generated one" in line]
-    assert len(printed) == 1
+    printed = [r.getMessage() for r in caplog.records if "generated one" in r.getMessage()]
+    assert len(printed) == 1 and printed[0].startswith("no admin token configured")
     token = printed[0].rsplit(" ", 1)[-1]
     with TestClient(app) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60)
         assert upload(c, "tok", prompt_set_bytes(40), headers={}).status_code == 401
         assert upload(c, "tok", prompt_set_bytes(40), headers={"Authorization": f"Bearer {token}"}).status_code == 200
-    assert "generated one" not in capsys.readouterr().err
+    assert sum("generated one" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_api_token_guards_classify(tmp_path):

@@ -118,3 +118,19 @@ def test_tasks_list_reads_at_80_columns(tmp_path):
     assert all(c in header for c in ("task", "version", "classes", "test acc", "size")), listing
     cats = next(line for line in listing.splitlines() if line.strip().startswith("cats"))
     assert "0.250" in cats and " 4 " in cats and "KiB" in cats or " B" in cats, listing
+
+
+def test_library_code_logs_instead_of_printing():
+    """promptserve/, kernels/, server/, training/, prompt_store/ log through `logging` (CLI modules echo through
+    typer/rich); training/experiments/ holds scripts, whose output is their point."""
+    import ast
+
+    found = []
+    for package in ("promptserve", "kernels", "server", "training", "prompt_store"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            if "experiments" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Name) and node.id == "print":
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert found == [], "print (or log=print) in library code: use logging.getLogger(__name__)"
