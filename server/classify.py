@@ -118,12 +118,24 @@ def _answer(task: str, r: ItemResult, total_ms: float) -> ClassifyResponse:
                          total=round(total_ms, 3)))
 
 
+def _too_many_images(count: str, s) -> ApiError:
+    return ApiError(413, "too_many_images", f"{count} images in one request; the limit is "
+                                            f"{s.max_images_per_request}: send them in several requests "
+                                            "(promptserve classify and promptserve.Client do)")
+
+
 async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple[str, bytes]], bool]:
     """[(name for messages, encoded bytes)], and whether the client sent the list form (`files`)."""
     s = state.settings
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=s.max_images_per_request + 1, max_fields=16, max_part_size=64 * 1024)
+        try:
+            form = await request.form(max_files=s.max_images_per_request + 1, max_fields=16,
+                                      max_part_size=64 * 1024)
+        except HTTPException as e:  # Starlette's multipart parser stops at max_files with a generic 400
+            if e.status_code == 400 and str(e.detail).startswith("Too many files"):
+                raise _too_many_images("more than " + str(s.max_images_per_request + 1), s) from None
+            raise
         try:
             several = "files" in form
             if len(form.getlist("file")) > 1 or (several and "file" in form):
@@ -135,8 +147,7 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
                 raise ApiError(422, "no_image", "the multipart body needs a `file` part (one image) or `files` "
                                                 "parts (several)")
             if len(parts) > s.max_images_per_request:
-                raise ApiError(413, "too_many_images", f"{len(parts)} images in one request; the limit is "
-                                                       f"{s.max_images_per_request}")
+                raise _too_many_images(str(len(parts)), s)
             blobs = []
             for name, part in parts:
                 if not isinstance(part, UploadFile):

@@ -123,3 +123,13 @@ def test_push_takes_the_deprecated_token_variable(live, tmp_path):
                          env={"PROMPTSERVE_ADMIN_TOKEN": "", "PROMPTSERVE_TOKEN": ADMIN})
     assert result.returncode == 0 and result.stdout.startswith("legacy -> "), result.stderr
     assert "PROMPTSERVE_TOKEN is deprecated" in result.stderr
+
+
+def test_a_request_with_too_many_files_is_the_documented_413(live):
+    """Starlette's parser stops at max_files with its own 400; the server answers its documented 413."""
+    import httpx
+
+    files = [("files", (f"{i}.png", image_bytes(i, size=(8, 8)), "image/png")) for i in range(IMAGES)]
+    r = httpx.post(f"{live.url}/classify/pets", files=files, timeout=30)
+    assert r.status_code == 413 and r.json()["error"] == "too_many_images", r.text
+    assert "the limit is 32" in r.json()["detail"]
