@@ -11,7 +11,7 @@ STORE       ?= ./registry
 BACKBONE    ?= assets/backbones/vit_tiny_p4_32_cifar10.safetensors
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps test test-fast lint serve bench clean help
+.PHONY: venv system-deps test test-fast lint serve clean help
 
 help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"

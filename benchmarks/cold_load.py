@@ -39,7 +39,7 @@ TARGETS_MS = {"local": 5.0, "redis": 10.0}
 def open_store(kind: str, tmp: Path):
     from prompt_store import LocalStore
     from prompt_store.redis_store import RedisStore
-    from prompt_store.testing import LocalRedisServer
+    from tests.store_utils import LocalRedisServer
 
     if kind == "local":
         store = LocalStore(tmp / "registry")
@@ -107,8 +107,8 @@ def cold_loads(bb, store, names: list[str], n: int) -> tuple[list[float], dict[s
 def app_server(bb, store):
     import uvicorn
 
-    from prompt_store.testing import free_port
     from server.app import create_app
+    from tests.store_utils import free_port
 
     port = free_port()
     app = create_app(settings(host="127.0.0.1", port=port, max_wait_ms=0.0), backbone=bb, store=store)

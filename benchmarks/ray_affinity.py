@@ -103,10 +103,10 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from prompt_store.testing import LocalRedisServer
     from server.ray_app import RemotePredictor, engine_deployment
     from server.ray_settings import RaySettings
     from server.settings import ServerSettings
+    from tests.store_utils import LocalRedisServer
 
     print(c.machine(), "\n")
     with tempfile.TemporaryDirectory() as tmp, LocalRedisServer(Path(tmp) / "redis") as redis_server:

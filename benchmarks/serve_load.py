@@ -228,7 +228,7 @@ def main() -> None:
             write_backbone(backbone, args.size)
         import promptserve as ps
         from prompt_store import LocalStore
-        from prompt_store.testing import free_port
+        from tests.store_utils import free_port
 
         bb = ps.Backbone.from_file(backbone)
         sets = c.prompt_sets(bb, TASKS)

@@ -23,7 +23,7 @@ from unittest import mock
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prompt_store import LocalStore, PromptStore  # noqa: E402
 from prompt_store.redis_store import RedisStore  # noqa: E402
-from prompt_store.testing import LocalRedisServer, find_redis_server, make_prompt_set  # noqa: E402
+from tests.store_utils import LocalRedisServer, find_redis_server, make_prompt_set  # noqa: E402
 
 # 100 classes x 768 head + 64 visual prompt tokens x 768, float32: about 0.5 MB, like a ViT-B E2VPT set.
 PROMPT_SET = dict(classes=100, dim=768, visual_tokens=64)

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from prompt_store import open_store
-from prompt_store.testing import INSTALL_HINT, LocalRedisServer, find_redis_server
+from tests.store_utils import INSTALL_HINT, LocalRedisServer, find_redis_server
 
 
 def _require_redis_server() -> None:

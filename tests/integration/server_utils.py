@@ -18,9 +18,9 @@ import httpx
 import torch
 from PIL import Image
 
-from prompt_store.testing import free_port
 from promptserve.backbone import Backbone, random_tiny_backbone
 from server.demo import demo_prompt_set
+from tests.store_utils import free_port
 
 ADMIN = "test-admin-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

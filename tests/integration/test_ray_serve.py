@@ -24,11 +24,11 @@ from server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, tiny_backbon
 from test_server_bad_input import LIMITS, PNG
 
 from prompt_store import open_store
-from prompt_store.testing import free_port
 from server.app import create_app
 from server.classify import REPLICA_HEADER
 from server.ray_settings import ENGINE_DEPLOYMENT, INGRESS_DEPLOYMENT, RaySettings
 from server.settings import ServerSettings
+from tests.store_utils import free_port
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")

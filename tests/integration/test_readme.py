@@ -35,7 +35,7 @@ def test_readme_block_runs_as_written(tmp_path):
     script = re.sub(r"--backbone \S+", "--backbone random-tiny", script)
 
     env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
-           "PROMPTSERVE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "TOKEN": ADMIN}
+           "PROMPTSERVE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PROMPTSERVE_ADMIN_TOKEN": ADMIN}
     server = ServerProcess(tmp_path, str(tmp_path / "registry"), env=env).start()  # serves random-tiny
     try:
         server.wait_ready()

@@ -20,7 +20,7 @@ from prompt_store import (
     VersionNotFound,
     open_store,
 )
-from prompt_store.testing import EventLog, consistency_problems, make_prompt_set
+from tests.store_utils import EventLog, consistency_problems, make_prompt_set
 
 
 def sha(data: bytes) -> str:

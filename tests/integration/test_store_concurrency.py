@@ -16,7 +16,7 @@ import time
 import pytest
 
 from prompt_store import open_store
-from prompt_store.testing import EventLog, consistency_problems, make_prompt_set
+from tests.store_utils import EventLog, consistency_problems, make_prompt_set
 
 FORK = multiprocessing.get_context("fork")
 WRITERS, PUTS_EACH = 8, 3

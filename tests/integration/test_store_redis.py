@@ -11,7 +11,7 @@ import pytest
 
 from prompt_store import StoreUnavailable
 from prompt_store.redis_store import RedisStore
-from prompt_store.testing import EventLog, consistency_problems, make_prompt_set
+from tests.store_utils import EventLog, consistency_problems, make_prompt_set
 
 pytestmark = pytest.mark.redis
 

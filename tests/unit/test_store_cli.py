@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from prompt_store.cli import app
-from prompt_store.testing import free_port, make_prompt_set
+from tests.store_utils import free_port, make_prompt_set
 
 OLD, NEW = make_prompt_set(seed=1), make_prompt_set(seed=2, classes=5)
 
@@ -53,7 +53,7 @@ def test_tables_are_readable(cli):
     cli("push", cli.dir / "old.safetensors", "--task", "cats")
     cli("push", cli.dir / "new.safetensors", "--task", "cats")
     listing = cli("list").stdout
-    assert "cats" in listing and sha(NEW)[:12] in listing and "val_acc=0.5" in listing
+    assert "cats" in listing and sha(NEW)[:12] in listing and "0.500" in listing  # val acc
     assert f"{sha(NEW)[:12]} *" in cli("history", "cats").stdout
     shown = cli("show", "cats").stdout
     assert "backbone_fingerprint" in shown and "class4" in shown

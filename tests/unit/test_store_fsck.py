@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from prompt_store import BrokenRecord, LocalStore, StoreFull
 from prompt_store.cli import app
-from prompt_store.testing import make_prompt_set
+from tests.store_utils import make_prompt_set
 
 GOOD, OTHER = make_prompt_set(seed=1), make_prompt_set(seed=2)
 

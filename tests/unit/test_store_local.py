@@ -10,7 +10,7 @@ import pytest
 from filelock import FileLock
 
 from prompt_store import LocalStore, StoreError, StoreUnavailable, TaskNotFound
-from prompt_store.testing import consistency_problems, make_prompt_set
+from tests.store_utils import consistency_problems, make_prompt_set
 
 CRASHED = 17
 

@@ -18,7 +18,7 @@ from prompt_store import (
 )
 from prompt_store.base import check_task_name, inspect_upload, match_version
 from prompt_store.redis_store import RedisStore, _safe_url
-from prompt_store.testing import make_prompt_set
+from tests.store_utils import make_prompt_set
 
 
 @pytest.mark.parametrize("name", ["a", "0", "cats", "cifar-100", "v1.2_beta", "a" * 64])

@@ -1,4 +1,4 @@
-"""Helpers for the registry's tests and benchmark (and for trying RedisStore out): a throwaway
+"""Helpers for the registry's tests and benchmarks (test code, not shipped in the wheel): a throwaway
 redis-server on a free loopback port, and small valid prompt-set files.
 
     with LocalRedisServer(tmp_dir) as server:
