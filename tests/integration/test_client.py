@@ -133,3 +133,21 @@ def test_a_request_with_too_many_files_is_the_documented_413(live):
     r = httpx.post(f"{live.url}/classify/pets", files=files, timeout=30)
     assert r.status_code == 413 and r.json()["error"] == "too_many_images", r.text
     assert "the limit is 32" in r.json()["detail"]
+
+
+def test_server_and_uvicorn_lines_share_one_format(tmp_path):
+    import re
+
+    import httpx
+
+    proc = ServerProcess(tmp_path, str(tmp_path / "registry"), "--log-level", "info", name="logs").start()
+    try:
+        proc.wait_ready()
+        httpx.get(f"{proc.url}/healthz", timeout=10).raise_for_status()
+    finally:
+        proc.stop()
+    lines = [line for line in proc.log().splitlines() if line.strip()]
+    line_format = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ([\w.]+): ")
+    loggers = {m.group(2) for line in lines if (m := line_format.match(line))}
+    assert {"promptserve.server", "uvicorn.error", "uvicorn.access"} <= loggers, lines
+    assert all(line_format.match(line) for line in lines if "GET /healthz" in line or "Uvicorn running" in line)
