@@ -11,7 +11,7 @@ STORE       ?= ./registry
 BACKBONE    ?= assets/backbones/vit_tiny_p4_32_cifar10.safetensors
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps test test-fast lint serve clean help
+.PHONY: venv system-deps test typecheck test-fast lint serve clean help
 
 help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
@@ -47,9 +47,13 @@ system-deps:
 
 # tests/kernels run alone in their own process (not twice): import order inside one process once hid a
 # kernels name clash that only a fresh `pytest tests/kernels` showed
-test: venv system-deps
+test: venv system-deps typecheck
 	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/kernels
 	$(PY) -m pytest -q -p no:cacheprovider tests/kernels
+
+# mypy on promptserve/, kernels/, prompt_store/ ([tool.mypy] in pyproject.toml says what is checked and why not more)
+typecheck: venv
+	$(VENV)/bin/mypy
 
 test-fast: venv
 	$(PY) -m pytest -q -x tests/unit
@@ -63,4 +67,4 @@ serve: venv
 	  --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -38,11 +38,13 @@ def prompt_attention_reference(
     """Returns (B, N, H * d), laid out as timm's Attention lays out its output before `proj`."""
     B, H, N, d = q.shape
     P = 0 if prompt_k is None else prompt_k.shape[2]
-    if P:
+    if P and prompt_k is not None and prompt_v is not None:
         k = torch.cat([prompt_k.index_select(0, task_index), k], dim=2)  # (B, H, P + N, d)
         v = torch.cat([prompt_v.index_select(0, task_index), v], dim=2)
     mask = None
-    if pad_start is None:
+    if pad_start is None or pad_end is None:
+        if (pad_start is None) != (pad_end is None):
+            raise ValueError("pad_start and pad_end must both be tensors or both be None")
         pad_start = pad_end = torch.zeros(B, dtype=torch.long, device=q.device)
     needs_mask = bool((pad_end > pad_start).any()) or (P and bool((prompt_len.index_select(0, task_index) < P).any()))
     if needs_mask:

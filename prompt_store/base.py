@@ -7,12 +7,14 @@ until the task is deleted, so a rollback is only a pointer move. Nothing is writ
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from promptserve import naming
 from promptserve.fileformat import PromptSetError, parse_header
@@ -163,6 +165,7 @@ class PromptStore(ABC):
     """A registry of prompt sets: task name -> current version, with history, rollback and change events."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
+    _watchers: list[Any]  # started watchers, set up by each store's __init__
 
     @abstractmethod
     def put(self, task: str, data: bytes) -> TaskRecord:
@@ -181,7 +184,7 @@ class PromptStore(ABC):
         return self.scan()[0]
 
     @abstractmethod
-    def scan(self) -> tuple[list[TaskRecord], dict[str, str]]:
+    def scan(self) -> tuple[builtins.list[TaskRecord], dict[str, str]]:
         """(every readable task's current record sorted by name, {task: why its record cannot be read}).
         A broken record is that task's problem only: it never fails the listing of the others."""
 
@@ -191,7 +194,7 @@ class PromptStore(ABC):
         unreadable records aside (the task disappears; its blobs stay until swept) and remove the rest."""
 
     @abstractmethod
-    def history(self, task: str) -> list[TaskRecord]:
+    def history(self, task: str) -> builtins.list[TaskRecord]:
         """Every version ever put under the task, oldest first, each once (a re-put moves only the pointer)."""
 
     @abstractmethod

@@ -162,7 +162,7 @@ class LocalStore(PromptStore):
         return sorted({p.name.split(".", 1)[0] for p in orphans})
 
     def _referenced_versions(self) -> set[str] | None:
-        referenced = set()
+        referenced: set[str] = set()
         for path in self.tasks.glob("*.json"):
             try:
                 state = self._read_state(path)

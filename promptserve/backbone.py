@@ -21,9 +21,13 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # timm is imported where a backbone is built: `import promptserve` stays light
+    from timm.models.vision_transformer import Attention, VisionTransformer
 
 # timm kwargs that change the model's shapes or math; they identify the backbone next to its weights
 SHAPE_KWARGS = ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
@@ -80,11 +84,11 @@ class Backbone:
             raise BackboneError(f"{name}: attention-pool heads (global_pool='map') are not supported")
         if getattr(model, "dynamic_img_size", False):
             raise BackboneError(f"{name}: dynamic_img_size is not supported; fix the input size")
-        self.model = model.eval().requires_grad_(False)
-        self.name = name
-        self.timm_kwargs = dict(timm_kwargs or {})
+        self.model: VisionTransformer = model.eval().requires_grad_(False)
+        self.name: str = name
+        self.timm_kwargs: dict = dict(timm_kwargs or {})
         # where the weights came from (recorded in artifacts); a model handed in directly has no record
-        self.source = source or BackboneSpec(name, UNRECORDED, "", self.timm_kwargs)
+        self.source: BackboneSpec = source or BackboneSpec(name, UNRECORDED, "", self.timm_kwargs)
 
     # ---- constructors --------------------------------------------------------------------------
     @classmethod
@@ -118,11 +122,11 @@ class Backbone:
 
     @property
     def num_heads(self) -> int:
-        return self.model.blocks[0].attn.num_heads
+        return cast("Attention", self.model.blocks[0].attn).num_heads
 
     @property
     def head_dim(self) -> int:
-        return self.model.blocks[0].attn.head_dim
+        return cast("Attention", self.model.blocks[0].attn).head_dim
 
     @property
     def num_prefix_tokens(self) -> int:

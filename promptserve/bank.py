@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,7 +84,7 @@ class PromptBank:
         self._versions: dict[str, str] = {}
         self._free: list[int] = []
         self._cap = 0
-        z = dict(device=self.device, dtype=dtype)
+        z: dict[str, Any] = dict(device=self.device, dtype=dtype)
         self.visual = [torch.zeros(0, 0, embed_dim, **z) for _ in range(num_layers)]  # (cap, M_i, D)
         self.key = [torch.zeros(0, num_heads, 0, head_dim, **z) for _ in range(num_layers)]  # (cap, H, P_i, d)
         self.value = [torch.zeros(0, num_heads, 0, head_dim, **z) for _ in range(num_layers)]
@@ -117,7 +118,7 @@ class PromptBank:
     def put(self, name: str, ps: PromptSet, version: str | None = None) -> None:
         """Add or replace a task (the caller validated `ps`). Atomic with respect to `gather`."""
         version = version or ps.version
-        cast = dict(device=self.device, dtype=self.dtype)
+        cast: dict[str, Any] = dict(device=self.device, dtype=self.dtype)
         with self._lock:
             row = self._rows.get(name)
             if row is None:
@@ -127,14 +128,14 @@ class PromptBank:
                 v = ps.visual(i)
                 m = 0 if v is None else v.shape[0]
                 self.visual[i][row].zero_()
-                if m:
+                if v is not None and m:
                     self.visual[i][row, :m] = v.to(**cast)
                 self.visual_len[i, row] = m
                 kv = ps.kv(i)
                 p = 0 if kv is None else kv[0].shape[1]
                 self.key[i][row].zero_()
                 self.value[i][row].zero_()
-                if p:
+                if kv is not None and p:
                     self.key[i][row, :, :p] = kv[0].to(**cast)
                     self.value[i][row, :, :p] = kv[1].to(**cast)
                 self.kv_len[i, row] = p

@@ -96,8 +96,8 @@ class PromptedViT(nn.Module):
         """The visual prompt slots before layer i and each sample's valid count.
         Deep tasks take visual.{i} (none if the set has none there); shallow tasks keep what layer i-1 output."""
         ti = batch.task_index
-        new = batch.visual[i].index_select(0, ti) if batch.visual[i] is not None else x.new_zeros(len(ti), 0,
-                                                                                                x.shape[-1])
+        visual = batch.visual[i]
+        new = visual.index_select(0, ti) if visual is not None else x.new_zeros(len(ti), 0, x.shape[-1])
         new_lens = batch.visual_len[i].index_select(0, ti)
         if i == 0:
             return new, new_lens

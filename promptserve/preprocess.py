@@ -15,8 +15,9 @@ from PIL import Image
 
 from promptserve.backbone import DataConfig
 
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-             "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS, "box": Image.Resampling.BOX,
+             "hamming": Image.Resampling.HAMMING}
 
 
 def image_to_uint8(image: Image.Image | bytes | str | Path, size: int, interpolation: str = "bicubic") -> np.ndarray:
@@ -28,7 +29,7 @@ def image_to_uint8(image: Image.Image | bytes | str | Path, size: int, interpola
     with image:
         image = image.convert("RGB")
         if image.size != (size, size):
-            image = image.resize((size, size), _RESAMPLE.get(interpolation, Image.BICUBIC))
+            image = image.resize((size, size), _RESAMPLE.get(interpolation, Image.Resampling.BICUBIC))
         return np.asarray(image, dtype=np.uint8).copy()
 
 
