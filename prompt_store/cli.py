@@ -82,7 +82,7 @@ def _accuracy(metrics: dict, key: str) -> str:
 
 def _list_table(records: list[TaskRecord], title: str) -> Table:
     """What a person scans a registry for, in 80 columns: the other metrics are in `show`."""
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, collapse_padding=True)
     for column in ("task", "version", "classes", "test acc", "val acc", "size", "method"):
         table.add_column(column, overflow="fold", no_wrap=column != "task",
                          justify="right" if column in ("classes", "test acc", "val acc", "size") else "left")

@@ -116,8 +116,9 @@ def test_tasks_list_reads_at_80_columns(tmp_path):
     assert max(len(line) for line in listing.splitlines()) <= 80, listing
     header = next(line for line in listing.splitlines() if "version" in line)
     assert all(c in header for c in ("task", "version", "classes", "test acc", "size")), listing
+    assert "a-rather-long-task-name-for-flowers" not in listing  # only a long name folds: short ones stay whole
     cats = next(line for line in listing.splitlines() if line.strip().startswith("cats"))
-    assert "0.250" in cats and " 4 " in cats and "KiB" in cats or " B" in cats, listing
+    assert "0.250" in cats and " 4 " in cats and ("KiB" in cats or " B" in cats), listing
 
 
 def test_library_code_logs_instead_of_printing():
