@@ -1,4 +1,5 @@
-"""Seed the registry for `make serve`: the trainer's demo tasks from assets/tasks/*.safetensors when
+"""Seed the registry for `make serve` and `serve --demo`: the trainer's demo tasks from the demo tasks folder
+(assets/tasks/*.safetensors, shipped in the wheel as server/demo_assets/tasks: server.settings.DEMO_TASKS_DIR) when
 they exist (task name = file stem), otherwise small prompt sets generated here for the configured backbone
 with promptserve's own PromptSet/PromptConfig, and the log says which.
 
@@ -19,6 +20,7 @@ import torch
 from promptserve.backbone import Backbone
 from promptserve.config import PromptConfig
 from promptserve.promptset import PromptSet, PromptSetError
+from server.settings import DEMO_TASKS_DIR
 
 log = logging.getLogger("promptserve.server")
 
@@ -59,7 +61,7 @@ def demo_prompt_set(backbone: Backbone, labels: list[str] | None = None, visual_
                      labels=labels, method=method, config=config, metrics=metrics or {})
 
 
-def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = "assets/tasks",
+def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = DEMO_TASKS_DIR,
                   labels: list[str] | None = None) -> list[str]:
     """Fill a store that has no task for this backbone (one that has any is left alone); returns the task
     names it added. "For this backbone" rather than "empty": a registry seeded for an earlier backbone

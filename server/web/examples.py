@@ -20,6 +20,7 @@ import tarfile
 from pathlib import Path
 
 from promptserve.logs import setup_logging
+from server.settings import DEMO_TASKS_DIR
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -116,7 +117,7 @@ def extract(datasets: Path, tasks_dir: Path, per_task: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Put a few test images per demo task where the Try page finds them.")
     parser.add_argument("--datasets", type=Path, default=Path("../shared/datasets"))
-    parser.add_argument("--tasks-dir", type=Path, default=Path("assets/tasks"), help="the server's demo tasks dir")
+    parser.add_argument("--tasks-dir", type=Path, default=Path(DEMO_TASKS_DIR), help="the server's demo tasks dir")
     parser.add_argument("--per-task", type=int, default=4)
     args = parser.parse_args()
     setup_logging("info")
