@@ -41,7 +41,7 @@ EXTRA_HELP = {
     "port": "Port.",
     "max_images_per_request": "Images one classify request may carry (413 beyond); clients split longer lists.",
     "default_top_k": "Labels per image when a request does not say.",
-    "admin_token": "Read the admin token from this file (or PROMPTSERVE_ADMIN_TOKEN); unset: generated, printed once.",
+    "admin_token": "The admin token's file (or PROMPTSERVE_ADMIN_TOKEN); unset: one is generated and logged.",
     "api_token": "Read the API token from this file (or PROMPTSERVE_API_TOKEN); unset: the API is open.",
 }
 
