@@ -20,7 +20,9 @@ class ConfigError(ValueError):
     pass
 
 
-def _per_layer(value: Any, num_layers: int | None, what: str) -> list[int] | int:
+def _per_layer(value: Any, num_layers: int | None, what: str) -> list[int] | int | None:
+    if value is None:
+        return None
     if _is_int(value):
         if value < 0:
             raise ConfigError(f"{what}={value}: use a count >= 0 (0 turns these prompts off)")
@@ -40,16 +42,16 @@ def _is_int(v: Any) -> bool:
 @dataclass
 class PromptConfig:
     """visual_tokens / kv_tokens: one count for every layer, or a list with one count per layer (the
-    trainer writes lists: the lengths left after pruning). The tensors are what is served; `validate` of
-    a prompt set checks that per-layer lists agree with them.
+    trainer writes lists: the lengths left after pruning); None: not stated (a hand-written file). The
+    tensors are what is served; `validate` of a prompt set checks that per-layer lists agree with them.
 
     deep: visual prompts replaced before every layer (VPT-deep); False: only before layer 0 (shallow).
     shared_kv: one tensor serves as both key and value prompts (the paper's default).
     pooling: 'token' (CLS) or 'avg' (mean of patch tokens); None: whatever the backbone pools with.
     """
 
-    visual_tokens: int | list[int] = 10
-    kv_tokens: int | list[int] = 10
+    visual_tokens: int | list[int] | None = None
+    kv_tokens: int | list[int] | None = None
     deep: bool = True
     shared_kv: bool = True
     pooling: Literal["token", "avg"] | None = None
@@ -84,10 +86,10 @@ class PromptConfig:
     def visual_at(self, layer: int) -> int:
         if not self.deep and layer > 0:
             return 0
-        return self.visual_tokens if isinstance(self.visual_tokens, int) else self.visual_tokens[layer]
+        return _count_at(self.visual_tokens, layer, "visual_tokens")
 
     def kv_at(self, layer: int) -> int:
-        return self.kv_tokens if isinstance(self.kv_tokens, int) else self.kv_tokens[layer]
+        return _count_at(self.kv_tokens, layer, "kv_tokens")
 
     def to_dict(self) -> dict:
         """The file's JSON: the fields, then `extra`'s keys beside them."""
@@ -107,7 +109,13 @@ class PromptConfig:
         return cls(**known, extra={**nested, **extra})
 
 
-def _copy(value: int | list[int]) -> int | list[int]:
+def _count_at(counts: int | list[int] | None, layer: int, what: str) -> int:
+    if counts is None:
+        raise ConfigError(f"{what} is not stated in this config: read the lengths from the tensors")
+    return counts if isinstance(counts, int) else counts[layer]
+
+
+def _copy(value: int | list[int] | None) -> int | list[int] | None:
     return list(value) if isinstance(value, list) else value
 
 

@@ -164,6 +164,8 @@ def test_a_dict_config_is_parsed_into_one_prompt_config(bb):
     assert loaded.config == prompt_set.config
     with pytest.raises(ps.FormatError, match="pooling='max'"):
         ps.PromptSet(dict(prompt_set.tensors), config={"pooling": "max"})
+    unstated = ps.PromptSet.load(ps.PromptSet(dict(prompt_set.tensors), labels=prompt_set.labels).to_bytes()).config
+    assert (unstated.visual_tokens, unstated.kv_tokens, unstated.pooling) == (None, None, None)  # claims nothing
 
 
 def test_backbone_refuses_non_vit_models():
