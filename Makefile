@@ -17,6 +17,7 @@ help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
 	@echo "make test    - set up .venv (+ redis-server), run the whole test suite"
 	@echo "make lint    - ruff"
+	@echo "make typecheck - mypy on promptserve/, kernels/, prompt_store/ (part of make test)"
 
 venv: $(VENV)/.installed
 
