@@ -136,7 +136,8 @@ def test_a_fingerprint_mismatch_names_the_backbone_the_set_was_trained_on(zoo):
 
 
 def _promptserve(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "promptserve_cli", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "promptserve_cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
 
 
 def test_cli_refuses_a_timm_name_without_weights_in_one_line(tmp_path):
