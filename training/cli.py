@@ -42,6 +42,19 @@ def default_task_name(out: Path) -> str:
     return name or "task"
 
 
+def parse_train_size(value: str) -> int | None:
+    """`--train-size`: a positive image count, or 'all' (every training image)."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise typer.BadParameter(f"{value!r}: use a positive number of images, or 'all'", param_hint="--train-size")
+    return size
+
+
 def push_artifact(target: str, task: str, blob: bytes, token: str | None = None) -> str:
     """Store path / redis URL: prompt_store.open_store(target).put(task, bytes).
     http(s) URL: promptserve.Client(target, token).push(task, bytes), as `promptserve push` does."""
@@ -76,7 +89,8 @@ def train(
     visual_tokens: int = typer.Option(_D.visual_tokens, help="visual prompt tokens per layer"),
     kv_tokens: int = typer.Option(_D.kv_tokens, help="key-value prompt tokens per layer (e2vpt)"),
     separate_kv: bool = typer.Option(False, help="separate key and value prompts instead of one shared tensor"),
-    train_size: int = typer.Option(_D.train_size, help="class-balanced seeded subset (VTAB-1k: 1000); 0: all"),
+    train_size: str = typer.Option(str(_D.train_size), help="class-balanced seeded subset (VTAB-1k: 1000), or "
+                                   "'all' for every training image"),
     val_fraction: float = typer.Option(_D.val_fraction, help="validation split when the data has no val/: this "
                                        "fraction of the training images, class-balanced (0: none)"),
     val_max: int = typer.Option(_D.val_max, help="at most this many validation images (VTAB-1k: 800/200)"),
@@ -121,7 +135,7 @@ def train(
     try:
         cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, augment=augment, train_size=train_size,
+                          warmup_epochs=warmup_epochs, augment=augment, train_size=parse_train_size(train_size),
                           val_fraction=val_fraction, val_max=val_max, seeds=seeds, prompt_dropout=prompt_dropout,
                           segment_rule=segment_rule, min_segments_kept=min_segments_kept, hp_epochs=hp_epochs,
                           cache=cache,

@@ -56,7 +56,7 @@ class TrainConfig:
     augment: bool = False
     amp: bool = True  # used on CUDA only
     # data: a class-balanced seeded subset (VTAB-1k: 1000), a validation split held out of it
-    train_size: int = 1000  # 0 = every training image
+    train_size: int | None = 1000  # None: every training image
     val_fraction: float = 0.2  # of the training images, when the data has no val/ split
     val_max: int = 200  # ... but at most this many (VTAB-1k: 800/200)
     final_on_all: bool = True  # one seed: after tuning, train the final artifact on train + val
@@ -108,8 +108,11 @@ class TrainConfig:
                 raise TrainConfigError(f"{name}={getattr(self, name)}: a fraction in [0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise TrainConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) (0: no validation split)")
-        if self.val_max < 0 or self.train_size < 0:
-            raise TrainConfigError("val_max and train_size must be >= 0 (train_size 0: every image)")
+        if self.val_max < 0:
+            raise TrainConfigError("val_max must be >= 0")
+        if self.train_size is not None and self.train_size < 1:
+            raise TrainConfigError(f"train_size {self.train_size}: use a positive image count, or None (--train-size "
+                                   "all) for every training image")
         if any(not 0.0 <= f <= 1.0 for f in [*self.token_grid, *self.segment_grid]):
             raise TrainConfigError("pruning grids hold fractions in [0, 1]")
         if self.segments < 1:
@@ -168,4 +171,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if fields.get("train_size") == 0:  # reports written before None meant "every image"
+            fields["train_size"] = None
+        return cls(**fields)

@@ -209,12 +209,12 @@ def warn_thin_classes(train: ImageArray, log=logger.info, at_least: int = 10) ->
             "model may barely learn them: add images")
 
 
-def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int = 0, val_fraction: float = 0.2,
-              val_max: int = 200, seed: int = 0, log=logger.info, use_cache: bool = True,
+def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int | None = None,
+              val_fraction: float = 0.2, val_max: int = 200, seed: int = 0, log=logger.info, use_cache: bool = True,
               progress: bool = True) -> TaskData:
-    """train_size > 0: a class-balanced seeded subset (VTAB-1k: 1000). Without a val/ split, a validation
-    split is held out of it (see `validation_split`; val_fraction 0: none) and `train` keeps the rest;
-    the caller decides whether the final run trains on train + val (VTAB-1k protocol)."""
+    """train_size: a class-balanced seeded subset of that many images (VTAB-1k: 1000; None: all). Without a
+    val/ split, a validation split is held out of it (see `validation_split`; val_fraction 0: none) and `train`
+    keeps the rest; the caller decides whether the final run trains on train + val (VTAB-1k protocol)."""
     train, val, test = load_splits(data, size, interpolation, use_cache, progress)
     if train_size:
         if train_size >= len(train):

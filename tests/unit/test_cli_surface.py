@@ -135,3 +135,16 @@ def test_library_code_logs_instead_of_printing():
                 if isinstance(node, ast.Name) and node.id == "print":
                     found.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert found == [], "print (or log=print) in library code: use logging.getLogger(__name__)"
+
+
+def test_train_size_takes_a_count_or_all_and_refuses_zero():
+    from training.cli import parse_train_size
+    from training.config import TrainConfig, TrainConfigError
+
+    assert parse_train_size("1000") == 1000 and parse_train_size("all") is None and parse_train_size("ALL") is None
+    for bad in ("0", "-5", "many"):
+        with pytest.raises(typer.BadParameter, match="positive number of images, or 'all'"):
+            parse_train_size(bad)
+    with pytest.raises(TrainConfigError, match="--train-size all"):
+        TrainConfig(train_size=0)
+    assert TrainConfig.from_dict({"train_size": 0}).train_size is None  # an old report's "every image"

@@ -56,7 +56,7 @@ def make_folder(root: Path, classes=("a", "b", "c"), n_train=20, n_test=8, size=
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(epochs=2, batch_size=16, train_size=0, val_fraction=0.2, val_max=12, visual_tokens=4, kv_tokens=4,
+    base = dict(epochs=2, batch_size=16, train_size=None, val_fraction=0.2, val_max=12, visual_tokens=4, kv_tokens=4,
                 progress=False, warmup_epochs=0.5, segments=4, hp_search=False)
     return TrainConfig(**{**base, **kw})
 
@@ -242,7 +242,7 @@ def test_loss_falls_on_a_real_subset(monkeypatch):
 def test_validation_split_is_a_fraction_capped_balanced_and_seeded(tmp_path):
     root = make_folder(tmp_path / "ds", n_train=80, n_test=1)  # 240 training images
     logs = []
-    data = load_task(str(root), 16, train_size=0, val_fraction=0.2, val_max=200, seed=0, log=logs.append)
+    data = load_task(str(root), 16, train_size=None, val_fraction=0.2, val_max=200, seed=0, log=logs.append)
     assert len(data.val) == 48 and len(data.train) == 192  # 20%, not an absolute 200
     assert np.bincount(data.val.labels).tolist() == [16, 16, 16]
     capped = load_task(str(root), 16, val_fraction=0.5, val_max=30, seed=0, **QUIET)
