@@ -28,8 +28,9 @@ def demo_assets_dir() -> Path:
     return Path("assets")
 
 
-DEMO_BACKBONE = str(demo_assets_dir() / DEMO_BACKBONE_FILE)
-DEMO_TASKS_DIR = str(demo_assets_dir() / "tasks")
+_DEMO_ASSETS = demo_assets_dir()  # looked up once, at import
+DEMO_BACKBONE = str(_DEMO_ASSETS / DEMO_BACKBONE_FILE)
+DEMO_TASKS_DIR = str(_DEMO_ASSETS / "tasks")
 
 
 class ServerSettings(BaseSettings):

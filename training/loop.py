@@ -128,10 +128,11 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
                                 label_smoothing=cfg.label_smoothing, device=device,
                                 amp=cfg.amp and device.type == "cuda", after_backward=after_backward, clock=clock,
                                 desc=f"{desc} {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
+            seconds = time.time() - t0
             history.append({"stage": desc, "epoch": epoch + 1, **stats, "lr_end": opt.param_groups[0]["lr"],
-                            "seconds": round(time.time() - t0, 2)})
+                            "seconds": round(seconds, 2)})
             log(f"[{desc}] epoch {epoch + 1}/{cfg.epochs} loss {stats['train_loss']:.4f} "
-                f"acc {stats['train_acc']:.4f} ({time.time() - t0:.1f}s)")
+                f"acc {stats['train_acc']:.4f} ({seconds:.1f}s)")
     finally:
         if set_mode is not None:
             set_mode(False)

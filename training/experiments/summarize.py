@@ -149,10 +149,11 @@ def curve_points(reports: dict) -> dict[str, list[tuple[float, Score]]]:
 
 
 def curve_table(reports: dict) -> str:
-    if not curve_points(reports):
+    curves = curve_points(reports)
+    if not curves:
         return "(no pruning-curve runs yet)"
     lines = ["| task | visual prompts pruned (%) | test acc |", "|---|---|---|"]
-    for task, points in curve_points(reports).items():
+    for task, points in curves.items():
         lines += [f"| {task} | {100 * f:.0f} | {score} |" for f, score in points]
     return "\n".join(lines)
 
