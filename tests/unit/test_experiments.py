@@ -1,5 +1,6 @@
 """The results sweep's plan and its summary: seeds become mean +- sd, noise screening, resumable plan."""
 
+import argparse
 import json
 
 import pytest
@@ -49,10 +50,28 @@ def test_plan_covers_methods_ablation_and_curve_and_skips_finished_runs(tmp_path
     vtab.main(args)
     assert capsys.readouterr().out.startswith("32 runs, 0 already done")
     (tmp_path / "gtsrb").mkdir()
-    (tmp_path / "gtsrb" / "e2vpt.safetensors").write_bytes(b"")
+    (tmp_path / "gtsrb" / "e2vpt.safetensors").write_bytes(b"")  # an artifact alone: cut short while writing
+    vtab.main([*args, "--ablation-tasks", "--curve-task", ""])
+    assert capsys.readouterr().out.startswith("20 runs, 0 already done")
+    (tmp_path / "gtsrb" / "e2vpt.report.json").write_text("{}")  # the report is written last: done
     vtab.main([*args, "--ablation-tasks", "--curve-task", ""])
     out = capsys.readouterr().out
     assert out.startswith("20 runs, 1 already done") and "gtsrb e2vpt" not in out
+    vtab.main([*args, "--ablation-tasks", "dtd10"])
+    assert "  dtd10 abl-visual (lr / weight decay of dtd10 e2vpt)" in capsys.readouterr().out
+
+
+def test_ablation_runs_reuse_the_lr_and_weight_decay_their_task_s_e2vpt_run_chose(tmp_path):
+    args = argparse.Namespace(hp_search=True, hp_epochs=4, out=str(tmp_path))
+    own_search = ["--hp-search", "--hp-epochs", "4"]
+    assert vtab.hp_args(args, "dtd10", reuse=True) == own_search  # no e2vpt run yet: searches its own
+    (tmp_path / "dtd10").mkdir()
+    (tmp_path / "dtd10" / "e2vpt.report.json").write_text(json.dumps(
+        {"hp_search": {"chosen": {"lr": 0.16, "weight_decay": 0.01}}}))
+    assert vtab.hp_args(args, "dtd10", reuse=True) == ["--no-hp-search", "--lr", "0.16", "--weight-decay", "0.01"]
+    assert vtab.hp_args(args, "dtd10", reuse=False) == own_search  # main runs always search
+    args.hp_search = False
+    assert vtab.hp_args(args, "dtd10", reuse=True) == ["--no-hp-search"]
 
 
 def test_summary_of_an_empty_directory_is_one_line(tmp_path):

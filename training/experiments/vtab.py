@@ -1,11 +1,14 @@
 """The result runs of docs/results.md: 5 methods x 4 tasks (VTAB-1k style), the Table-4 ablation, a pruning curve.
 
-Every run is one `python -m training.cli train ...` subprocess with --threads 1 that chooses lr x weight decay on
-its validation split (--hp-search) and then trains the chosen configuration with --seeds seeds (mean +- sd in
-its report); `--workers` of them run at once. Single-thread runs because the cores are shared: a two-thread run
-stalls at every OpenMP barrier when another process holds one of the cores. A run whose artifact exists is
-skipped, so a killed sweep resumes where it stopped (a run cut short restarts from its beginning). Logs land in
-OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished run in OUT/runs.jsonl.
+Every main run (method x task) is one `python -m training.cli train ...` subprocess with --threads 1 that
+chooses lr x weight decay on its validation split (--hp-search) and then trains the chosen configuration with
+--seeds seeds (mean +- sd in its report); `--workers` of them run at once. The ablation and pruning-curve runs
+of a task take the lr and weight decay its main e2vpt run chose (so the rows differ only in what the ablation
+changes, not in a noisy grid's pick); they wait for that run. Single-thread runs because the cores are shared:
+a two-thread run stalls at every OpenMP barrier when another process holds one of the cores. A run whose
+report exists is skipped, so a killed sweep resumes where it stopped (a run cut short restarts from its
+beginning). Logs land in OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished
+run in OUT/runs.jsonl.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_cifar10.safetensors \
         --out runs/vtab --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
@@ -17,7 +20,7 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
@@ -42,40 +45,54 @@ def curve_run(fraction: float) -> tuple[str, list[str]]:
                                                     "--segment-prune", "0"]
 
 
-def jobs(args) -> list[tuple[str, str, list[str]]]:
-    """(task, run name, extra args) in priority order: the demo prompt sets (e2vpt) first, the curve last."""
+HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
+
+
+def jobs(args) -> list[tuple[str, str, list[str], bool]]:
+    """(task, run name, extra args, reuses the task's e2vpt hp) in priority order: the demo prompt sets (e2vpt)
+    first, the curve last. The order matters: a run that reuses hp is queued after the run it waits for."""
     order = [m for m in METHODS if m in args.methods]
-    out = [(t, m, METHODS[m]) for m in order for t in args.tasks]
-    out += [(task, name, extra) for task in args.ablation_tasks for name, extra in ABLATION.items()]
+    out = [(t, m, METHODS[m], False) for m in order for t in args.tasks]
+    out += [(task, name, extra, True) for task in args.ablation_tasks for name, extra in ABLATION.items()]
     if args.curve_task:
-        out += [(args.curve_task, *curve_run(f)) for f in CURVE_FRACTIONS]
+        out += [(args.curve_task, *curve_run(f), True) for f in CURVE_FRACTIONS]
     return out
 
 
-def hp_args(args) -> list[str]:
+def report_path(out: str, task: str, name: str) -> Path:
+    return Path(out) / task / f"{name}.report.json"  # written last, with the artifact: the run is done
+
+
+def hp_args(args, task: str, reuse: bool) -> list[str]:
     if not args.hp_search:
         return ["--no-hp-search"]
+    source = report_path(args.out, task, HP_SOURCE)
+    chosen = (json.loads(source.read_text()).get("hp_search") or {}).get("chosen") if source.exists() else None
+    if reuse and chosen:
+        return ["--no-hp-search", "--lr", str(chosen["lr"]), "--weight-decay", str(chosen["weight_decay"])]
     return ["--hp-search", *(["--hp-epochs", str(args.hp_epochs)] if args.hp_epochs else [])]
 
 
-def run_one(args, task: str, name: str, extra: list[str]) -> dict:
+def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for: Future | None = None) -> dict:
     out_dir = Path(args.out) / task
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / f"{name}.safetensors"
-    if artifact.exists():
+    if report_path(args.out, task, name).exists():
         return {"task": task, "run": name, "skipped": True}
+    if waits_for is not None:
+        waits_for.result()  # its failure shows in its own row; this run then searches its own hp
     cmd = [sys.executable, "-m", "training.cli", "train", "--data", TASKS[task], "--backbone", args.backbone,
            "--out", str(artifact), "--epochs", str(args.full_epochs if name == "full" and args.full_epochs
                                                     else args.epochs), "--batch-size", str(args.batch_size),
            "--optimizer", args.optimizer, "--threads", "1", "--no-progress", "--seed", str(args.seed),
-           "--task-name", task, "--seeds", str(args.seeds), *hp_args(args), *extra]
+           "--task-name", task, "--seeds", str(args.seeds), *hp_args(args, task, reuse), *extra]
     t0 = time.time()
     with open(out_dir / f"{name}.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     row = {"task": task, "run": name, "rc": rc, "seconds": round(time.time() - t0, 1), "cmd": " ".join(cmd)}
-    report = out_dir / f"{name}.report.json"
+    report = report_path(args.out, task, name)
     if rc == 0 and report.exists():
         m = json.loads(report.read_text())["metrics"]
         row.update(test_acc=m.get("test_acc"), val_acc=m.get("val_acc"))
@@ -110,15 +127,20 @@ def main(argv=None) -> None:
     if args.curve_task and args.curve_task not in TASKS:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
     todo = jobs(args)
-    left = [j for j in todo if not (Path(args.out) / j[0] / f"{j[1]}.safetensors").exists()]
+    left = [j for j in todo if not report_path(args.out, j[0], j[1]).exists()]
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
-        for task, name, _ in left:
-            print(f"  {task} {name}")
+        for task, name, _, reuse in left:
+            print(f"  {task} {name}" + (f" (lr / weight decay of {task} {HP_SOURCE})" if reuse else ""))
         return
+    # FIFO pool: a run that waits for its task's e2vpt run was queued after it, so the wait cannot deadlock
+    futures: dict[tuple[str, str], Future] = {}
     with ThreadPoolExecutor(args.workers) as pool:
-        list(pool.map(lambda j: run_one(args, *j), todo))
-
+        for task, name, extra, reuse in todo:
+            waits_for = futures.get((task, HP_SOURCE)) if reuse and args.hp_search else None
+            futures[(task, name)] = pool.submit(run_one, args, task, name, extra, reuse, waits_for)
+    for f in futures.values():
+        f.result()
 
 if __name__ == "__main__":
     main()
