@@ -130,10 +130,8 @@ def check_class_folders(source: Path, split: str, members: list[Member]) -> None
             raise DatasetError(f"class folder(s) {empty} in {source} have no images: add images or remove them")
 
 
-def load_splits(data: str, size: int, interpolation: str, use_cache: bool = True, progress: bool = True,
-                splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[ImageArray | None, ...]:
-    """The asked splits (default train, val, test; None where absent) from any supported source, labels in
-    the train split's order (or, without a train split, the split's own sorted classes)."""
+def data_source(data: str) -> Path:
+    """The path a --data value names, or a DatasetError saying what is missing (before any decoding)."""
     if data.startswith("fmnist:"):
         data = data[len("fmnist:"):]
         if not is_idx_dir(Path(data)):
@@ -143,6 +141,14 @@ def load_splits(data: str, size: int, interpolation: str, use_cache: bool = True
     if not source.exists():
         raise DatasetError(f"data path {source} does not exist: pass an ImageFolder directory or .tar, or a "
                            "directory of Fashion-MNIST IDX files")
+    return source
+
+
+def load_splits(data: str, size: int, interpolation: str, use_cache: bool = True, progress: bool = True,
+                splits: tuple[str, ...] = ("train", "val", "test")) -> tuple[ImageArray | None, ...]:
+    """The asked splits (default train, val, test; None where absent) from any supported source, labels in
+    the train split's order (or, without a train split, the split's own sorted classes)."""
+    source = data_source(data)
     if is_idx_dir(source):
         return tuple(load_idx_split(source, s, size, interpolation, use_cache) if s in IDX_FILES else None
                      for s in splits)

@@ -77,3 +77,25 @@ def test_ablation_runs_reuse_the_lr_and_weight_decay_their_task_s_e2vpt_run_chos
 def test_summary_of_an_empty_directory_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no .*report.json under"):
         summarize.main([str(tmp_path)])
+
+
+def test_hp_table_flags_a_choice_at_the_end_of_the_grid():
+    grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64) for wd in (0.01, 0.1)]
+
+    def chose(lr: float) -> dict:
+        return {"hp_search": {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}, "best_val_acc": 0.5,
+                              "within_noise": 6}}
+    table = summarize.hp_table({("gtsrb", "e2vpt"): chose(0.64), ("dtd10", "e2vpt"): chose(0.16),
+                                ("gtsrb", "linear"): chose(0.04)})
+    assert "| gtsrb | e2vpt | 0.64 (grid's top) | 0.1 | 50.0 | 6 of 6 |" in table
+    assert "| dtd10 | e2vpt | 0.16 | 0.1 |" in table and "| gtsrb | linear | 0.04 (grid's bottom) |" in table
+
+
+def test_a_sweep_with_missing_data_stops_before_any_run_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(vtab.TASKS, "fashion-mnist", f"fmnist:{tmp_path / 'nowhere'}")
+    with pytest.raises(SystemExit) as stop:
+        vtab.main(["--backbone", "b.safetensors", "--out", str(tmp_path / "out"), "--tasks", "fashion-mnist",
+                   "--ablation-tasks", "--curve-task", ""])
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "fashion-mnist: fmnist:" in err and "apt-get install dataset-fashion-mnist" in err

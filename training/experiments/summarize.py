@@ -104,7 +104,11 @@ def hp_table(reports: dict) -> str:
         for m in METHODS:
             hp = reports.get((t, m), {}).get("hp_search")
             if hp:
-                lines.append(f"| {t} | {m} | {hp['chosen']['lr']:g} | {hp['chosen']['weight_decay']:g} | "
+                lrs = sorted({row["lr"] for row in hp["grid"]})
+                lr = hp["chosen"]["lr"]
+                # a pick at the grid's end says the best rate may lie outside it
+                edge = " (grid's top)" if lr == lrs[-1] else " (grid's bottom)" if lr == lrs[0] else ""
+                lines.append(f"| {t} | {m} | {lr:g}{edge} | {hp['chosen']['weight_decay']:g} | "
                              f"{100 * hp['best_val_acc']:.1f} | {hp.get('within_noise', '-')} of {len(hp['grid'])} |")
     return "\n".join(lines)
 

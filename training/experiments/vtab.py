@@ -10,7 +10,7 @@ report exists is skipped, so a killed sweep resumes where it stopped (a run cut 
 beginning). Logs land in OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished
 run in OUT/runs.jsonl.
 
-    python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_cifar10.safetensors \
+    python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors \
         --out runs/vtab --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
 """
 from __future__ import annotations
@@ -56,6 +56,19 @@ def jobs(args) -> list[tuple[str, str, list[str], bool]]:
     out += [(task, name, extra, True) for task in args.ablation_tasks for name, extra in ABLATION.items()]
     if args.curve_task:
         out += [(args.curve_task, *curve_run(f), True) for f in CURVE_FRACTIONS]
+    return out
+
+
+def missing_data(tasks: set[str]) -> list[str]:
+    from training.data import data_source
+    from training.imagefolder import DatasetError
+
+    out = []
+    for task in sorted(tasks):
+        try:
+            data_source(TASKS[task])
+        except DatasetError as e:
+            out.append(f"{task}: {e}")
     return out
 
 
@@ -128,6 +141,10 @@ def main(argv=None) -> None:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
     todo = jobs(args)
     left = [j for j in todo if not report_path(args.out, j[0], j[1]).exists()]
+    missing = missing_data({task for task, *_ in left})
+    if missing and not args.dry_run:  # before any run starts, not as a failed row per run an hour later
+        p.error("missing data; fix it or leave those tasks out with --tasks / --ablation-tasks / --curve-task: "
+                + "; ".join(missing))
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
         for task, name, _, reuse in left:
