@@ -2,7 +2,7 @@
 
     python benchmarks/serve_load.py                          # demo-sized backbone (random weights), 100 tasks
     python benchmarks/serve_load.py --seconds 30 --concurrency 1 16 64 128
-    python benchmarks/serve_load.py --backbone runs/pretrain/vit_tiny_p4_32_cifar10.safetensors
+    python benchmarks/serve_load.py --backbone runs/pretrain/vit_tiny_p4_32_cifar10_30ep.safetensors
 
 The server is a separate process (`promptserve serve` on 127.0.0.1, a LocalStore in a temp dir holding 100
 tasks of 10 visual + 10 kv prompts per layer, all resident, torch threads 1, max batch 32, max wait 5 ms). This

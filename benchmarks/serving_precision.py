@@ -31,7 +31,7 @@ import promptserve as ps
 from promptserve.preprocess import normalise
 
 BATCH = 32
-BACKBONE = c.ROOT / "assets/backbones/vit_tiny_p4_32_cifar10.safetensors"
+BACKBONE = c.ROOT / "assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors"
 DATASETS = c.ROOT.parent / "shared/datasets"
 # demo task -> its data (what `promptserve eval --data` takes)
 TASK_DATA = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),

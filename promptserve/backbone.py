@@ -45,7 +45,7 @@ HOW_TO_GET_WEIGHTS = ("give --pretrained (timm's weights from the hub, needs a n
                       ".safetensors/.pth/.bin state dict, e.g. copied from a model zoo); --random-init trains on "
                       f"random weights on purpose, and --backbone {RANDOM_TINY} is a small seeded test ViT")
 DEMO_BACKBONE_HINT = ("the demo backbone is built with `promptserve pretrain --data cifar10.tar --out FILE` "
-                      "(see assets/backbones/vit_tiny_p4_32_cifar10.md)")
+                      "(see assets/backbones/vit_tiny_p4_32_cifar10_30ep.md)")
 
 
 class BackboneError(ValueError):

@@ -5,7 +5,7 @@
 # Run it alone on the machine (2 single-thread runs at once); `--dry-run` as an extra argument lists what is left.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_cifar10.safetensors}
+BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors}
 OUT=${OUT:-runs/vtab}
 .venv/bin/python -m training.experiments.vtab --backbone "$BACKBONE" --out "$OUT" \
     --epochs "${EPOCHS:-12}" --hp-epochs "${HP_EPOCHS:-4}" --seeds "${SEEDS:-3}" --workers "${WORKERS:-2}" "$@"
