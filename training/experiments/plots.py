@@ -10,6 +10,8 @@ from pathlib import Path
 from training.experiments.summarize import METHODS, TASKS, Score, curve_points
 
 MARKERS = dict(zip(METHODS, "osD^v", strict=True))
+# one colour per method on every figure and panel, whichever methods a panel has (matplotlib's default cycle)
+COLORS = {m: f"C{i}" for i, m in enumerate(METHODS)}
 
 
 def _pyplot():
@@ -25,6 +27,8 @@ def _pyplot():
 
 def accuracy_vs_params(plt, reports: dict, path: Path) -> Path:
     """One panel per task: test accuracy (mean +- sd) against tuned parameters, log x."""
+    from matplotlib.ticker import NullFormatter
+
     fig, axes = plt.subplots(1, len(TASKS), figsize=(4 * len(TASKS), 3.6), sharey=False)
     for ax, task in zip(axes, TASKS, strict=True):
         for m in METHODS:
@@ -33,8 +37,9 @@ def accuracy_vs_params(plt, reports: dict, path: Path) -> Path:
                 continue
             s = Score.of(r)
             ax.errorbar(r["metrics"]["tuned_params"], 100 * s.mean, yerr=100 * s.sd, marker=MARKERS[m], capsize=3,
-                        linestyle="none", label=m)
+                        linestyle="none", label=m, color=COLORS[m])
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on a panel spanning < 1 decade
         ax.set_title(task)
         ax.set_xlabel("tuned parameters (log)")
         ax.grid(alpha=0.3)
@@ -53,7 +58,7 @@ def task_bars(plt, reports: dict, path: Path) -> Path:
     for i, m in enumerate(methods):
         got = [Score.of(reports[(t, m)]) if (t, m) in reports else None for t in TASKS]
         ax.bar(x + i * width, [100 * s.mean if s else 0 for s in got], width,
-               yerr=[100 * s.sd if s else 0 for s in got], capsize=2, label=m)
+               yerr=[100 * s.sd if s else 0 for s in got], capsize=2, label=m, color=COLORS[m])
     ax.set_xticks(x + width * (len(methods) - 1) / 2, TASKS)
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, ncol=len(methods))
@@ -72,7 +77,7 @@ def training_curves(plt, reports: dict, path: Path) -> Path:
             last = history[-1]["stage"]
             points = [h for h in history if h["stage"] == last]
             ax.plot([h["epoch"] for h in points], [h["train_loss"] for h in points], marker=MARKERS[m],
-                    markersize=3, label=m)
+                    markersize=3, label=m, color=COLORS[m])
         ax.set_title(task)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
