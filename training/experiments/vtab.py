@@ -53,9 +53,10 @@ def jobs(args) -> list[tuple[str, str, list[str], bool]]:
     first, the curve last. The order matters: a run that reuses hp is queued after the run it waits for."""
     order = [m for m in METHODS if m in args.methods]
     out = [(t, m, METHODS[m], False) for m in order for t in args.tasks]
-    out += [(task, name, extra, True) for task in args.ablation_tasks for name, extra in ABLATION.items()]
+    reuse = args.hp_search  # without a search there is no choice to reuse
+    out += [(task, name, extra, reuse) for task in args.ablation_tasks for name, extra in ABLATION.items()]
     if args.curve_task:
-        out += [(args.curve_task, *curve_run(f), True) for f in CURVE_FRACTIONS]
+        out += [(args.curve_task, *curve_run(f), reuse) for f in CURVE_FRACTIONS]
     return out
 
 
@@ -80,8 +81,9 @@ def hp_args(args, task: str, reuse: bool) -> list[str]:
     if not args.hp_search:
         return ["--no-hp-search"]
     source = report_path(args.out, task, HP_SOURCE)
-    chosen = (json.loads(source.read_text()).get("hp_search") or {}).get("chosen") if source.exists() else None
-    if reuse and chosen:
+    chosen = (json.loads(source.read_text()).get("hp_search") or {}).get("chosen") \
+        if reuse and source.exists() else None
+    if chosen:
         return ["--no-hp-search", "--lr", str(chosen["lr"]), "--weight-decay", str(chosen["weight_decay"])]
     return ["--hp-search", *(["--hp-epochs", str(args.hp_epochs)] if args.hp_epochs else [])]
 
@@ -90,7 +92,8 @@ def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for
     out_dir = Path(args.out) / task
     out_dir.mkdir(parents=True, exist_ok=True)
     artifact = out_dir / f"{name}.safetensors"
-    if report_path(args.out, task, name).exists():
+    report = report_path(args.out, task, name)
+    if report.exists():
         return {"task": task, "run": name, "skipped": True}
     if waits_for is not None:
         waits_for.result()  # its failure shows in its own row; this run then searches its own hp
@@ -105,7 +108,6 @@ def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for
         log.flush()
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
     row = {"task": task, "run": name, "rc": rc, "seconds": round(time.time() - t0, 1), "cmd": " ".join(cmd)}
-    report = report_path(args.out, task, name)
     if rc == 0 and report.exists():
         m = json.loads(report.read_text())["metrics"]
         row.update(test_acc=m.get("test_acc"), val_acc=m.get("val_acc"))
@@ -154,7 +156,7 @@ def main(argv=None) -> None:
     futures: dict[tuple[str, str], Future] = {}
     with ThreadPoolExecutor(args.workers) as pool:
         for task, name, extra, reuse in todo:
-            waits_for = futures.get((task, HP_SOURCE)) if reuse and args.hp_search else None
+            waits_for = futures.get((task, HP_SOURCE)) if reuse else None
             futures[(task, name)] = pool.submit(run_one, args, task, name, extra, reuse, waits_for)
     for f in futures.values():
         f.result()
