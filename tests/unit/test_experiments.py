@@ -29,16 +29,23 @@ def test_score_reads_seeds_and_screens_differences_against_their_noise():
 
 def test_tables_and_plots_from_a_sweep_directory(tmp_path, capsys):
     runs = {("dtd10", "vpt-deep"): [0.50, 0.51, 0.52], ("dtd10", "linear"): [0.30, 0.31, 0.32],
-            ("dtd10", "abl-visual-kv"): [0.45, 0.46, 0.47], ("dtd10", "curve-tp50"): [0.44, 0.45, 0.46]}
+            ("dtd10", "abl-visual-kv"): [0.45, 0.46, 0.47], ("dtd10", "curve-tp50"): [0.44, 0.45, 0.46],
+            ("dtd10", "abl-visual"): [0.40, 0.41, 0.42], ("dtd10", "e2vpt"): [0.45, 0.47, 0.49]}
     for (task, run), accs in runs.items():
         (tmp_path / task).mkdir(exist_ok=True)
         pruned = 0.5 if run.startswith("curve") else 0.0
-        (tmp_path / task / f"{run}.report.json").write_text(json.dumps(report(accs, visual_pruned_fraction=pruned)))
+        r = report(accs, visual_pruned_fraction=pruned)
+        r["config"].update(token_prune=pruned, segment_prune=0.0)
+        (tmp_path / task / f"{run}.report.json").write_text(json.dumps(r))
     summarize.main([str(tmp_path)])
     out = capsys.readouterr().out
     assert "| vpt-deep | - | 51.0 +- 1.0 |" in out
     assert "| vpt-deep - linear | - | +20.0 * |" in out
     assert "| dtd10 | 50 | 45.0 +- 1.0 |" in out  # the pruning curve includes the unpruned point
+    # ablation rows against the full e2vpt row, screened against the seed noise
+    assert "| visual prompts only | 41.0 +- 1.0 | -6.0 * | 1,000 |" in out
+    assert "| visual + key-value | 46.0 +- 1.0 | -1.0 | 1,000 |" in out
+    assert "| key-value prompts only | (not run) |" in out
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
     summarize.main([str(tmp_path), "--plots", str(tmp_path / "plots")])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [

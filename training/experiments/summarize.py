@@ -87,13 +87,14 @@ def noise_table(reports: dict) -> str:
     for a, b in COMPARISONS:
         cells = []
         for t in TASKS:
-            if (t, a) in s and (t, b) in s:
-                d = 100 * (s[(t, a)].mean - s[(t, b)].mean)
-                cells.append(f"{d:+.1f}" + (" *" if s[(t, a)].beyond_noise(s[(t, b)]) else ""))
-            else:
-                cells.append("-")
+            cells.append(_difference(s[(t, a)], s[(t, b)]) if (t, a) in s and (t, b) in s else "-")
         lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _difference(a: Score, b: Score) -> str:
+    """a - b in points, `*` where larger than twice its standard error."""
+    return f"{100 * (a.mean - b.mean):+.1f}" + (" *" if a.beyond_noise(b) else "")
 
 
 def hp_table(reports: dict) -> str:
@@ -132,13 +133,18 @@ def ablation_table(reports: dict) -> str:
     tasks = [t for t in TASKS if any((t, name) in reports for _, name in ABLATION_ROWS[:-1])]
     if not tasks:
         return "(no ablation runs yet)"
-    lines = ["| variant | " + " | ".join(f"{t} test acc | {t} tuned params" for t in tasks) + " |",
-             "|---|" + "---|---|" * len(tasks)]
+    lines = ["| variant | " + " | ".join(f"{t} test acc | vs e2vpt | {t} tuned params" for t in tasks) + " |",
+             "|---|" + "---|---|---|" * len(tasks)]
     for label, name in ABLATION_ROWS:
         cells = []
         for t in tasks:
-            r = reports.get((t, name))
-            cells += [str(Score.of(r)), f"{r['metrics']['tuned_params']:,}"] if r else ["(not run)", ""]
+            r, full = reports.get((t, name)), reports.get((t, ABLATION_ROWS[-1][1]))
+            if r is None:
+                cells += ["(not run)", "", ""]
+                continue
+            s = Score.of(r)
+            diff = "" if full is None or name == ABLATION_ROWS[-1][1] else _difference(s, Score.of(full))
+            cells += [str(s), diff, f"{r['metrics']['tuned_params']:,}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
