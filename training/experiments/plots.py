@@ -106,9 +106,11 @@ def _save(plt, fig, path: Path, legend_from=()) -> Path:
     for ax in legend_from:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             labelled.setdefault(label, handle)
-    if labelled:
-        fig.legend(list(labelled.values()), list(labelled), fontsize=8, loc="upper right")
-    fig.tight_layout()
+    if labelled:  # in a margin of its own, so it never covers a panel's points
+        fig.legend(list(labelled.values()), list(labelled), fontsize=8, loc="center right")
+        fig.tight_layout(rect=(0, 0, 0.92, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
