@@ -135,15 +135,16 @@ def ablation_table(reports: dict) -> str:
         return "(no ablation runs yet)"
     lines = ["| variant | " + " | ".join(f"{t} test acc | vs e2vpt | {t} tuned params" for t in tasks) + " |",
              "|---|" + "---|---|---|" * len(tasks)]
+    reference = ABLATION_ROWS[-1][1]  # every row is compared with the main e2vpt run
     for label, name in ABLATION_ROWS:
         cells = []
         for t in tasks:
-            r, full = reports.get((t, name)), reports.get((t, ABLATION_ROWS[-1][1]))
+            r, e2vpt = reports.get((t, name)), reports.get((t, reference))
             if r is None:
                 cells += ["(not run)", "", ""]
                 continue
             s = Score.of(r)
-            diff = "" if full is None or name == ABLATION_ROWS[-1][1] else _difference(s, Score.of(full))
+            diff = "" if e2vpt is None or name == reference else _difference(s, Score.of(e2vpt))
             cells += [str(s), diff, f"{r['metrics']['tuned_params']:,}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
