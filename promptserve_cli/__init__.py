@@ -46,6 +46,8 @@ def build_app() -> typer.Typer:
     app.command("train")(training_cli.train)
     app.command("eval")(training_cli.evaluate)
     app.command("pretrain")(training_cli.pretrain)
+    app.command("distill")(training_cli.distill)
+    app.command("probe")(training_cli.probe)
     app.command("info")(core_cli.info)
     app.add_typer(store_cli.app, name="tasks", help="Inspect and edit a prompt-set registry (directory or redis://).")
     return app

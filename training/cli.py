@@ -246,9 +246,102 @@ def pretrain(
     _log(json.dumps(result["history"][-1]))
 
 
+def distill(
+    data: str = typer.Option(..., help="ImageFolder dir or .tar with train/ and test/ (e.g. cifar10.tar): the "
+                             "images the teacher and student both see, and the labels of the --ce-weight term"),
+    teacher: Path = typer.Option(..., help="TFLite embedding model, e.g. ../shared/teachers/"
+                                 "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"),
+    out: Path = typer.Option(..., help="student backbone .safetensors (checkpoint beside it: <out>.ckpt.pt)"),
+    init: str = typer.Option(None, help="project backbone file to start from (default: random init of --model)"),
+    model: str = typer.Option("vit_tiny_patch16_224", help="timm model name, without --init"),
+    model_kwargs: str = typer.Option('{"img_size": 32, "patch_size": 4, "depth": 6}',
+                                     help="JSON timm kwargs, without --init"),
+    views: int = typer.Option(8, help="fixed view sets: the teacher embeds views x train images, once"),
+    min_scale: float = typer.Option(0.35, help="random-resized crop: smallest area kept"),
+    mix: float = typer.Option(0.5, help="fraction of views mixed (mixup) with another image's view"),
+    cache: Path = typer.Option(None, help="view cache folder [default: $PROMPTSERVE_CACHE/teacher/...]"),
+    epochs: int = typer.Option(30, help="epochs over the train images (epoch e uses view set e mod --views)"),
+    batch_size: int = typer.Option(128, help="images per step"),
+    lr: float = typer.Option(5e-4, help="AdamW peak learning rate (cosine after --warmup-epochs)"),
+    warmup_epochs: float = typer.Option(1.0, help="linear warm-up epochs"),
+    ce_weight: float = typer.Option(0.3, help="weight of the cross-entropy on the data's labels (0: none)"),
+    amp: str = typer.Option("auto", help="bf16 autocast: auto (where the CPU has AMX/AVX512-BF16), bf16, off"),
+    probe: list[str] = typer.Option([], help="a task (--data value) to linear-probe after every epoch; repeat"),
+    seed: int = typer.Option(0, help="seed of the views, the init of new layers and the batch order"),
+    threads: int = typer.Option(0, help="torch threads (0: torch's default); may change on --resume"),
+    limit_train: int = typer.Option(0, help="use only N training images (smoke runs; 0: all)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from <out>.ckpt.pt (same recipe)"),
+) -> None:
+    """Distil a frozen teacher's embedding into a ViT backbone (function matching on cached views)."""
+    from training.distill import DistillConfig
+    from training.distill import distill as run_distill
+    from training.teacher import TeacherError
+
+    try:
+        cfg = DistillConfig(data=data, teacher=str(teacher), out=str(out), init=init, model=model,
+                            model_kwargs=json.loads(model_kwargs), views=views, min_scale=min_scale, mix=mix,
+                            cache=None if cache is None else str(cache), epochs=epochs, batch_size=batch_size,
+                            lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, amp=amp, probe=list(probe),
+                            seed=seed, threads=threads, limit_train=limit_train, resume=resume)
+        result = run_distill(cfg, log=_log)
+    except KeyboardInterrupt:
+        _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun with --resume")
+        raise typer.Exit(130) from None
+    except (FileExistsError, ValueError, TeacherError) as e:
+        fail(str(e))
+    _log(json.dumps(result["history"][-1]))
+
+
+def probe(
+    data: list[str] = typer.Option(..., help="a task: ImageFolder dir or .tar with train/ and test/, or "
+                                   "fmnist:DIR; repeat for several"),
+    backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
+    random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
+    teacher: Path = typer.Option(None, help="probe this TFLite teacher's embedding instead of a backbone (it sees "
+                                 "the same images, upsampled from the backbone's input size)"),
+    input_size: int = typer.Option(32, help="image size with --teacher (without it: the backbone's)"),
+    train_size: int = typer.Option(1000, help="class-balanced training images per task (VTAB-1k: 1000)"),
+    c: float = typer.Option(0.1, "--c", help="inverse L2 strength of the logistic regression"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of the table"),
+) -> None:
+    """Linear probe of frozen features: logistic regression on a backbone's pooled features, test accuracy."""
+    from training.probe import backbone_extractor, load_probe_data, probe_all
+
+    if teacher is not None:
+        if backbone:
+            fail("--teacher and --backbone are alternatives: give one")
+        from training.teacher import Teacher, TeacherError
+
+        try:
+            t = Teacher(teacher)
+        except TeacherError as e:
+            fail(str(e))
+        extract, size, interp, what = t.embed, input_size, "bicubic", f"teacher {teacher.name}"
+    else:
+        bb = backbone_from_flags(backbone, pretrained, weights, random_init, timm_kwargs)
+        extract, what = backbone_extractor(bb), f"backbone {backbone}"
+        size, interp = bb.data_config.input_size, bb.data_config.interpolation
+    from training.imagefolder import DatasetError
+
+    try:
+        datasets = [load_probe_data(d, size, interp, train_size) for d in data]
+        result = probe_all(extract, datasets, c)
+    except (DatasetError, RuntimeError, ValueError) as e:
+        fail(str(e))
+    result = {"features": what, "input_size": size, "C": c, **result}
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"linear probe of {what} ({size}x{size} images, C={c:g})")
+    for row in result["tasks"]:
+        typer.echo(f"  {row['task']:<16} train {row['train']:>5}  test {row['test']:>6}  {100 * row['accuracy']:.1f}%")
+    typer.echo(f"  {'mean':<16} {'':>25}  {100 * result['mean']:.1f}%")
+
+
 if __name__ == "__main__":  # python -m training.cli train ... (without the promptserve entry point)
     app = typer.Typer(add_completion=False)
-    for fn, name in ((train, "train"), (evaluate, "eval"), (pretrain, "pretrain")):
+    for fn, name in ((train, "train"), (evaluate, "eval"), (pretrain, "pretrain"), (distill, "distill"),
+                     (probe, "probe")):
         app.command(name)(fn)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(app())

@@ -51,21 +51,27 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.opti
                 params: list[nn.Parameter], batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]], steps: int,
                 lr: Callable[[int], float], first_step: int, *, grad_clip: float | None, label_smoothing: float,
                 device: torch.device, amp: bool = False, after_backward: Callable[[], None] | None = None,
-                clock: StepClock | None = None, desc: str = "train", progress: bool = True) -> dict:
-    """One epoch of optimizer steps: the step every training run in the project takes (`fit`, pretraining).
+                clock: StepClock | None = None, desc: str = "train", progress: bool = True,
+                criterion: Criterion | None = None) -> dict:
+    """One epoch of optimizer steps: the step every training run in the project takes (`fit`, pretraining,
+    distillation).
 
-    batch(i) -> (x, y) for step i of the epoch (the caller owns data order and augmentation);
-    lr(step) -> the learning rate of global step `first_step + i`. Returns {"train_loss", "train_acc"}."""
+    batch(i) -> (x, y) for step i of the epoch (the caller owns data order and augmentation; y may be a tuple
+    of tensors); lr(step) -> the learning rate of global step `first_step + i`. criterion(output, y) ->
+    (loss, correct count, named loss parts); default: label-smoothed cross-entropy on logits. amp: bf16
+    autocast on `device`. Returns {"train_loss", "train_acc", and each part's epoch mean}."""
+    criterion = criterion or (lambda out, y: cross_entropy(out, y, label_smoothing))
     seen, loss_sum, correct = 0, 0.0, 0
+    part_sums: dict[str, float] = {}
     steps_bar = bar(range(steps), desc=desc, enabled=progress)
     for i in steps_bar:
         for group in opt.param_groups:
             group["lr"] = lr(first_step + i)
         x, y = batch(i)
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device), _to(y, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = forward(x)  # (B, C)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            out = forward(x)  # logits (B, C), or whatever the criterion takes
+        loss, n_correct, parts = criterion(out, y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[{desc}] loss is {loss.item()} at step {i}: lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -77,12 +83,29 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.opti
         opt.step()
         if clock is not None:
             clock.step()
-        seen += len(y)
-        loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        seen += len(x)
+        loss_sum += loss.item() * len(x)
+        correct += n_correct
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + value * len(x)
         steps_bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
     steps_bar.close()
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen}
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+            **{name: total / seen for name, total in part_sums.items()}}
+
+
+Criterion = Callable[..., tuple[torch.Tensor, int, dict[str, float]]]
+
+
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0
+                  ) -> tuple[torch.Tensor, int, dict[str, float]]:
+    """The default criterion: logits (B, C), labels (B,) -> (loss, correct count, no parts)."""
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    return loss, int((logits.argmax(1) == y).sum().item()), {}
+
+
+def _to(y, device: torch.device):
+    return tuple(t.to(device) for t in y) if isinstance(y, tuple | list) else y.to(device)
 
 
 def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Parameter], inputs, labels: np.ndarray,

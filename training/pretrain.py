@@ -100,7 +100,7 @@ def pretrain(cfg: PretrainConfig, log=logger.info) -> dict:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or delete it to start over")
     if cfg.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
-        _check_same_recipe(state.get("config", {}), cfg)
+        check_same_recipe(state.get("config", {}), asdict(cfg), free={"threads", "resume"})
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         history, start_epoch = state["history"], state["epoch"]
@@ -132,25 +132,24 @@ def pretrain(cfg: PretrainConfig, log=logger.info) -> dict:
         with atomic_target(ckpt_path) as tmp:  # a kill mid-save must not destroy the previous checkpoint
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "history": history,
                         "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
-        _export(model, cfg, train.classes, history, out)
+        export_backbone(model, cfg.model, {**cfg.model_kwargs, "num_classes": len(train.classes)}, train.classes,
+                        test_acc, epoch + 1, out, {"pretrain_config": json.dumps(asdict(cfg))})
     return {"history": history, "out": str(out)}
 
 
-def _check_same_recipe(saved: dict, cfg: PretrainConfig) -> None:
-    """A resumed run continues the same cosine schedule on the same data: only the thread count may change."""
-    free = {"threads", "resume"}
-    diff = {k: (saved[k], v) for k, v in asdict(cfg).items() if k in saved and k not in free and saved[k] != v}
+def check_same_recipe(saved: dict, now: dict, free: set[str]) -> None:
+    """A resumed run continues the same schedule on the same data: only the `free` settings may change."""
+    diff = {k: (saved[k], v) for k, v in now.items() if k in saved and k not in free and saved[k] != v}
     if diff:
         raise ValueError("the checkpoint was made with another recipe; differences (checkpoint, now): "
                          + ", ".join(f"{k}={a!r} vs {b!r}" for k, (a, b) in diff.items()))
 
 
-def _export(model, cfg: PretrainConfig, classes: list[str], history: list[dict], out: Path) -> None:
+def export_backbone(model, timm_name: str, timm_kwargs: dict, classes: list[str], test_acc: float, epochs: int,
+                    out: Path, extra_meta: dict[str, str]) -> None:
     """Weights as fp16 safetensors with what `Backbone.from_file` needs to rebuild the model."""
-    kwargs = {**cfg.model_kwargs, "num_classes": len(classes)}
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    meta = {"timm_name": cfg.model, "timm_kwargs": json.dumps(kwargs), "labels": json.dumps(classes),
-            "test_acc": f"{history[-1]['test_acc']:.4f}", "epochs": str(history[-1]["epoch"]),
-            "pretrain_config": json.dumps(asdict(cfg))}
+    meta = {"timm_name": timm_name, "timm_kwargs": json.dumps(timm_kwargs), "labels": json.dumps(classes),
+            "test_acc": f"{test_acc:.4f}", "epochs": str(epochs), **extra_meta}
     with atomic_target(out) as tmp:
         save_file(state, str(tmp), metadata=meta)

@@ -1,0 +1,242 @@
+"""Distil a frozen ImageNet teacher into the demo ViT: `promptserve distill`.
+
+The student is a timm ViT (by default the current demo backbone, so its CIFAR-10 knowledge is the start);
+a linear projection of its pooled, final-norm feature (the feature every prompt set's head reads) regresses
+the teacher's embedding of the same view, standardised per dimension (MSE: 1.0 = predicting the mean),
+plus `ce_weight` x the CIFAR-10 cross-entropy on the view's (mixed) labels so the backbone's own head keeps
+working. Views and teacher answers come from a fixed cache (training/teacher.py): epoch e trains on view
+set e mod `views`, every image once. The teacher is needed once, to build the cache; the exported backbone
+never needs it.
+
+After every epoch: test accuracy on a fixed 2,000-image sample of the test split (the whole split after the
+last), the frozen-feature linear probe on each `--probe` task (training/probe.py, the go/no-go curve), a
+checkpoint (model, projection, optimizer, history, recipe; atomic) and the backbone file. `--resume`
+continues from the checkpoint, on this or another machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from promptserve.backbone import DataConfig
+from promptserve.files import atomic_target
+from promptserve.preprocess import normalise
+from training.imagefolder import cache_dir, load_split
+from training.loop import accuracy_module, lr_at, train_epoch
+from training.pretrain import check_same_recipe, export_backbone
+from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_set, load_views
+
+logger = logging.getLogger(__name__)
+
+AMP_CHOICES = ("auto", "bf16", "off")
+
+
+@dataclass
+class DistillConfig:
+    data: str  # ImageFolder with train/ and test/ (CIFAR-10): images for the views, labels for the CE term
+    teacher: str  # a TFLite embedding model (../shared/teachers/mobilenet_v1_..._embedding_extractor.tflite)
+    out: str  # the student backbone file; the checkpoint is <out>.ckpt.pt
+    init: str | None = None  # a project backbone file to start from (None: timm's random init of `model`)
+    model: str = "vit_tiny_patch16_224"  # used without `init`
+    model_kwargs: dict = field(default_factory=lambda: {"img_size": 32, "patch_size": 4, "depth": 6})
+    views: int = 8  # fixed view sets (teacher passes: views x train images, once)
+    min_scale: float = 0.35
+    mix: float = 0.5
+    cache: str | None = None  # None: $PROMPTSERVE_CACHE/teacher/<teacher>-<recipe>
+    epochs: int = 24
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    ce_weight: float = 0.3
+    drop_path: float = 0.1
+    seed: int = 0
+    amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
+    threads: int = 0  # 0: torch's default; may change on --resume
+    probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
+    probe_train_size: int = 1000
+    limit_train: int = 0  # 0: all (a small number makes a smoke run)
+    resume: bool = False
+
+    def __post_init__(self):
+        problems = []
+        if self.epochs < 1 or self.batch_size < 1 or self.views < 1:
+            problems.append("--epochs, --batch-size and --views must be >= 1")
+        if not 0 < self.lr < 1:
+            problems.append(f"--lr {self.lr} is outside (0, 1)")
+        if not 0 < self.min_scale <= 1:
+            problems.append(f"--min-scale {self.min_scale} must be in (0, 1]")
+        if not 0 <= self.mix <= 1:
+            problems.append(f"--mix {self.mix} must be in [0, 1]")
+        if self.ce_weight < 0:
+            problems.append(f"--ce-weight {self.ce_weight} must be >= 0")
+        if self.amp not in AMP_CHOICES:
+            problems.append(f"--amp {self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def recipe(self) -> ViewRecipe:
+        return ViewRecipe(seed=self.seed, min_scale=self.min_scale, mix=self.mix)
+
+
+def native_bf16() -> bool:
+    """bf16 matmuls run natively: AMX or AVX512-BF16 on this CPU (elsewhere bf16 ran at 0.07-0.13x float32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+class Student(nn.Module):
+    """x (B, 3, S, S) -> (logits (B, C), projected feature (B, D_teacher))."""
+
+    def __init__(self, vit: nn.Module, teacher_dim: int):
+        super().__init__()
+        self.vit = vit
+        self.project = nn.Linear(vit.embed_dim, teacher_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)  # (B, D)
+        return self.vit.head(pooled), self.project(pooled)
+
+
+def distill_loss(out, target, ce_weight: float):
+    """MSE to the standardised teacher embedding + ce_weight x cross-entropy on the view's mixed labels."""
+    logits, proj = out  # (B, C), (B, D_t)
+    emb, label_a, label_b, weight = target  # (B, D_t), (B,), (B,), (B,)
+    mse = F.mse_loss(proj.float(), emb)
+    logp = F.log_softmax(logits.float(), dim=1)
+    rows = torch.arange(len(logits))
+    ce = -(weight * logp[rows, label_a] + (1 - weight) * logp[rows, label_b]).mean()
+    dominant = torch.where(weight >= 0.5, label_a, label_b)
+    correct = int((logits.argmax(1) == dominant).sum().item())
+    return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item()}
+
+
+def distill(cfg: DistillConfig, log=logger.info) -> dict:
+    import timm
+
+    from training.probe import load_probe_data, module_extractor, probe_all
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    ckpt_path = out.with_suffix(".ckpt.pt")
+    if ckpt_path.exists() and not cfg.resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or delete it to start over")
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16())
+
+    if cfg.init:
+        from promptserve.backbone import Backbone
+
+        init = Backbone.from_file(cfg.init)
+        name, kwargs = init.name, {k: v for k, v in init.timm_kwargs.items() if k != "num_classes"}
+        state = {k: v.float() for k, v in init.model.state_dict().items()}
+    else:
+        name, kwargs, state = cfg.model, dict(cfg.model_kwargs), None
+    vit = timm.create_model(name, pretrained=False, drop_path_rate=cfg.drop_path, **kwargs)
+    size = vit.patch_embed.img_size[0]
+    dcfg = timm.data.resolve_model_data_config(vit)
+    data_cfg = DataConfig(size, tuple(dcfg["mean"]), tuple(dcfg["std"]), dcfg.get("interpolation", "bicubic"))
+    train = load_split(cfg.data, "train", size, data_cfg.interpolation)
+    test = load_split(cfg.data, "test", size, data_cfg.interpolation, classes=train.classes)
+    if cfg.limit_train:
+        keep = np.sort(torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+                       [:cfg.limit_train].numpy())
+        train.images, train.labels = train.images[keep], train.labels[keep]
+    vit.reset_classifier(len(train.classes))
+    if state is not None:
+        if state["head.weight"].shape[0] != len(train.classes):  # another label set: keep the features only
+            state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        vit.load_state_dict(state, strict=False)
+
+    teacher = Teacher(cfg.teacher, threads=torch.get_num_threads())
+    cache = Path(cfg.cache) if cfg.cache else (cache_dir().parent / "teacher" /
+                                               f"{teacher.sha256[:12]}-{cfg.recipe.key()}")
+    log(f"[distill] teacher {teacher.path.name} ({teacher.dim}-d, input {teacher.input_size}px); view cache {cache}")
+    check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
+
+    def view_set(k: int) -> dict[str, np.ndarray]:
+        ensure_view_set(cache, teacher, train.images, train.labels, k, cfg.recipe, log=log)
+        return load_views(cache, k)
+
+    stats = view_set(0)["embeddings"].astype(np.float32)  # (N, D_t): the standardisation of every target
+    mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
+
+    student = Student(vit, teacher.dim)
+    params = list(student.parameters())
+    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
+    rest = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    steps = len(train) // cfg.batch_size
+    total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
+    n_train = sum(p.numel() for p in params)
+    log(f"[distill] {len(train):,} images x {cfg.views} view sets, {cfg.epochs} epochs x {steps} steps, batch "
+        f"{cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
+        f"{'bf16 autocast' if amp else 'float32'}, trainable {n_train:,} params (all)")
+
+    probes = [load_probe_data(d, size, data_cfg.interpolation, cfg.probe_train_size) for d in cfg.probe]
+    history, start = [], 0
+    if cfg.resume and ckpt_path.exists():
+        saved = torch.load(ckpt_path, weights_only=False)
+        check_same_recipe(saved.get("config", {}), asdict(cfg), free={"threads", "resume", "amp", "probe"})
+        student.load_state_dict(saved["student"])
+        opt.load_state_dict(saved["opt"])
+        history, start = saved["history"], saved["epoch"]
+        log(f"[distill] resumed from {ckpt_path} at epoch {start}")
+    elif probes:  # epoch 0 of the curve: the starting point
+        history.append({"epoch": 0, "probe": probe_all(module_extractor(vit, name, kwargs), probes)})
+        log(json.dumps(history[-1]))
+
+    gen = torch.Generator()
+    sample = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
+    for epoch in range(start, cfg.epochs):
+        gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: the order depends on the epoch index only
+        views = view_set(epoch % cfg.views)
+        emb = (torch.from_numpy(views["embeddings"].astype(np.float32)) - mean) / std  # (N, D_t) standardised
+        label_a, label_b = torch.from_numpy(views["label_a"]), torch.from_numpy(views["label_b"])
+        weight = torch.from_numpy(views["weight"])
+        order = torch.randperm(len(emb), generator=gen)
+
+        def batch(i: int, order=order, views=views, emb=emb, label_a=label_a, label_b=label_b, weight=weight):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x = normalise(views["views"][idx.numpy()], data_cfg)  # (B, 3, S, S)
+            return x, (emb[idx], label_a[idx], label_b[idx], weight[idx])
+
+        student.train()
+        t0 = time.time()
+        result = train_epoch(student, opt, params, batch, steps, lambda s: lr_at(s, total, warmup, cfg.lr),
+                             epoch * steps, grad_clip=1.0, label_smoothing=0.0, device=torch.device("cpu"), amp=amp,
+                             desc=f"distill {epoch + 1}/{cfg.epochs}",
+                             criterion=lambda o, t: distill_loss(o, t, cfg.ce_weight))
+        seconds = time.time() - t0
+        last = epoch + 1 == cfg.epochs
+        picked = slice(None) if last else sample
+        test_acc = accuracy_module(vit, data_cfg, test.images[picked], test.labels[picked])
+        row = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in result.items()}, "test_acc": round(test_acc, 4),
+               "test_images": len(test.labels[picked]), "seconds": round(seconds, 1),
+               "threads": torch.get_num_threads(), "amp": amp}
+        if probes:
+            row["probe"] = probe_all(module_extractor(vit, name, kwargs), probes)
+        history.append(row)
+        log(json.dumps(row))
+        with atomic_target(ckpt_path) as tmp:  # a kill mid-save keeps the previous checkpoint
+            torch.save({"student": student.state_dict(), "opt": opt.state_dict(), "history": history,
+                        "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
+        export_backbone(vit, name, {**kwargs, "num_classes": len(train.classes)}, train.classes, row["test_acc"],
+                        epoch + 1, out, {"distill_config": json.dumps(asdict(cfg)),
+                                         "teacher": f"{teacher.path.name} sha256 {teacher.sha256}"})
+    return {"history": history, "out": str(out)}
