@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 
 import promptserve
-from server import classify, health, tasks, web
+from server import classify, health, oip_http, tasks, web
 from server.auth import ApiTokenGuard
-from server.errors import BodyLimitMiddleware, RedactSecrets, api_error_handler
+from server.errors import OIP_PREFIX, BodyLimitMiddleware, RedactSecrets, api_error_handler, error_response
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -44,9 +44,17 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
         # load in the background: /healthz answers at once, /readyz says 503 until the work is done
         starting = asyncio.create_task(state.start(), name="promptserve-start")
         starting.add_done_callback(_log_start_failure)
+        grpc_server = None
         try:
+            if settings.grpc_port is not None:  # answers UNAVAILABLE until the start-up above is done
+                from server import oip_grpc
+
+                grpc_server, app.state.grpc_port = await oip_grpc.start(
+                    state, settings.host, settings.grpc_port, settings.max_classify_body_bytes + SMALL_BODY)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
             starting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await starting
@@ -69,6 +77,8 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
         path, method = scope.get("path", ""), scope.get("method", "")
         if method == "PUT" and path.startswith("/tasks/"):
             return settings.max_upload_bytes
+        if method == "POST" and path.startswith("/v2/models/"):  # JSON + raw image tensors
+            return settings.max_classify_body_bytes
         if method == "POST" and path.startswith("/classify/"):
             ctype = dict(scope.get("headers", ())).get(b"content-type", b"").split(b";")[0].strip().lower()
             # a raw image body is one image; multipart may carry several
@@ -85,6 +95,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
     app.include_router(classify.router)
     app.include_router(tasks.router)
     app.include_router(health.router)
+    app.include_router(oip_http.router)  # the Open Inference Protocol (KServe v2) beside the own API
     app.include_router(web.router)  # the web page: Try, Registry, Live (server/web/)
     _complete_openapi(app, settings)
     return app
@@ -105,7 +116,8 @@ def _complete_openapi(app: FastAPI, settings: ServerSettings) -> None:
     def openapi() -> dict:
         if app.openapi_schema is None:
             schema = build()
-            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            own = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+            oip = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/OipErrorResponse"}}}}
             codes = COMMON_ERRORS + (("401", "403") if settings.api_token is not None else ())
             if settings.api_token is not None:
                 schema.setdefault("components", {}).setdefault("securitySchemes", {})["ApiToken"] = {
@@ -113,6 +125,7 @@ def _complete_openapi(app: FastAPI, settings: ServerSettings) -> None:
             for path, operations in schema.get("paths", {}).items():
                 if path in PUBLIC_PATHS:
                     continue
+                error = oip if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/") else own
                 for operation in operations.values():
                     responses = operation.setdefault("responses", {})
                     for code in codes:
@@ -138,7 +151,7 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ()))
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    return JSONResponse({"error": "invalid_request", "detail": "; ".join(parts)}, status_code=422)
+    return error_response(request.scope, 422, "invalid_request", "; ".join(parts))
 
 
 async def _method_not_allowed(request, exc: HTTPException) -> JSONResponse:
@@ -148,8 +161,8 @@ async def _method_not_allowed(request, exc: HTTPException) -> JSONResponse:
         if route.matches(request.scope)[0] is not Match.NONE:
             methods |= set(getattr(route, "methods", None) or ())
     allow = ", ".join(sorted(methods - {"HEAD"}))
-    return JSONResponse({"error": "method_not_allowed", "detail": f"{request.method} is not allowed here; use {allow}"},
-                        status_code=405, headers={"Allow": allow})
+    return error_response(request.scope, 405, "method_not_allowed",
+                          f"{request.method} is not allowed here; use {allow}", {"Allow": allow})
 
 
 async def _client_disconnected(request, exc: ClientDisconnect) -> Response:
@@ -162,5 +175,5 @@ async def _client_disconnected(request, exc: ClientDisconnect) -> Response:
 async def _internal_error(request, exc: Exception) -> JSONResponse:
     """Anything unexpected still answers JSON, without internals: the details go to the log (Starlette logs
     the traceback after this handler runs). Connection: close, since the request may not have been read whole."""
-    return JSONResponse({"error": "internal", "detail": "the server failed to answer this request; the error was "
-                                                        "logged"}, status_code=500, headers={"Connection": "close"})
+    return error_response(request.scope, 500, "internal", "the server failed to answer this request; the error was "
+                                                          "logged", {"Connection": "close"})

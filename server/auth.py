@@ -9,11 +9,10 @@ import secrets
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from promptserve.naming import TASK_NAME_PATTERN
-from server.errors import ApiError
+from server.errors import ApiError, error_response
 from server.state import ServerState, get_state
 
 # auto_error=False: a missing header becomes our own JSON 401 rather than FastAPI's 403
@@ -35,7 +34,8 @@ def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(adm
     _check(state.admin_token, credentials, "admin token")
 
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})  # orchestrator probes carry no tokens
+# orchestrator probes carry no tokens (the Open Inference Protocol's too)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 # the web page's shell: HTML, CSS and JS with no data in them (a browser cannot send a bearer header when it
 # navigates); its scripts ask for the token and send it with every API call, /ui/live.json included
 PUBLIC_PAGE = re.compile(rf"/(ui/(tasks(/{TASK_NAME_PATTERN})?|live|static/[A-Za-z0-9._-]+))?")  # fullmatch
@@ -60,8 +60,7 @@ class ApiTokenGuard:
             elif not secrets.compare_digest(token.encode(), self.state.admin_token.encode()):
                 _check(expected, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token), "API token")
         except ApiError as e:
-            await JSONResponse({"error": e.error, "detail": e.detail}, status_code=e.status_code,
-                               headers=e.headers)(scope, receive, send)
+            await error_response(scope, e.status_code, e.error, e.detail, e.headers)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 

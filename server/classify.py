@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from time import perf_counter
 
@@ -11,14 +10,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from server.batcher import QueueFull
 from server.engine import ItemResult
-from server.errors import ApiError, translated
-from server.images import SUPPORTED_CONTENT_TYPES, ImageProbe, decode_probed, probe_image
+from server.errors import ApiError
+from server.images import SUPPORTED_CONTENT_TYPES
+from server.inference import image_too_large, predict_images, serving, too_many_images
 from server.metrics import UNKNOWN_TASK
 from server.schemas import ClassifyResponse, Prediction, Timing, error_responses
 from server.state import ServerState, ready_state
-from server.tasks import TaskName, check_task_name
+from server.tasks import TaskName
 
 router = APIRouter(tags=["classify"])
 log = logging.getLogger("promptserve.server")
@@ -55,29 +54,13 @@ async def classify(request: Request, response: Response, task: TaskName,
                    top_k: int | None = Query(None, ge=1, le=1000, description="Labels per image (default 5)."),
                    state: ServerState = Depends(ready_state)):
     start = perf_counter()
-    metrics, predictor, deadline_s = state.metrics, state.predictor, state.settings.request_timeout_s
+    metrics = state.metrics
     label, status = UNKNOWN_TASK, 500
     try:
-        check_task_name(task)
-        try:
-            async with asyncio.timeout(deadline_s):
-                with translated(task):
-                    await predictor.acquire(task)  # 404 for a task the store does not have; cold load otherwise
-                label = task
-                try:
-                    blobs, several = await _read_images(request, state)
-                    pixels = await _decode(blobs, state)
-                    try:
-                        results: list[ItemResult] = await predictor.predict(task, pixels,
-                                                                            top_k or state.settings.default_top_k)
-                    except QueueFull as e:
-                        raise ApiError(503, "queue_full", f"the server is at capacity ({e}); retry shortly",
-                                       headers={"Retry-After": "1"}) from None
-                finally:
-                    predictor.release(task)
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"no answer within the server's {deadline_s:g} s request deadline; "
-                                           "retry, or send fewer images", headers={"Retry-After": "1"}) from None
+        async with serving(state, task):
+            label = task
+            blobs, several = await _read_images(request, state)
+            results = await predict_images(state, task, blobs, top_k or state.settings.default_top_k)
         if results[0].replica:
             response.headers[REPLICA_HEADER] = results[0].replica
         total_ms = 1e3 * (perf_counter() - start)
@@ -95,33 +78,12 @@ async def classify(request: Request, response: Response, task: TaskName,
         metrics.requests.labels(label, str(status)).inc()
 
 
-async def _decode(blobs: list[tuple[str, bytes]], state: ServerState) -> list:
-    """Check every image's header against the pixel limits first (nothing decoded when one is over), then
-    decode them in the shared pool, where this request takes its turn with the others."""
-    limits, input_size = state.limits, state.engine.data_config.input_size
-    probes: list[ImageProbe] = [probe_image(data, input_size, limits.max_image_pixels, name) for name, data in blobs]
-    total = sum(p.decode_pixels for p in probes)
-    if total > limits.max_request_pixels:
-        raise ApiError(413, "too_many_pixels", f"the images of this request decode to {total} pixels, over the "
-                                               f"limit of {limits.max_request_pixels} per request: send fewer "
-                                               "or smaller images")
-    owner, dcfg = object(), state.engine.data_config  # one owner per request: the pool is fair across them
-    return list(await asyncio.gather(*[state.decoder.run(owner, p.decode_pixels, decode_probed, p, dcfg)
-                                       for p in probes]))
-
-
 def _answer(task: str, r: ItemResult, total_ms: float) -> ClassifyResponse:
     return ClassifyResponse(
         task=task, version=r.version,
         predictions=[Prediction(label=lab, index=i, score=s) for lab, i, s in r.predictions],
         timing_ms=Timing(queue=round(1e3 * r.queue_s, 3), compute=round(1e3 * r.compute_s, 3),
                          total=round(total_ms, 3)))
-
-
-def _too_many_images(count: str, s) -> ApiError:
-    return ApiError(413, "too_many_images", f"{count} images in one request; the limit is "
-                                            f"{s.max_images_per_request}: send them in several requests "
-                                            "(promptserve classify and promptserve.Client do)")
 
 
 async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple[str, bytes]], bool]:
@@ -134,7 +96,7 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
                                       max_part_size=64 * 1024)
         except HTTPException as e:  # Starlette's multipart parser stops at max_files with a generic 400
             if e.status_code == 400 and str(e.detail).startswith("Too many files"):
-                raise _too_many_images("more than " + str(s.max_images_per_request + 1), s) from None
+                raise too_many_images("more than " + str(s.max_images_per_request + 1), state) from None
             raise
         try:
             several = "files" in form
@@ -147,7 +109,7 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
                 raise ApiError(422, "no_image", "the multipart body needs a `file` part (one image) or `files` "
                                                 "parts (several)")
             if len(parts) > s.max_images_per_request:
-                raise _too_many_images(str(len(parts)), s)
+                raise too_many_images(str(len(parts)), state)
             blobs = []
             for name, part in parts:
                 if not isinstance(part, UploadFile):
@@ -155,7 +117,7 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
                 data = await part.read(s.max_image_bytes + 1)
                 label = f"{name} ({part.filename})" if part.filename else name
                 if len(data) > s.max_image_bytes:
-                    raise ApiError(413, "image_too_large", f"{label} is over the {s.max_image_bytes}-byte image limit")
+                    raise image_too_large(label, state)
                 blobs.append((label, data))
             return blobs, several
         finally:
@@ -163,7 +125,7 @@ async def _read_images(request: Request, state: ServerState) -> tuple[list[tuple
     if ctype in SUPPORTED_CONTENT_TYPES:
         data = await request.body()
         if len(data) > s.max_image_bytes:
-            raise ApiError(413, "image_too_large", f"the image is over the {s.max_image_bytes}-byte image limit")
+            raise image_too_large("the image", state)
         return [("image", data)], False
     raise ApiError(415, "unsupported_media_type",
                    f"Content-Type {ctype or '(none)'!r} is not accepted: send the image as the raw body with "

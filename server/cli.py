@@ -156,6 +156,9 @@ def _serve_on_ray(settings, ray: bool, replicas: int | None, address: str | None
 
     if not ray:
         fail("--replicas and --ray-address need --ray")
+    if settings.grpc_port is not None:
+        fail("--grpc-port is not served with --ray yet (its ingress replicas would share one port): use the Open "
+             "Inference Protocol over HTTP (/v2), or serve gRPC without --ray")
     try:
         from server.ray_app import run
         from server.ray_settings import RaySettings

@@ -29,11 +29,27 @@ class ApiError(HTTPException):
         self.error = error
 
 
+OIP_PREFIX = "/v2"  # the Open Inference Protocol's paths (server/oip_http.py)
+
+
+def error_content(path: str, code: str, detail: str) -> dict[str, str]:
+    """Every error body: `{error: code, detail}`, except on the Open Inference Protocol's paths, where the
+    protocol's `{error: message}` is what clients show (tritonclient's exception message), the code beside."""
+    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+        return {"error": detail, "code": code}
+    return {"error": code, "detail": detail}
+
+
+def error_response(scope: Scope, status: int, code: str, detail: str,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error_content(scope.get("path", ""), code, detail), status_code=status, headers=headers)
+
+
 async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     error = getattr(exc, "error", None) or f"http_{exc.status_code}"
     detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-    return JSONResponse({"error": error, "detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    return error_response(request.scope, exc.status_code, error, detail, exc.headers)
 
 
 def prompt_set_error(exc: PromptSetError, what: str = "prompt set") -> ApiError:
@@ -94,8 +110,7 @@ class BodyLimitMiddleware:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             if self.on_refused is not None:
                 self.on_refused(scope)
-            await JSONResponse({"error": "too_large", "detail": _too_large(int(declared), limit)},
-                               status_code=413)(scope, receive, send)
+            await error_response(scope, 413, "too_large", _too_large(int(declared), limit))(scope, receive, send)
             return
         seen = 0
         loop = asyncio.get_running_loop()

@@ -33,6 +33,9 @@ DEMO_BACKBONE = str(_DEMO_ASSETS / DEMO_BACKBONE_FILE)
 DEMO_TASKS_DIR = str(_DEMO_ASSETS / "tasks")
 
 
+GRPC_EXTRA_MISSING = "serving gRPC needs grpcio and tritonclient's protocol stubs: pip install 'promptserve[grpc]'"
+
+
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PROMPTSERVE_", extra="ignore")
 
@@ -70,6 +73,8 @@ class ServerSettings(BaseSettings):
     # ---- network -------------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    grpc_port: int | None = Field(None, ge=0, le=65535, description=(
+        "Also serve the Open Inference Protocol over gRPC on this port (the [grpc] extra); unset: HTTP only."))
 
     # ---- batching ------------------------------------------------------------------------------------
     max_batch: int = Field(32, ge=1, le=4096, description="A batch closes when it holds this many images ...")
@@ -141,6 +146,14 @@ class ServerSettings(BaseSettings):
 
         if value.startswith(REDIS_SCHEMES) and importlib.util.find_spec("redis") is None:
             raise ValueError(REDIS_EXTRA_MISSING)
+        return value
+
+    @field_validator("grpc_port")
+    @classmethod
+    def _grpc_needs_its_extra(cls, value: int | None) -> int | None:
+        if value is not None and (importlib.util.find_spec("grpc") is None
+                                  or importlib.util.find_spec("tritonclient") is None):
+            raise ValueError(GRPC_EXTRA_MISSING)
         return value
 
     @field_validator("admin_token", "api_token", mode="before")

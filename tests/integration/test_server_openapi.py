@@ -17,7 +17,10 @@ from server.app import create_app
 from server.settings import ServerSettings
 
 EXAMPLES_PER_OPERATION = 25
-BINARY_BODIES = ("/tasks/{task}", "/classify/{task}")
+# bodies whose schema cannot say what is acceptable: any bytes (a prompt set, an image), or an inference request
+# whose tensors must also agree with each other (shape and element count, base64 images)
+BINARY_BODIES = ("/tasks/{task}", "/classify/{task}", "/v2/models/{task}/infer",
+                 "/v2/models/{task}/versions/{version}/infer")
 
 _app = create_app(ServerSettings(backbone="random-tiny", store=tempfile.mkdtemp(prefix="promptserve-openapi-"),
                                  admin_token=ADMIN, max_wait_ms=1, request_timeout_s=10),

@@ -76,6 +76,10 @@ def promptserve(*args: str) -> subprocess.CompletedProcess:
      "does not exist"),
     (["push", "/no/such/file.safetensors", "--task", "t"], 2, "does not exist"),
     (["info", "--task", "README.md"], 2, "error: cannot read README.md as a safetensors artifact"),
+    (["serve", "--ray", "--grpc-port", "9001"], 2, "error: --grpc-port is not served with --ray yet"),
+    (["distill", "--data", "x", "--teacher", "/no/such.tflite", "--out", "/tmp/s.safetensors", "--amp", "fast"],
+     2, "error: --amp 'fast': use one of auto, bf16, off"),
+    (["probe", "--backbone", "random-tiny", "--data", "/no/such/folder"], 2, "does not exist"),
 ])
 def test_user_mistakes_are_one_line(args, code, says):
     result = promptserve(*args)
