@@ -6,6 +6,7 @@ specific version, an unknown task, a bad image, and auth by the same tokens."""
 from __future__ import annotations
 
 import base64
+import os
 import tarfile
 from pathlib import Path
 
@@ -195,3 +196,19 @@ def test_the_docs_example_runs_as_written(demo, tmp_path):
     assert run.returncode == 0, run.stderr
     label, ranked, version = run.stdout.strip().splitlines()[0], run.stdout, run.stdout.strip().splitlines()[-1]
     assert label.startswith("[b'") and ranked.count(":") >= 6 and re.fullmatch(r"[0-9a-f]{64}", version)
+
+
+PERF_ANALYZER = REPO / ".cache" / "perf-analyzer" / "perf_analyzer" / "bin" / "perf_analyzer"
+
+
+@pytest.mark.skipif(not (PERF_ANALYZER.exists() or os.environ.get("PERF_ANALYZER")),
+                    reason="perf_analyzer is not installed: `python benchmarks/perf_analyzer.py` installs it into "
+                           ".cache/perf-analyzer/ (a 7 MB wheel, and Debian 13's C runtime where glibc < 2.38)")
+def test_perf_analyzer_drives_both_protocols_without_errors(demo, tmp_path):
+    from benchmarks.perf_analyzer import input_data, perf_analyzer_command, request_image, run
+
+    data = tmp_path / "input.json"
+    input_data(data, request_image())
+    for protocol, url in (("http", demo.url.removeprefix("http://")), ("grpc", demo.grpc_url)):
+        (row,) = run(perf_analyzer_command(), protocol, url, data, [2], 1000, 50, tmp_path)
+        assert row["errors"] == 0 and row["throughput"] > 0
