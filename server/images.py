@@ -1,6 +1,6 @@
-"""Image intake: sniff the format and size from the header alone, refuse what is over the pixel limits
-before any pixel is decoded, then decode (at reduced size where the format allows) and resize with
-promptserve's own pipeline (`promptserve.preprocess`), the one the trainer uses.
+"""Image intake: sniff the format and size from the header alone, refuse what would decode to more pixels than
+the limits allow before any pixel is decoded, then decode with promptserve's own pipeline
+(`promptserve.preprocess.image_to_uint8`, a JPEG at reduced scale), the one the trainer and eval use.
 
 Decoding runs in a thread pool shared fairly by the requests in flight (`FairDecoder`), never on the event loop.
 """
@@ -17,15 +17,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from promptserve.backbone import DataConfig
-from promptserve.preprocess import image_to_uint8
+from promptserve.preprocess import image_to_uint8, jpeg_draft_scale
 from server.errors import ApiError
 
 SUPPORTED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp"}
 SUPPORTED_CONTENT_TYPES = frozenset(SUPPORTED_FORMATS.values()) | {"image/jpg", "image/x-ms-bmp"}
 _FORMATS_TEXT = "JPEG, PNG, WebP or BMP"
-# Reduced decoding keeps at least this many times the input side, so the final resize still antialiases
-# from a larger image (what the trainer's pipeline sees for images of ordinary size).
-DECODE_SIDE_MARGIN = 2
 
 
 @dataclass(frozen=True)
@@ -40,17 +37,19 @@ class ImageProbe:
 
 
 def probe_image(data: bytes, input_size: int, max_pixels: int, name: str = "image") -> ImageProbe:
-    """Read the header only. Raises ApiError 415 (not a supported image) or 422 (empty, unreadable, or over
-    `max_pixels`, a decompression-bomb guard that costs no decoding)."""
+    """Read the header only. Raises ApiError 415 (not a supported image) or 422 (empty, unreadable, or decoding
+    to more than `max_pixels`: a decompression-bomb guard that costs no decoding). A JPEG decodes at reduced
+    scale, so the limit bounds what is decoded, not the camera's resolution: a 12 MP photo decodes to 0.19 MP."""
     if not data:
         raise ApiError(422, "empty_image", f"{name} is empty")
     with _open(data, name) as image:
         width, height = image.size
-        if width * height > max_pixels:
-            raise ApiError(422, "decompression_bomb", f"{name} is {width}x{height} = {width * height} pixels, over the "
-                           f"limit of {max_pixels}; send it at most {int(max_pixels ** 0.5)} pixels on a side")
-        scale = _draft_scale(image, input_size) if image.format == "JPEG" else 1
+        scale = jpeg_draft_scale(width, height, input_size) if image.format == "JPEG" else 1
     decode_pixels = -(-width // scale) * -(-height // scale)
+    if decode_pixels > max_pixels:
+        side = int((max_pixels * scale * scale) ** 0.5)
+        raise ApiError(422, "decompression_bomb", f"{name} is {width}x{height} and decodes to {decode_pixels} pixels, "
+                       f"over the limit of {max_pixels}; shrink it to at most {side} pixels on a side")
     return ImageProbe(name, data, width, height, decode_pixels)
 
 
@@ -60,20 +59,13 @@ def decode_image(data: bytes, data_config: DataConfig, max_pixels: int, name: st
 
 
 def decode_probed(probe: ImageProbe, data_config: DataConfig) -> np.ndarray:
-    size, name = data_config.input_size, probe.name
+    """The trainer's decode (promptserve.preprocess.image_to_uint8) of a probed image: no train/serve skew."""
     try:
-        image = _open(probe.data, name)
-        if image.format == "JPEG":  # the JPEG decoder scales by 1/2, 1/4 or 1/8 while decoding: far less work
-            image.draft("RGB", (DECODE_SIDE_MARGIN * size, DECODE_SIDE_MARGIN * size))
-        image.load()
-        factor = min(image.size) // (DECODE_SIDE_MARGIN * size)
-        if factor >= 2:  # other formats decode whole; a box reduce makes the resize after it cheap
-            image = image.reduce(factor)
-        return image_to_uint8(image, size, data_config.interpolation)
+        return image_to_uint8(_open(probe.data, probe.name), data_config.input_size, data_config.interpolation)
     except Image.DecompressionBombError as e:
-        raise ApiError(422, "decompression_bomb", f"{name}: {e}") from None
+        raise ApiError(422, "decompression_bomb", f"{probe.name}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ApiError(422, "undecodable_image", f"{name} cannot be decoded: {e}") from None
+        raise ApiError(422, "undecodable_image", f"{probe.name} cannot be decoded: {e}") from None
 
 
 def _open(data: bytes, name: str) -> Image.Image:
@@ -85,15 +77,6 @@ def _open(data: bytes, name: str) -> Image.Image:
         raise ApiError(422, "decompression_bomb", f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ApiError(422, "undecodable_image", f"{name} cannot be read: {e}") from None
-
-
-def _draft_scale(image: Image.Image, input_size: int) -> int:
-    """The JPEG scale denominator draft() will pick (the largest of 8, 4, 2 that keeps the margin)."""
-    target = DECODE_SIDE_MARGIN * input_size
-    for scale in (8, 4, 2):
-        if image.size[0] // scale >= target and image.size[1] // scale >= target:
-            return scale
-    return 1
 
 
 class FairDecoder:

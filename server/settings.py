@@ -93,8 +93,8 @@ class ServerSettings(BaseSettings):
     max_upload_mib: float = Field(64.0, gt=0, description="Largest prompt-set upload (413 beyond).")
     max_image_mib: float = Field(10.0, gt=0, description="Largest encoded image (413 beyond).")
     max_image_pixels: int | None = Field(None, ge=1, description=(
-        "Largest width*height of one image (422 from the header alone). Unset: 32x the backbone's input side "
-        "squared, kept within 2048^2..6000x4000."))
+        "Most pixels one image may decode to (422 from the header alone; a JPEG decodes at 1/2..1/8 scale, so a "
+        "12 MP photo counts 0.19 MP). Unset: 32x the backbone's input side squared, kept within 2048^2..6000x4000."))
     max_request_pixels: int | None = Field(None, ge=1, description=(
         "Pixels all images of one request may decode (413 beyond). Unset: 8 x max_image_pixels."))
     max_pixels_in_flight: int | None = Field(None, ge=1, description=(

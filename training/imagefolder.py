@@ -97,7 +97,7 @@ def list_splits(source: str | Path, members: list[Member] | None = None) -> list
 
 
 def cache_key(entries: list[tuple[str, Member]], size: int, interpolation: str, classes: list[str]) -> str:
-    h = hashlib.sha256(f"imagefolder/2|{size}|{interpolation}|{classes}".encode())
+    h = hashlib.sha256(f"imagefolder/3|{size}|{interpolation}|{classes}".encode())  # 3: reduced JPEG decode
     for c, m in entries:
         h.update(f"\n{c}|{m.name}|{m.size}|{m.mtime}".encode())
     return h.hexdigest()[:24]
