@@ -197,6 +197,11 @@ class PromptStore(ABC):
     def history(self, task: str) -> builtins.list[TaskRecord]:
         """Every version ever put under the task, oldest first, each once (a re-put moves only the pointer)."""
 
+    def collect_garbage(self) -> builtins.list[str]:
+        """Remove what no task references (blobs a writer killed mid-upload left behind); the versions removed.
+        Stores whose writes are atomic as a whole have nothing to collect."""
+        return []
+
     @abstractmethod
     def rollback(self, task: str, version: str) -> TaskRecord:
         """Point the task at a version from its history (a full sha256 or a unique prefix)."""

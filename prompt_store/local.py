@@ -130,7 +130,7 @@ class LocalStore(PromptStore):
         return record
 
     def rollback(self, task: str, version: str) -> TaskRecord:
-        with self._writing():
+        with self._writing(), self._undo_on_failure():  # a full disk: StoreFull (507), the pointer unchanged
             state = self._read_task(task)
             version = match_version(task, version, [h["version"] for h in state["history"]])
             created = next(h["created"] for h in state["history"] if h["version"] == version)
@@ -147,6 +147,10 @@ class LocalStore(PromptStore):
             path.unlink()  # the task is gone from here on; the sweep below only frees space
             fsync_dir(self.tasks)
             self._sweep_unreferenced_blobs()
+
+    def collect_garbage(self) -> list[str]:
+        with self._writing():
+            return self._sweep_unreferenced_blobs()
 
     def _sweep_unreferenced_blobs(self) -> list[str]:
         """Remove blobs no task's history names: the deleted task's, and any a crashed put left behind.

@@ -156,13 +156,24 @@ async def _validation_error(request, exc: RequestValidationError) -> JSONRespons
 
 async def _method_not_allowed(request, exc: HTTPException) -> JSONResponse:
     """405 with `Allow` naming every method of the path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    allow = ", ".join(sorted(methods - {"HEAD"}))
+    # the path as the client sent it: inside a mount (the static files) the scope's path is the mount's remainder
+    scope = {"type": "http", "path": request.url.path, "root_path": "", "method": request.method}
+    allow = ", ".join(sorted(_allowed_methods(request.app.router.routes, scope) - {"HEAD"}))
     return error_response(request.scope, 405, "method_not_allowed",
                           f"{request.method} is not allowed here; use {allow}", {"Allow": allow})
+
+
+def _allowed_methods(routes, scope) -> set[str]:
+    """The methods of every route whose path matches, looking into included routers (FastAPI keeps them as
+    one wrapper entry each) and taking a static mount as GET."""
+    methods: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            methods |= _allowed_methods(inner.routes, scope)
+        elif route.matches(scope)[0] is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or {"GET", "HEAD"})
+    return methods
 
 
 async def _client_disconnected(request, exc: ClientDisconnect) -> Response:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -58,6 +60,30 @@ class ItemResult:
     replica: str | None = None  # the engine replica that answered, when another process did (server/ray_app.py)
 
 
+class KeyedLocks:
+    """An asyncio.Lock per key that exists only while someone holds or waits for it (a dict of locks keyed by
+    request input would grow with every distinct name ever asked for)."""
+
+    def __init__(self):
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if self._users[key] <= 0:
+                del self._users[key], self._locks[key]
+
+
 class Engine:
     def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics,
                  limits: Limits | None = None):
@@ -70,7 +96,7 @@ class Engine:
         self.data_config = backbone.data_config
         self.resident = ResidentSet(settings.resident_max_tasks, settings.resident_max_bytes, settings.pinned_tasks)
         self._labels: OrderedDict[str, list[str]] = OrderedDict()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks = KeyedLocks()  # one per task, only while held or awaited: unknown names leave nothing behind
         self._drop_when_idle: set[str] = set()  # deleted while requests for it were still queued
         self._sync_scheduled: set[str] = set()
         self._background: set[asyncio.Task] = set()
@@ -117,7 +143,7 @@ class Engine:
 
     # ---- loading and swapping ------------------------------------------------------------------------
     async def _cold_load(self, task: str) -> None:
-        async with self._locks[task]:
+        async with self._locks.hold(task):
             if task in self.resident and task not in self._drop_when_idle:
                 return  # another request loaded it while this one waited for the lock
             start = perf_counter()
@@ -138,7 +164,7 @@ class Engine:
         replicas convergent when uploads race: whichever sync runs last installs the latest pointer."""
         from prompt_store import TaskNotFound
 
-        async with self._locks[task]:
+        async with self._locks.hold(task):
             try:
                 record = await asyncio.to_thread(self.store.resolve, task)
             except TaskNotFound:
@@ -158,7 +184,7 @@ class Engine:
             return record
 
     async def drop(self, task: str) -> None:
-        async with self._locks[task]:
+        async with self._locks.hold(task):
             self._drop(task)
 
     async def _install(self, task: str, version: str, ps: PromptSet) -> None:

@@ -53,8 +53,14 @@ async def api_error_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 def prompt_set_error(exc: PromptSetError, what: str = "prompt set") -> ApiError:
-    """422 naming the problem, or 409 for a fingerprint mismatch (PromptSetError carries both)."""
-    return ApiError(exc.http_status, exc.reason, f"invalid {what}: {exc}")
+    """422 naming the problem, or 409 for a fingerprint mismatch (PromptSetError carries both). Paths in the
+    message (a backbone file a prompt set was trained on) are cut to file names: no directory leaves the server."""
+    return ApiError(exc.http_status, exc.reason, f"invalid {what}: {file_names_only(str(exc))}")
+
+
+def file_names_only(text: str) -> str:
+    """`/srv/models/vit.safetensors` -> `vit.safetensors`, wherever a path appears in a message."""
+    return re.sub(r"(?:[\w.~-]*/)+([\w.-]+)", r"\1", text)
 
 
 def store_error(exc: Exception, task: str) -> ApiError:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 
-from server.errors import ApiError
+from server.errors import ApiError, file_names_only
 from server.metrics import Metrics
 from server.settings import ServerSettings
 
@@ -96,6 +95,10 @@ class ServerState:
                 options.update(socket_timeout_s=s.redis_timeout_s, connect_timeout_s=s.redis_timeout_s,
                                retry_s=s.redis_retry_s)
             self.store = await asyncio.to_thread(open_store, s.store, **options)
+        removed = await asyncio.to_thread(self.store.collect_garbage)  # a writer killed mid-upload left these
+        if removed:
+            log.info("removed %d unreferenced prompt-set blob(s) from the registry: %s", len(removed),
+                     ", ".join(v[:12] for v in removed))
         if s.seed_demo:
             from server.demo import seed_registry
 
@@ -149,7 +152,7 @@ def _public_reason(error: Exception) -> str:
     from promptserve.backbone import BackboneError
 
     if isinstance(error, BackboneError):
-        return re.sub(r"(?:[\w.~-]*/)+([\w.-]+)", r"\1", str(error))
+        return file_names_only(str(error))
     return "start-up failed; the server log says why"
 
 

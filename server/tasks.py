@@ -11,6 +11,7 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
+from pydantic import ValidationError
 
 from promptserve import naming
 from server.auth import require_admin
@@ -103,11 +104,14 @@ async def get_task(task: TaskName, state: ServerState = Depends(ready_state)) ->
     summary="Point the task back at an earlier version and serve it",
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 409, 422, 503, 507),
+    openapi_extra={"requestBody": {"required": True, "content": {
+        "application/json": {"schema": RollbackRequest.model_json_schema()}}}},
 )
-async def rollback(task: TaskName, body: RollbackRequest, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
+async def rollback(task: TaskName, request: Request, state: ServerState = Depends(ready_state)) -> TaskRecordModel:
     engine = state.engine
     try:
         check_task_name(task)
+        body = await _rollback_body(request)  # read after the admin check: no body is parsed for a stranger
         with translated(task):
             # the old version validated on the backbone that stored it, maybe not on this one: check again
             data = await asyncio.to_thread(state.store.get, task, body.version)
@@ -118,6 +122,15 @@ async def rollback(task: TaskName, body: RollbackRequest, state: ServerState = D
         state.metrics.refusals.labels(e.error).inc()
         raise
     return record_model(record)
+
+
+async def _rollback_body(request: Request) -> RollbackRequest:
+    try:
+        return RollbackRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        where = "; ".join(f"body.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}".replace("body.:", "body:")
+                          for err in e.errors()[:3])
+        raise ApiError(422, "invalid_request", f"{where} (send {{\"version\": \"<sha256 or a prefix>\"}})") from None
 
 
 @router.delete(

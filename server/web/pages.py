@@ -25,12 +25,24 @@ router = APIRouter(tags=["web"], include_in_schema=False)
 router.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="web-static")
 
 
+# The pages handle the admin token: nothing but their own scripts, styles and images runs or loads in them, no
+# other site may frame them (clickjacking), and no response is sniffed into another type.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+                               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                               "frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def _page(request: Request, template: str, state: ServerState, **context) -> HTMLResponse:
     return templates.TemplateResponse(request, template, {
         "version": promptserve.__version__,
         "api_token_required": state.api_token is not None,
         **context,
-    })
+    }, headers=PAGE_HEADERS)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -47,7 +59,8 @@ async def try_page(request: Request, state: ServerState = Depends(get_state)) ->
 @router.get("/ui/fragments/tasks", response_class=HTMLResponse)
 async def task_list_fragment(request: Request, state: ServerState = Depends(ready_state)) -> HTMLResponse:
     """The Try page's task choices as HTML, behind the API token like every data endpoint."""
-    return templates.TemplateResponse(request, "task_list.html", {"tasks": (await list_tasks(state)).tasks})
+    return templates.TemplateResponse(request, "task_list.html", {"tasks": (await list_tasks(state)).tasks},
+                                      headers=PAGE_HEADERS)
 
 
 @router.get("/ui/tasks", response_class=HTMLResponse)
