@@ -15,6 +15,7 @@ the backbone from the artifact alone.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -181,6 +182,14 @@ class Backbone:
             h.update(f"{key}|{tuple(t.shape)}".encode())
             h.update(t.numpy().tobytes())
         return h.hexdigest()
+
+    def clone(self) -> Backbone:
+        """A copy with its own weights, for another dtype (casts are in place); it keeps the fingerprint of
+        the weights as trained, which prompt sets are pinned to."""
+        self.fingerprint  # noqa: B018 (cached property, copied along)
+        twin = copy.copy(self)
+        twin.model = copy.deepcopy(self.model)
+        return twin
 
     def own_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone's own classifier (C, D), (C,), e.g. to check prompted == plain timm logits."""

@@ -86,10 +86,11 @@ class KeyedLocks:
 
 class Engine:
     def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, dtype: str | None = None):
+        """dtype: the precision to run (default settings.dtype; `auto` is decided by the caller first)."""
         self.backbone, self.store, self.metrics, self.limits = backbone, store, metrics, limits
         self.device = resolve_device(settings.device)
-        self.dtype = resolve_dtype(settings.dtype, self.device)
+        self.dtype = resolve_dtype(dtype or settings.dtype, self.device)
         # hash the weights as trained before a bf16/fp16 cast rounds them: prompt sets name that fingerprint
         backbone.fingerprint  # noqa: B018 (cached property)
         self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)

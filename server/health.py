@@ -29,7 +29,9 @@ async def readyz(state: ServerState = Depends(get_state)):
     engine = state.engine
     return Readiness(status="ready", backbone=state.backbone.name, fingerprint=state.backbone.fingerprint,
                      device=str(engine.device), resident_tasks=len(engine.resident),
-                     max_images_per_request=state.settings.max_images_per_request)
+                     max_images_per_request=state.settings.max_images_per_request,
+                     dtype=str(engine.dtype).removeprefix("torch."), backend="torch",
+                     precision=state.precision.as_dict() if state.precision is not None else None)
 
 
 @router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse,

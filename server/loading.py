@@ -45,6 +45,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        raise ValueError("dtype auto is decided at start-up (server.precision) before the engine is built")
     out = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     if device.type == "cpu" and out == torch.float16:
         # fp16 matmuls on CPU are slow or unsupported depending on the build; bf16 is the CPU half type

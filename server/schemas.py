@@ -88,6 +88,11 @@ class Readiness(BaseModel):
     resident_tasks: int = 0
     max_images_per_request: int | None = Field(None, description=(
         "Images one classify request may carry; clients split longer lists into requests of this size."))
+    dtype: str | None = Field(None, description="The precision the engine runs (dtype auto's choice, or the setting).")
+    backend: str | None = Field(None, description="What runs the forward: torch.")
+    precision: dict[str, Any] | None = Field(None, description=(
+        "dtype auto's measurements: each candidate's speed-up over float32, top-1 agreement with float32 on the "
+        "probe images, whether it was kept and why. Absent when a dtype was set."))
     detail: str | None = None
 
 

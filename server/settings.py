@@ -53,10 +53,14 @@ class ServerSettings(BaseSettings):
     backbone_kwargs: dict = Field(default_factory=dict, description=(
         "timm.create_model kwargs for a timm model name (JSON in the env; flag --timm-kwargs)."))
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description=(
-        "The engine's weights and activations. float32 by measurement (benchmarks/serving_precision.py, "
-        "docs/performance.md): on a CPU without AVX-512 BF16, bfloat16 ran at 0.13x and torch.compile / "
-        "channels-last at 0.99-1.01x of float32. float16 or bfloat16 on a GPU."))
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description=(
+        "The engine's weights and activations. auto: at start, time the precisions this device runs natively "
+        "(bfloat16 on a CPU with AMX or AVX512-BF16 or a GPU of compute capability 8.0+, float16 on a GPU) "
+        "against float32 on the registry's tasks and keep the fastest that is >= 1.05x faster and agrees with "
+        "float32 on >= 99% of the probe images; otherwise float32 (docs/serving.md)."))
+    probe_dir: str | None = Field(None, description=(
+        "Images (a folder, searched recursively, at most 256) that dtype auto checks half precision against "
+        "float32 on. Unset: the demo tasks' example images when present, else float32 is kept."))
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the engine; 0 keeps torch's default.")
 
     # ---- the registry --------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ class ServerState:
         self.ready = False
         self.error: str | None = None
         self.limits: Limits | None = None  # resolved once the backbone is known
+        self.precision = None  # dtype auto's choice (server/precision.py), None when a dtype was set
         self.decoder: FairDecoder | None = None
         self._unsubscribe = None
         if settings.admin_token is not None:
@@ -104,7 +105,11 @@ class ServerState:
 
             labels = backbone_labels(self.backbone)
             await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
-        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics, self.limits)
+        dtype = s.dtype
+        if dtype == "auto":
+            self.precision = await asyncio.to_thread(self._choose_dtype)
+            dtype = self.precision.dtype
+        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics, self.limits, dtype=dtype)
         self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)
         if self._predictor_factory is not None:
             self.predictor = self._predictor_factory(self)
@@ -124,7 +129,38 @@ class ServerState:
                 await engine.sync(task)
         self.batcher.start()
         self.ready = True
-        log.info("ready: %d tasks resident on %s (%s)", len(engine.resident), engine.device, s.dtype)
+        log.info("ready: %d tasks resident on %s (%s)", len(engine.resident), engine.device,
+                 str(engine.dtype).removeprefix("torch."))
+
+    def _choose_dtype(self):
+        """dtype auto on up to 8 of the registry's tasks for this backbone (the backbone's own head when it has
+        none) and the probe images (server/precision.py)."""
+        from promptserve.promptset import PromptSet, PromptSetError
+        from server.loading import backbone_labels, resolve_device
+        from server.precision import decide_dtype, probe_images
+        from server.web.examples import examples_dir
+
+        backbone, s = self.backbone, self.settings
+        backbone.fingerprint  # noqa: B018 (cached): hashed from the weights as trained, before any cast
+        tasks = {}
+        for record in self.store.list():
+            if len(tasks) == 8:
+                break
+            if record.backbone_fingerprint == backbone.fingerprint:
+                try:
+                    ps = PromptSet.load(self.store.get(record.task))
+                    ps.validate(backbone)
+                except PromptSetError:
+                    continue
+                tasks[record.task] = ps
+        if not tasks:
+            from server.demo import demo_prompt_set
+
+            tasks["backbone-head"] = demo_prompt_set(backbone, backbone_labels(backbone), 0, 0)
+        folder = s.probe_dir or examples_dir(s.demo_tasks_dir)
+        dc = backbone.data_config
+        return decide_dtype(backbone, resolve_device(s.device), tasks, probe_images(folder, dc.input_size,
+                                                                                    dc.interpolation))
 
     async def stop(self) -> None:
         self.ready = False

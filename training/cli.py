@@ -174,6 +174,8 @@ def evaluate(
     task: Path = typer.Option(..., help="a prompt set, or a `full` model artifact"),
     split: str = typer.Option("test", help="the split to score: test, val or train"),
     batch_size: int = typer.Option(256),
+    dtype: str = typer.Option("float32", help="run in this precision, as `serve --dtype` does: float32, bfloat16 "
+                              "(or float16 on a GPU); reports the top-1 agreement with float32 too"),
     backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
     random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
 ) -> float:
@@ -183,8 +185,12 @@ def evaluate(
 
     from training.data import load_splits
     from training.imagefolder import DatasetError
-    from training.loop import accuracy_module, accuracy_prompt_set
+    from training.loop import accuracy_module
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
+    if dtype == "float16":
+        fail("--dtype float16 runs on a GPU only (the CPU's half type is bfloat16), as `serve` refuses it too")
     meta = artifact_metadata(task)
     full = meta.get("method") == "full" and "timm_name" in meta
     if full and (backbone or pretrained or weights or random_init):
@@ -204,17 +210,29 @@ def evaluate(
     if unknown:
         fail(f"classes {unknown} of {data} are not among the artifact's labels")
     y = np.asarray([index[arr.classes[i]] for i in arr.labels], dtype=np.int64)
+    agreement = None
     if full:
+        if dtype != "float32":
+            fail("--dtype applies to prompt sets (what the server runs); a `full` model is scored in float32")
         acc = accuracy_module(bb.model, dc, arr.images, y, batch_size)
     else:
-        from promptserve.promptset import PromptSet
+        import torch
 
-        acc = accuracy_prompt_set(bb, PromptSet.load(task), arr.images, y, batch_size)
+        from promptserve.promptset import PromptSet
+        from training.loop import predict_prompt_set
+
+        ps = PromptSet.load(task)
+        reference = predict_prompt_set(bb, ps, arr.images, batch_size)
+        pred = reference if dtype == "float32" else predict_prompt_set(bb, ps, arr.images, batch_size,
+                                                                       dtype=getattr(torch, dtype))
+        acc, agreement = float((pred == y).mean()), float((pred == reference).mean())
     stored = json.loads(meta.get("metrics", "{}")).get(f"{split}_acc")
     line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"
+    if dtype != "float32":
+        line += f" in {dtype} (top-1 agreement with float32: {agreement:.4f})"
     _log(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""))
-    _log(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc,
-                      "stored_accuracy": stored}))
+    _log(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc, "dtype": dtype,
+                     "agreement_with_float32": agreement, "stored_accuracy": stored}))
     return acc
 
 

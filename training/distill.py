@@ -29,6 +29,7 @@ from torch import nn
 
 from promptserve.backbone import DataConfig
 from promptserve.files import atomic_target
+from promptserve.hardware import cpu_has_native_bf16
 from promptserve.preprocess import normalise
 from training.imagefolder import cache_dir, load_split
 from training.loop import accuracy_module, lr_at, train_epoch
@@ -89,15 +90,6 @@ class DistillConfig:
         return ViewRecipe(seed=self.seed, min_scale=self.min_scale, mix=self.mix)
 
 
-def native_bf16() -> bool:
-    """bf16 matmuls run natively: AMX or AVX512-BF16 on this CPU (elsewhere bf16 ran at 0.07-0.13x float32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
 class Student(nn.Module):
     """x (B, 3, S, S) -> (logits (B, C), projected feature (B, D_teacher))."""
 
@@ -136,7 +128,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     ckpt_path = out.with_suffix(".ckpt.pt")
     if ckpt_path.exists() and not cfg.resume:
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or delete it to start over")
-    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and native_bf16())
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_native_bf16())
 
     if cfg.init:
         from promptserve.backbone import Backbone

@@ -196,10 +196,12 @@ class ModuleForward:
 
 # ---- evaluation ---------------------------------------------------------------------------------------
 def predict_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, batch_size: int = 256,
-                       device: str = "cpu", progress: bool = False) -> np.ndarray:
+                       device: str = "cpu", progress: bool = False, dtype: torch.dtype | None = None) -> np.ndarray:
     """Predicted class per image exactly as the server computes it: validate + add_task into a
-    PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`."""
-    model = PromptedViT(backbone)
+    PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`. dtype: run in that
+    precision, as a server with that dtype does (on a copy of the weights)."""
+    half = dtype not in (None, torch.float32)
+    model = PromptedViT(backbone.clone() if half else backbone, dtype=dtype if half else None)
     model.add_task("eval", ps)
     preds = []
     for i in bar(range(0, len(images), batch_size), desc="evaluate", enabled=progress):
