@@ -11,7 +11,8 @@ Keys (all under `prefix`, so several deployments can share one Redis):
 
 Every change is one Lua script, so Redis applies it whole or not at all (blob, pointer move, history
 append and PUBLISH together) and a client that dies mid-put leaves nothing behind. The scripts are
-idempotent, which is what makes retrying after a lost connection safe. Standalone Redis (not Cluster):
+idempotent, which is what makes retrying after a lost connection safe, and carry a deadline on Redis's clock,
+so a write the client already reported as failed cannot land later (`_write`). Standalone Redis (not Cluster):
 the keys of one change live in different hash slots. Run it with maxmemory-policy noeviction (the
 default) and persistence on (appendonly yes): an evicted or lost blob is a registry that lies.
 """
@@ -57,7 +58,15 @@ CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError)  # BusyLoadingEr
 _RECORD = """'{"task":"' .. task .. '","version":"' .. version .. '","created":"' .. created ..
     '","change":"' .. change .. '",' .. string.sub(redis.call('GET', meta_key), 2)"""
 
-PUT_LUA = f"""
+# Every write carries a deadline (microseconds of Redis's own clock, last ARGV): a script that reaches Redis after
+# it (a paused or overloaded server answered the client's timeout first) changes nothing. The client answers a
+# failure only once the deadline has passed, so a write is either applied and acknowledged, or neither.
+_DEADLINE = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000000 + tonumber(now[2]) > tonumber(ARGV[#ARGV]) then return 'expired' end
+"""
+
+PUT_LUA = _DEADLINE + f"""
 local task, version, change, meta_key = ARGV[5], ARGV[3], 'put', KEYS[2]
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 redis.call('SET', KEYS[2], ARGV[2], 'NX')
@@ -74,7 +83,7 @@ redis.call('PUBLISH', ARGV[6], '{{"task":"' .. task .. '","version":"' .. versio
 return created
 """
 
-ROLLBACK_LUA = f"""
+ROLLBACK_LUA = _DEADLINE + f"""
 local task, version, change, meta_key = ARGV[1], ARGV[2], 'rollback', KEYS[4]
 if redis.call('HEXISTS', KEYS[2], task) == 0 then return -1 end
 local created = redis.call('HGET', KEYS[1], version)
@@ -87,7 +96,7 @@ return created
 
 # KEYS 5.. are (refs, blob, meta) per version of the history the client read; ARGV[2] is its length,
 # checked so a put that slipped in between cannot leave a version behind.
-DELETE_LUA = """
+DELETE_LUA = _DEADLINE + """
 local task = ARGV[1]
 if redis.call('HEXISTS', KEYS[1], task) == 0 then return 0 end
 if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[2]) then return -1 end
@@ -149,6 +158,36 @@ class RedisStore(PromptStore):
                 raise StoreError(f"Redis at {_safe_url(self.url)} refused {what}: {e}") from None
         raise StoreUnavailable(f"Redis at {_safe_url(self.url)} is unreachable: {what} failed "
                                f"{attempt + 1} times over {time.monotonic() - start:.1f} s ({error})") from None
+
+    def _write(self, what: str, script, keys: list[str], args: list, applied: Callable[[], object]) -> object:
+        """Run a write script with a deadline on Redis's clock (read first: a paused Redis fails here, before
+        anything is sent). A write that could still land is never reported as failed before its deadline, and
+        one reported failed was not applied: when an attempt's answer was lost, `applied()` reads back whether
+        an earlier attempt landed (its result, or None)."""
+        now_s, now_us = self._call(f"{what} (clock)", self._redis.time)
+        sent = time.monotonic()
+        deadline_us = now_s * 1_000_000 + now_us + int(self.retry_s * 1_000_000)
+        try:
+            result = self._call(what, lambda: script(keys=keys, args=[*args, deadline_us]))
+        except StoreUnavailable:
+            time.sleep(max(0.0, sent + self.retry_s + 0.05 - time.monotonic()))  # past the deadline: none can land
+            result = b"expired"
+        if result == b"expired":
+            try:
+                landed = self._call(f"{what} (check)", applied)
+            except StoreUnavailable:
+                landed = None
+            if landed is None:
+                raise StoreUnavailable(f"Redis at {_safe_url(self.url)} did not complete {what} within its "
+                                       f"{self.retry_s:g} s deadline: nothing was changed; retry")
+            return landed
+        return result
+
+    def _landed(self, task: str, version: str, versions_key: str) -> bytes | str | None:
+        """`created` of `version` if the task points at it now (the write landed), else None."""
+        if self._redis.hget(self._key("current"), task) != version.encode():
+            return None
+        return self._redis.hget(versions_key, version)
 
     # ---- reads --------------------------------------------------------------------------------------
     def resolve(self, task: str) -> TaskRecord:
@@ -232,7 +271,8 @@ class RedisStore(PromptStore):
         keys = [self._key("blob", v), self._key("meta", v), self._key("versions", task), self._key("history", task),
                 self._key("current"), self._key("records"), self._key("refs", v)]
         args = [upload.data, json.dumps(upload.meta, separators=(",", ":")), v, utc_now(), task, self.channel]
-        created = self._call(f"put {task!r}", lambda: self._put(keys=keys, args=args))
+        created = self._write(f"put {task!r}", self._put, keys, args,
+                              applied=lambda: self._landed(task, v, keys[2]))
         return upload.record(task, created.decode())
 
     def rollback(self, task: str, version: str) -> TaskRecord:
@@ -240,7 +280,8 @@ class RedisStore(PromptStore):
         version = match_version(task, version, self._history_versions(task))
         keys = [self._key("versions", task), self._key("current"), self._key("records"), self._key("meta", version)]
         args = [task, version, self.channel]
-        created = self._call(f"rollback {task!r}", lambda: self._rollback(keys=keys, args=args))
+        created = self._write(f"rollback {task!r}", self._rollback, keys, args,
+                              applied=lambda: self._landed(task, version, keys[0]))
         if created == -1:
             raise TaskNotFound(f"no task {task!r}")
         if created == -2:
@@ -257,7 +298,8 @@ class RedisStore(PromptStore):
                 keys += [self._key("refs", v), self._key("blob", v), self._key("meta", v)]
             args = [task, len(versions), self.channel]
             # 0 (already gone) after we read the history means another delete, or our own retried one, won.
-            if self._call(f"delete {task!r}", lambda k=keys, a=args: self._delete(keys=k, args=a)) != -1:
+            gone = lambda: 1 if not self._redis.hexists(self._key("current"), task) else None  # noqa: E731
+            if self._write(f"delete {task!r}", self._delete, keys, args, applied=gone) != -1:
                 return
         raise StoreError(f"delete {task!r} kept racing concurrent puts; try again")
 

@@ -116,3 +116,63 @@ def test_prefixes_keep_deployments_apart(redis_server):
     finally:
         blue.close()
         green.close()
+
+
+@pytest.mark.parametrize("write", ["put", "rollback", "delete"])
+def test_a_write_refused_while_redis_is_paused_is_never_applied_later(restartable_redis_server, write):
+    """Issue 23 item 1: SIGSTOP Redis, the write times out and is refused; SIGCONT: it must not land then."""
+    import os
+    import signal
+
+    server = restartable_redis_server
+    v1, v2 = make_prompt_set(seed=1), make_prompt_set(seed=2)
+    store = RedisStore(server.url, socket_timeout_s=0.3, connect_timeout_s=0.3, retry_s=1.0, retries=3)
+    try:
+        store.put("cats", v1)
+        store.put("cats", v2)
+        before = store.resolve("cats")  # v2 is current; a rollback would go to v1, a delete remove the task
+        calls = {"put": lambda: store.put("cats", make_prompt_set(seed=3)),
+                 "rollback": lambda: store.rollback("cats", sha(v1)), "delete": lambda: store.delete("cats")}
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            # paused after the clock read: the script itself is what waits in Redis's socket
+            real_time = store._redis.time
+            store._redis.time = lambda: (os.kill(server.process.pid, signal.SIGCONT), real_time(),
+                                         os.kill(server.process.pid, signal.SIGSTOP))[1]
+            with pytest.raises(StoreUnavailable, match="nothing was changed|unreachable"):
+                calls[write]()
+        finally:
+            store._redis.time = real_time
+            os.kill(server.process.pid, signal.SIGCONT)
+        time.sleep(0.5)  # Redis now runs what was queued in its sockets
+        assert store.resolve("cats") == before
+        assert [h.version for h in store.history("cats")] == [sha(v1), sha(v2)]
+        assert consistency_problems(store) == []
+    finally:
+        store.close()
+
+
+def test_a_write_whose_answer_is_lost_but_landed_is_reported_done(restartable_redis_server, monkeypatch):
+    """The other half of the rule: a put that Redis applied is answered as done even when its reply timed out
+    (the read-back after the deadline finds it), never as a failure."""
+    server = restartable_redis_server
+    store = RedisStore(server.url, socket_timeout_s=0.3, retry_s=0.6, retries=1)
+    try:
+        blob = make_prompt_set(seed=4)
+        script = store._put
+
+        def applied_then_lost(keys, args):
+            script(keys=keys, args=args)
+            raise redis_timeout()
+
+        monkeypatch.setattr(store, "_put", applied_then_lost)
+        record = store.put("dogs", blob)
+        assert record.version == sha(blob) and store.resolve("dogs").version == sha(blob)
+    finally:
+        store.close()
+
+
+def redis_timeout():
+    import redis
+
+    return redis.TimeoutError("Timeout reading from socket (simulated lost reply)")
