@@ -24,7 +24,7 @@ import promptserve
 from server import classify, health, oip_http, tasks, web
 from server.auth import ApiTokenGuard
 from server.errors import OIP_PREFIX, BodyLimitMiddleware, RedactSecrets, api_error_handler, error_response
-from server.settings import ServerSettings
+from server.settings import MIB, ServerSettings
 from server.state import ServerState
 
 log = logging.getLogger("promptserve.server")
@@ -90,7 +90,7 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
             state.metrics.refusals.labels("too_large").inc()
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, on_refused=count_refused_upload,
-                       timeout_s=settings.body_timeout_s)
+                       timeout_s=settings.body_timeout_s, max_in_flight=int(settings.max_body_mib_in_flight * MIB))
     app.add_middleware(ApiTokenGuard, state=state)  # added last: runs first, before any body is read
     app.include_router(classify.router)
     app.include_router(tasks.router)

@@ -132,8 +132,11 @@ def serve(**flags) -> None:
         return
     app = create_app(settings)
     # log_config=None: uvicorn's loggers keep the one format setup_logging gave the root logger
+    from server.http_protocol import guarded_protocol
+
+    http = guarded_protocol(int(settings.max_header_kib * 1024), settings.header_timeout_s)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(), log_config=None,
-                timeout_keep_alive=settings.keep_alive_timeout_s)
+                timeout_keep_alive=settings.keep_alive_timeout_s, http=http)
 
 
 _SERVE_ONLY = [

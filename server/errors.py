@@ -101,11 +101,14 @@ class BodyLimitMiddleware:
     """
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], int],
-                 on_refused: Callable[[Scope], None] | None = None, timeout_s: float | None = None):
+                 on_refused: Callable[[Scope], None] | None = None, timeout_s: float | None = None,
+                 max_in_flight: int | None = None):
         self.app = app
         self.limit_for = limit_for
         self.on_refused = on_refused
         self.timeout_s = timeout_s  # the whole body must arrive within it (slow-body clients get 408)
+        # body bytes of all requests in progress together (declared or received so far): beyond it, 503
+        self.max_in_flight, self.in_flight = max_in_flight, 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,12 +121,17 @@ class BodyLimitMiddleware:
                 self.on_refused(scope)
             await error_response(scope, 413, "too_large", _too_large(int(declared), limit))(scope, receive, send)
             return
-        seen = 0
+        seen, held = 0, 0  # held: what this request counts in self.in_flight
+        if declared is not None and declared.isdigit() and int(declared) > 0:
+            if not self._admit(int(declared)):
+                await self._busy(scope, receive, send)
+                return
+            held = int(declared)
         loop = asyncio.get_running_loop()
         deadline = None if self.timeout_s is None else loop.time() + self.timeout_s
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             if deadline is None:
                 message = await receive()
             else:
@@ -136,9 +144,29 @@ class BodyLimitMiddleware:
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     raise ApiError(413, "too_large", _too_large(seen, limit, at_least=True))
+                if seen > held:  # a chunked body (or one longer than declared) is counted as it arrives
+                    if not self._admit(seen - held):
+                        raise ApiError(503, "busy", self._busy_detail(), {"Retry-After": "1"})
+                    held = seen
             return message
 
-        await self.app(scope, limited_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.in_flight -= held
+
+    def _admit(self, size: int) -> bool:
+        if self.max_in_flight is not None and self.in_flight and self.in_flight + size > self.max_in_flight:
+            return False  # one request alone is always admitted (its own route limit bounds it)
+        self.in_flight += size
+        return True
+
+    def _busy_detail(self) -> str:
+        return (f"the server holds {self.in_flight} bytes of request bodies, its limit for all requests together is "
+                f"{self.max_in_flight}: retry shortly")
+
+    async def _busy(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await error_response(scope, 503, "busy", self._busy_detail(), {"Retry-After": "1"})(scope, receive, send)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

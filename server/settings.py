@@ -108,6 +108,9 @@ class ServerSettings(BaseSettings):
         "sequence length."))
     max_prompt_mib: float | None = Field(None, gt=0, description=(
         "Prompt tensors (head excluded) of one prompt set (413 beyond). Unset: what the token limit implies."))
+    max_body_mib_in_flight: float = Field(512.0, gt=0, description=(
+        "Request-body MiB all requests in progress may hold together (declared or received so far); beyond it "
+        "503 + Retry-After (one request alone is always admitted, within its own route limit)."))
     max_images_per_request: int = Field(32, ge=1, le=1024)
     default_top_k: int = Field(5, ge=1)
 
@@ -115,6 +118,11 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, description="A classify not answered in this time gets 504.")
     body_timeout_s: float = Field(20.0, gt=0, description="A request body must arrive within this time (408).")
     keep_alive_timeout_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this.")
+    header_timeout_s: float = Field(10.0, gt=0, description=(
+        "A request's headers must arrive within this time from the connection's start or its previous answer; "
+        "else the connection is closed (408 if part of them came)."))
+    max_header_kib: float = Field(64.0, gt=0, description=(
+        "Header bytes of one request (431 beyond, connection closed)."))
     redis_timeout_s: float = Field(2.0, gt=0, description="Redis connect and command timeout (socket).")
     redis_retry_s: float = Field(5.0, ge=0, description=(
         "How long a Redis call retries a lost or hung connection before the request gets 503."))

@@ -1,0 +1,124 @@
+"""Issue 23 items 3-4 over real sockets against `promptserve serve`: header bytes (431), headers that never finish
+and idle connections (closed), and the request bodies all requests may hold together (503 + Retry-After), while
+a probe classify keeps being answered."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from server_utils import AUTH, ServerProcess, image_bytes, prompt_set_bytes
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("limits")
+    proc = ServerProcess(tmp, str(tmp / "registry"), "--max-header-kib", "16", "--header-timeout-s", "1.5",
+                         "--max-body-mib-in-flight", "2", "--max-wait-ms", "1", name="limits").start().wait_ready()
+    assert httpx.put(f"{proc.url}/tasks/t", content=prompt_set_bytes(1), headers=AUTH, timeout=30).status_code == 200
+    yield proc
+    proc.stop()
+
+
+def connect(server) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return sock
+
+
+def read_all(sock: socket.socket, limit_s: float = 10.0) -> bytes:
+    sock.settimeout(limit_s)
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return out
+
+
+def probe(server) -> float:
+    start = time.monotonic()
+    r = httpx.post(f"{server.url}/classify/t", content=image_bytes(), headers={"content-type": "image/png"},
+                   timeout=30)
+    assert r.status_code == 200
+    return time.monotonic() - start
+
+
+def test_huge_headers_get_431_without_holding_the_others(server):
+    sock = connect(server)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    sent, refused_at = 0, None
+    start = time.monotonic()
+    try:
+        while sent < 64 << 20:  # a 64 MB header, unless the server cuts it off first (it must)
+            sock.sendall(b"X-Pad: " + b"a" * 8185 + b"\r\n")
+            sent += 8192
+    except (BrokenPipeError, ConnectionResetError):
+        refused_at = time.monotonic() - start
+    answer = read_all(sock, 5)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 431") or refused_at is not None
+    assert sent < 8 << 20, f"{sent} header bytes were accepted"  # cut off near the 16 KiB limit, not at 64 MB
+    assert probe(server) < 2.0
+
+
+def test_headers_that_never_finish_and_idle_connections_are_closed(server):
+    slow, idle = connect(server), connect(server)
+    slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+    start = time.monotonic()
+    for _ in range(10):  # a byte every 0.3 s: slowloris
+        try:
+            slow.sendall(b"a")
+        except OSError:
+            break
+        time.sleep(0.3)
+    answer = read_all(slow, 5)
+    assert answer.startswith(b"HTTP/1.1 408") and b"header_timeout" in answer, answer[:200]
+    assert time.monotonic() - start < 6
+    assert read_all(idle, 5) == b""  # closed without a word, soon after the header timeout
+    slow.close()
+    idle.close()
+
+
+def test_bodies_in_flight_are_capped_with_503_and_retry_after(server):
+    first = connect(server)  # declares 1.5 MiB and sends it slowly: it holds its share of the cap
+    first.sendall(b"POST /classify/t HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                  b"Content-Length: 1572864\r\n\r\n" + b"\0" * 1024)
+    time.sleep(0.3)
+    r = httpx.post(f"{server.url}/classify/t", content=b"\0" * (1 << 20), headers={"content-type": "image/png"},
+                   timeout=30)
+    assert r.status_code == 503 and r.json()["error"] == "busy" and r.headers["retry-after"] == "1", r.text
+    assert probe(server) < 2.0  # small requests still pass: the cap counts bytes, and one image is small
+    first.close()
+    time.sleep(0.3)
+    r = httpx.post(f"{server.url}/classify/t", content=b"\0" * (1 << 20), headers={"content-type": "image/png"},
+                   timeout=30)
+    assert r.status_code != 503  # the first request's share was given back when it ended
+
+
+def test_a_probe_stays_fast_while_large_headers_arrive(server):
+    stop, latencies = threading.Event(), []
+
+    def attack():
+        while not stop.is_set():
+            sock = connect(server)
+            with contextlib.suppress(OSError):  # the server cuts the connection off at its header limit
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * (4 << 20) + b"\r\n")
+            sock.close()
+
+    threads = [threading.Thread(target=attack, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 4
+    while time.monotonic() < deadline:
+        latencies.append(probe(server))
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    latencies.sort()
+    assert latencies[int(0.99 * (len(latencies) - 1))] < 0.5, latencies[-5:]
