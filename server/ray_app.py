@@ -42,7 +42,7 @@ from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from prompt_store import TaskNotFound
+from prompt_store import StoreUnavailable, TaskNotFound
 from server.batcher import QueueFull
 from server.errors import ApiError, translated
 from server.ray_settings import RaySettings
@@ -102,13 +102,20 @@ class EngineReplica:
         if task not in self.engine.resident.pinned:
             await self.engine.drop(task)  # a task with requests in flight goes once they are answered
 
-    async def classify(self, task: str, images: list[np.ndarray], top_k: int) -> list[ItemResult]:
-        """Answer one request's decoded images; they ride in this replica's next mixed-task batch."""
+    async def classify(self, task: str, images: list[np.ndarray], top_k: int,
+                       version: str | None = None) -> list[ItemResult]:
+        """Answer one request's decoded images; they ride in this replica's next mixed-task batch. `version`:
+        what the ingress read in the registry for this request; holding another, the replica syncs first."""
         if serve.get_multiplexed_model_id():  # routed by task: Ray now knows this replica holds it
             await self._hold(task)
         predictor = self.state.predictor
         await predictor.acquire(task)
         try:
+            # holding another version than the ingress read: the registry's current one first (that one or a
+            # newer one); gone from the registry: 404
+            stale = version is not None and self.engine.resident.version(task) != version
+            if stale and await self.engine.sync(task) is None:
+                raise TaskNotFound(f"no task {task!r}")
             results = await predictor.predict(task, images, top_k)
         finally:
             predictor.release(task)
@@ -141,23 +148,27 @@ class RemotePredictor:
     """The ingress's Predictor: the task must exist (404 before any image is decoded, as in one process);
     the decoded images go to an engine replica, picked by Ray Serve by task when `affinity` is on.
 
-    Tasks once found in the store are remembered until a delete event, so a request costs no registry round
-    trip here, and while the registry is down the tasks the replicas hold keep answering (as in one process)."""
+    Read your writes: every request reads the task's current version from the registry (one small read) and
+    hands it to the replica, which syncs from the registry before answering when it holds another version. So
+    once an upload, rollback or delete has been answered, the next request through any ingress sees it, without
+    waiting for the registry's change events (a directory registry's arrive after a file-system poll). While the
+    registry is down, the version last read is passed on and the tasks the replicas hold keep answering."""
 
     def __init__(self, state: ServerState | None, engine: DeploymentHandle, affinity: bool):
         self.state, self.engine, self.affinity = state, engine, affinity
-        self._known: set[str] = set()
-        if state is not None:  # stopped by the store's close() with the ingress
-            state.store.subscribe(self._on_change)
-
-    def _on_change(self, event) -> None:  # the store's watcher thread
-        if event.version is None:
-            self._known.discard(event.task)
+        self._versions: dict[str, str] = {}  # the version each task had at its last registry read
 
     async def acquire(self, task: str) -> None:
-        if task not in self._known:
-            await asyncio.to_thread(self.state.store.resolve, task)  # TaskNotFound -> 404 by the route
-            self._known.add(task)
+        try:
+            record = await asyncio.to_thread(self.state.store.resolve, task)  # TaskNotFound -> 404 by the route
+        except TaskNotFound:
+            self._versions.pop(task, None)
+            raise
+        except StoreUnavailable:
+            if task not in self._versions:
+                raise
+            return
+        self._versions[task] = record.version
 
     def release(self, task: str) -> None:
         pass
@@ -166,11 +177,11 @@ class RemotePredictor:
         handle = self.engine.options(multiplexed_model_id=task) if self.affinity else self.engine
         for attempt in (1, 2):  # classification is idempotent: a request whose replica died is sent once more
             try:
-                return await handle.classify.remote(task, images, top_k)
+                return await handle.classify.remote(task, images, top_k, self._versions.get(task))
             except RayTaskError as e:  # the replica raised: hand the route the original error, not Ray's wrapper
                 cause = e.cause if isinstance(e.cause, Exception) else e
                 if isinstance(cause, TaskNotFound):
-                    self._known.discard(task)
+                    self._versions.pop(task, None)
                 if isinstance(cause, QueueFull):
                     raise cause from None
                 with translated(task):  # the store's and the validator's errors get their 4xx/503, as in one process

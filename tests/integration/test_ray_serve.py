@@ -241,3 +241,38 @@ def test_ray_replaces_the_lost_replica(ray_server):
 
     wait_until(replaced, 120, interval_s=0.5, what="Ray to replace the killed replica")
     assert all(ray_server.classify(t).status_code == 200 for t in tasks)
+
+
+@pytest.fixture(scope="module")
+def ray_directory_server(ray_server, tmp_path_factory):
+    """A second app on the same Ray instance, one engine replica, on a directory registry: its change events
+    come from a file-system watch, later than the next request may arrive (issue 23 item 11)."""
+    from server.ray_app import build_app, wait_ready
+
+    registry = tmp_path_factory.mktemp("ray-registry")
+    settings = ServerSettings(backbone="random-tiny", store=str(registry), torch_threads=1, **LIMITS)
+    rs = RaySettings(replicas=1, engine_num_cpus=0.25, ingress_num_cpus=0.25, health_check_period_s=1.0,
+                     health_check_timeout_s=10.0, graceful_shutdown_timeout_s=1.0)
+    serve.run(build_app(settings, rs), name=f"{APP}-dir", route_prefix="/dir")
+    url = ray_server.url + "/dir"
+    wait_ready(url, 120)
+    client = httpx.Client(base_url=url, timeout=60.0)
+    yield client
+    client.close()
+    serve.delete(f"{APP}-dir")
+
+
+def test_read_your_writes_with_a_directory_registry(ray_directory_server):
+    client = ray_directory_server
+    stale = 0
+    for seed in range(10):  # upload, then ask at once: the answer must come from the version just uploaded
+        version = client.put("/tasks/fresh", content=prompt_set_bytes(30 + seed), headers=AUTH).json()["version"]
+        answer = client.post("/classify/fresh", content=image_bytes(seed), headers=PNG)
+        assert answer.status_code == 200, answer.text
+        stale += answer.json()["version"] != version
+    assert stale == 0, f"{stale} of 10 requests right after an upload were answered by the previous version"
+    history = client.get("/tasks/fresh").json()["history"]
+    back = client.post("/tasks/fresh/rollback", json={"version": history[0]["version"]}, headers=AUTH).json()
+    assert client.post("/classify/fresh", content=image_bytes(1), headers=PNG).json()["version"] == back["version"]
+    assert client.delete("/tasks/fresh", headers=AUTH).status_code == 200
+    assert client.post("/classify/fresh", content=image_bytes(2), headers=PNG).status_code == 404
