@@ -31,8 +31,10 @@ _REQUEST_BODY = {
     "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
             "file": {"type": "string", "format": "binary", "description": "One image: answered with an object."},
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "Several images: answered with a list, in order."}}}},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                      "description": "Several images: answered with a list, in order."}},
+            # one of the two, never both, never none: what the route accepts (422 otherwise)
+            "oneOf": [{"required": ["file"]}, {"required": ["files"]}]}},
         **{ctype: _IMAGE_BODY for ctype in ("image/jpeg", "image/png", "image/webp", "image/bmp")},
     },
 }
