@@ -43,6 +43,8 @@ def build_app() -> typer.Typer:
     app.command("serve")(server_cli.serve)
     app.command("classify")(server_cli.classify)
     app.command("push")(server_cli.push)
+    app.command("rollback")(server_cli.rollback)
+    app.command("delete")(server_cli.delete)
     app.command("train")(training_cli.train)
     app.command("eval")(training_cli.evaluate)
     app.command("pretrain")(training_cli.pretrain)

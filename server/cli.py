@@ -248,18 +248,50 @@ def _print_answers(task: str, paths: list[Path], answers: list[dict]) -> None:
     Console().print(table)
 
 
+ADMIN_TOKEN_FLAG = typer.Option(None, help=f"Admin token (printed by `serve` when none was configured; env "
+                                           f"{ADMIN_TOKEN_ENV}); visible in the process list: prefer the env or "
+                                           "--token-file.", show_default=False)
+
+
 def push(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="A prompt set (.safetensors)."),
     task: str = typer.Option(..., "--task", "-t", help="Task name to point at this prompt set."),
     url: str = URL_FLAG,
-    token: str = typer.Option(None, help=f"Admin token (printed by `serve` when none was configured; env "
-                                         f"{ADMIN_TOKEN_ENV}); visible in the process list: prefer the env or "
-                                         "--token-file.", show_default=False),
+    token: str = ADMIN_TOKEN_FLAG,
     token_file: Path = TOKEN_FILE_FLAG,
     timeout: float = typer.Option(120.0, help="Seconds to wait for the answer."),
 ) -> None:
     """Upload a prompt set to a running server: validated, stored, and served by the next request.
     (`promptserve tasks push` writes to a registry directly, with no server running.)"""
+    record = _admin_call(url, token, token_file, timeout, lambda client: client.push(task, file))
+    typer.echo(f"{record['task']} -> {record['version']} ({record['size']} bytes, {len(record['labels'])} labels)")
+
+
+def rollback(
+    task: str = typer.Argument(..., help="The task to roll back."),
+    version: str = typer.Argument(..., help="A version from its history: the sha256 or a unique prefix of 6+."),
+    url: str = URL_FLAG, token: str = ADMIN_TOKEN_FLAG, token_file: Path = TOKEN_FILE_FLAG,
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the answer."),
+) -> None:
+    """Point a task of a running server back at an earlier version; it serves the next request.
+    (`promptserve tasks rollback` edits a registry directly, with no server running.)"""
+    record = _admin_call(url, token, token_file, timeout, lambda client: client.rollback(task, version))
+    typer.echo(f"{record['task']} -> {record['version']} (rolled back)")
+
+
+def delete(
+    task: str = typer.Argument(..., help="The task to delete, with all its versions."),
+    url: str = URL_FLAG, token: str = ADMIN_TOKEN_FLAG, token_file: Path = TOKEN_FILE_FLAG,
+    timeout: float = typer.Option(60.0, help="Seconds to wait for the answer."),
+) -> None:
+    """Delete a task from a running server; its requests answer 404 from then on.
+    (`promptserve tasks rm` edits a registry directly, with no server running.)"""
+    _admin_call(url, token, token_file, timeout, lambda client: client.delete(task))
+    typer.echo(f"{task} deleted")
+
+
+def _admin_call(url: str, token: str | None, token_file: Path | None, timeout: float, call):
+    """One admin call through promptserve.Client, its failure one line."""
     from promptserve.client import Client, resolve_token
 
     token = resolve_token(read_token_file(token_file) or token)
@@ -267,14 +299,13 @@ def push(
         fail(f"an admin token is needed: {ADMIN_TOKEN_ENV}, --token-file or --token")
     with Client(url, token, timeout=timeout) as client:
         try:
-            record = client.push(task, file)
+            return call(client)
         except ClientError as e:
             fail(str(e), 1)
-    typer.echo(f"{record['task']} -> {record['version']} ({record['size']} bytes, {len(record['labels'])} labels)")
 
 
 if __name__ == "__main__":  # `python -m server.cli serve ...` without the console script
     _app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-    for _command in (serve, classify, push):
+    for _command in (serve, classify, push, rollback, delete):
         _app.command()(_command)
     _app()

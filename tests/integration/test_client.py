@@ -151,3 +151,28 @@ def test_server_and_uvicorn_lines_share_one_format(tmp_path):
     loggers = {m.group(2) for line in lines if (m := line_format.match(line))}
     assert {"promptserve.server", "uvicorn.error", "uvicorn.access"} <= loggers, lines
     assert all(line_format.match(line) for line in lines if "GET /healthz" in line or "Uvicorn running" in line)
+
+
+def test_push_rollback_and_delete_through_the_cli(live, tmp_path):
+    """Issue 24 item 6: the CLI reaches a running server for every admin action, like `push` (admin token from
+    the environment), each failure one line."""
+    env = {"PROMPTSERVE_URL": live.url, "PROMPTSERVE_ADMIN_TOKEN": ADMIN}
+    versions = []
+    for seed in (70, 71):
+        blob = tmp_path / f"{seed}.safetensors"
+        blob.write_bytes(prompt_set_bytes(seed))
+        pushed = promptserve("push", str(blob), "--task", "cli-admin", env=env)
+        assert pushed.returncode == 0, pushed.stderr
+        versions.append(pushed.stdout.split(" -> ")[1].split()[0])
+    back = promptserve("rollback", "cli-admin", versions[0][:8], env=env)
+    assert back.returncode == 0 and back.stdout.strip() == f"cli-admin -> {versions[0]} (rolled back)", back.stderr
+    with ps.Client(live.url) as client:
+        assert client.classify("cli-admin", [image_bytes(1)])[0]["version"] == versions[0]
+    unknown = promptserve("rollback", "cli-admin", "abcdef12", env=env)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: ") and "no version" in unknown.stderr
+    no_token = promptserve("delete", "cli-admin", env={"PROMPTSERVE_URL": live.url, "PROMPTSERVE_ADMIN_TOKEN": ""})
+    assert no_token.returncode == 2 and "admin token is needed" in no_token.stderr
+    gone = promptserve("delete", "cli-admin", env=env)
+    assert gone.returncode == 0 and gone.stdout.strip() == "cli-admin deleted", gone.stderr
+    again = promptserve("delete", "cli-admin", env=env)
+    assert again.returncode == 1 and "no task" in again.stderr
