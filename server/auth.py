@@ -20,18 +20,21 @@ admin_bearer = HTTPBearer(auto_error=False, scheme_name="AdminToken",
                           description="The admin token (PROMPTSERVE_ADMIN_TOKEN, or the one printed at start).")
 
 
-def _check(expected: str, credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
+def _check(expected: str, credentials: HTTPAuthorizationCredentials | None, needs: str, wrong: str) -> None:
     if credentials is None:
-        raise ApiError(401, "unauthorized", f"this endpoint needs `Authorization: Bearer <{what}>`",
+        raise ApiError(401, "unauthorized", f"this endpoint needs `Authorization: Bearer <{needs}>`",
                        headers={"WWW-Authenticate": "Bearer"})
     # constant-time comparison: response timing must not leak the token
     if not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-        raise ApiError(403, "forbidden", f"the bearer token is not the {what}")
+        raise ApiError(403, "forbidden", wrong)
+
+
+WRONG_API_TOKEN = "the bearer token is neither the API token nor the admin token"
 
 
 def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(admin_bearer),
                   state: ServerState = Depends(get_state)) -> None:
-    _check(state.admin_token, credentials, "admin token")
+    _check(state.admin_token, credentials, "admin token", "the bearer token is not the admin token")
 
 
 # orchestrator probes carry no tokens (the Open Inference Protocol's too)
@@ -56,9 +59,10 @@ class ApiTokenGuard:
         token = _bearer(scope)
         try:
             if token is None:
-                _check(expected, None, "API token")
+                _check(expected, None, "API token", WRONG_API_TOKEN)
             elif not secrets.compare_digest(token.encode(), self.state.admin_token.encode()):
-                _check(expected, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token), "API token")
+                _check(expected, HTTPAuthorizationCredentials(scheme="Bearer", credentials=token), "API token",
+                       WRONG_API_TOKEN)
         except ApiError as e:
             await error_response(scope, e.status_code, e.error, e.detail, e.headers)(scope, receive, send)
             return

@@ -20,6 +20,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from server import oip
+from server.auth import WRONG_API_TOKEN
 from server.errors import ApiError
 from server.state import ServerState
 
@@ -116,7 +117,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                                                                      "<API token>` metadata")
             if not (secrets.compare_digest(token.encode(), expected.encode())
                     or secrets.compare_digest(token.encode(), self.state.admin_token.encode())):
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "the bearer token is not the API token")
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, WRONG_API_TOKEN)
         if not self.state.ready:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is still loading; retry shortly")
 

@@ -423,3 +423,40 @@ def capture_screenshots(url: str, out: Path) -> None:
 
 if __name__ == "__main__":
     capture_screenshots(sys.argv[1].rstrip("/"), Path(sys.argv[2]))
+
+
+@needs_browser
+def test_the_search_box_filters_the_task_list(web_server, driver):
+    """Issue 24 item 2: the options a search does not match disappear (their grid display hid the attribute)."""
+    open_try_page_with_token(driver, web_server.url)
+    search = by_css(driver, "#task-search")
+    search.send_keys("alp")
+    visible = [o.get_attribute("data-task") for o in driver.find_elements("css selector", ".task-option")
+               if o.is_displayed()]
+    assert visible == ["alpha"]
+    search.clear()
+    search.send_keys("x")  # another input event with an empty match: none shown
+    search.send_keys("\b")
+    wait_for(driver, lambda d: len([o for o in d.find_elements("css selector", ".task-option") if o.is_displayed()])
+             == 2, "every task back after clearing the search")
+    assert console_errors(driver) == []
+
+
+@needs_browser
+@pytest.mark.parametrize("token", ["", "not-the-admin-token"])
+def test_an_upload_refused_for_its_token_says_so_and_stays_said(web_server, driver, files, token):
+    """Issue 24 item 1: 401/403 were only in the console, and the table's refresh cleared the error box."""
+    driver.get(web_server.url + "/ui/tasks")
+    submit_api_token(driver)
+    if token:
+        by_css(driver, "#admin-token").send_keys(token)
+    by_css(driver, "#new-task-name").send_keys("delta")
+    by_css(driver, "#new-task-file").send_keys(files("delta.safetensors", prompt_set_bytes(5)))
+    by_css(driver, "#new-task-form button[type=submit]").click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: by_css(d, "#new-task-error").is_displayed(), "the upload's error")
+    expected = "enter the admin token first" if not token else "neither the API token nor the admin token"
+    assert expected in by_css(driver, "#new-task-error").text
+    time.sleep(6)  # the table refreshes every 5 s: the upload's error must outlive it
+    assert by_css(driver, "#new-task-error").is_displayed() and expected in by_css(driver, "#new-task-error").text
+    assert httpx.get(f"{web_server.url}/tasks/delta", headers=API_AUTH).status_code == 404

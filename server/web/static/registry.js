@@ -3,7 +3,12 @@
 "use strict";
 
 (() => {
-  const adminToken = () => ps.token("admin-token");
+  // an admin action without the admin token would be refused as if the API token were wrong: say what is missing
+  const adminToken = () => {
+    const token = ps.token("admin-token");
+    if (!token) throw new Error("enter the admin token first: uploads, rollbacks and deletes need it");
+    return token;
+  };
 
   // PUT /tasks/<task> with the file's bytes; returns the new current record
   async function uploadVersion(task, file) {
@@ -51,10 +56,11 @@
     document.getElementById("new-task-form").addEventListener("submit", async (event) => {
       event.preventDefault();
       const status = document.getElementById("new-task-status");
-      const errorBox = document.getElementById("tasks-error");
+      // the upload's own error box: the table's refresh below clears only the table's
+      const errorBox = document.getElementById("new-task-error");
       const task = document.getElementById("new-task-name").value.trim();
       const file = document.getElementById("new-task-file").files[0];
-      if (!(await ps.confirm(`Upload ${file.name} as the new version of task “${task}”? It is served at once.`))) return;
+      if (!(await ps.confirm(`Upload ${file.name} as task “${task}”? It is served at once.`))) return;
       try {
         const record = await uploadVersion(task, file);
         ps.clearError(errorBox);

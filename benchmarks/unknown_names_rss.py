@@ -1,0 +1,56 @@
+"""A server's resident memory before and after 100,000 classify requests for distinct unknown task names (issue 23:
+growth < 5 MB; a lock kept per name once cost ~280 bytes each).
+
+    python benchmarks/unknown_names_rss.py [--names 100000]
+
+Starts a random-tiny server on a free loopback port, warms it with 2,000 unknown names, then sends the rest over
+one keep-alive connection and prints one line: RSS before and after, growth per name, seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
+
+import psutil  # noqa: E402
+from server_utils import ServerProcess, image_bytes  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--names", type=int, default=100_000)
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="unknown-names-"))
+    server = ServerProcess(tmp, str(tmp / "registry"), "--max-wait-ms", "1").start().wait_ready()
+    try:
+        process, image = psutil.Process(server.process.pid), image_bytes()
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+
+        def ask(name: str) -> None:
+            conn.request("POST", f"/classify/{name}", body=image, headers={"content-type": "image/png"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 404, response.status
+
+        for i in range(2000):
+            ask(f"warm-{i}")
+        before, start = process.memory_info().rss, time.time()
+        for i in range(args.names):
+            ask(f"unknown-{i}")
+        after = process.memory_info().rss
+        print(f"RSS before {before / 2**20:.1f} MiB, after {args.names:,} unknown names {after / 2**20:.1f} MiB: "
+              f"growth {(after - before) / 2**20:.2f} MiB ({(after - before) / args.names:.0f} bytes/name), "
+              f"{time.time() - start:.0f} s")
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
