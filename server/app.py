@@ -15,6 +15,7 @@ from http import HTTPStatus
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -29,6 +30,7 @@ from server.state import ServerState
 
 log = logging.getLogger("promptserve.server")
 SMALL_BODY = 64 * 1024  # JSON bodies (rollback) and anything unexpected
+DOCS_STATIC = "/docs-static"  # Swagger UI's and ReDoc's scripts and styles
 
 
 def create_app(settings: ServerSettings | None = None, *, backbone=None, store=None,
@@ -60,7 +62,10 @@ def create_app(settings: ServerSettings | None = None, *, backbone=None, store=N
                 await starting
             await state.stop()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs from Swagger UI's files shipped with fastapi-offline, not a CDN (it works offline). No
+    # /redoc: ReDoc's page loads its logo from a CDN
+    app = FastAPIOffline(
+        static_url=DOCS_STATIC, redoc_url=None,
         title="promptserve",
         version=promptserve.__version__,
         summary="Many vision tasks from one frozen ViT: each task is a small E2VPT prompt set, batched together.",

@@ -40,8 +40,10 @@ def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(adm
 # orchestrator probes carry no tokens (the Open Inference Protocol's too)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 # the web page's shell: HTML, CSS and JS with no data in them (a browser cannot send a bearer header when it
-# navigates); its scripts ask for the token and send it with every API call, /ui/live.json included
-PUBLIC_PAGE = re.compile(rf"/(ui/(tasks(/{TASK_NAME_PATTERN})?|live|static/[A-Za-z0-9._-]+))?")  # fullmatch
+# navigates); its scripts ask for the token and send it with every API call, /ui/live.json included; the API docs'
+# scripts and styles (/docs-static, fastapi-offline's files) hold no data either. Matched whole (fullmatch).
+PUBLIC_PAGE = re.compile(rf"/(ui/(tasks(/{TASK_NAME_PATTERN})?|live|static/[A-Za-z0-9._-]+)"
+                         r"|docs-static/[A-Za-z0-9._-]+)?")
 
 
 class ApiTokenGuard:

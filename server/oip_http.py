@@ -108,9 +108,25 @@ class InferResponse(BaseModel):
 
 ERRORS = {code: {"model": OipErrorResponse} for code in (400, 401, 403, 404, 408, 409, 413, 422, 500, 503, 504)}
 READY_ERRORS = {**ERRORS, 400: {"model": ModelReadiness, "description": "Not ready: another version is served"}}
+def _inlined(schema: dict) -> dict:
+    """A pydantic schema with its `$defs` references replaced by the definitions (not recursive models), so it
+    can sit inside the OpenAPI document, where `#/$defs/...` points nowhere."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        return [walk(v) for v in node] if isinstance(node, list) else node
+
+    return walk(schema)
+
+
 _INFER_BODY = {"required": True, "description": "An inference request (JSON); with the binary tensor data extension "
                f"the JSON ends after `{HEADER_LENGTH}` bytes and raw tensor bytes follow.",
-               "content": {"application/json": {"schema": InferRequest.model_json_schema()},
+               "content": {"application/json": {"schema": _inlined(InferRequest.model_json_schema())},
                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
 
 

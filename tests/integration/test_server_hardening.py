@@ -149,7 +149,7 @@ def test_the_prompt_bytes_limit(tmp_path):
 
 # ---- tokens --------------------------------------------------------------------------------------------------
 
-READ_ENDPOINTS = ["/tasks", "/tasks/t", "/metrics", "/docs", "/openapi.json", "/redoc"]
+READ_ENDPOINTS = ["/tasks", "/tasks/t", "/metrics", "/docs", "/openapi.json"]
 
 
 def test_the_api_token_guards_every_read_endpoint_but_the_probes(tmp_path):

@@ -460,3 +460,21 @@ def test_an_upload_refused_for_its_token_says_so_and_stays_said(web_server, driv
     time.sleep(6)  # the table refreshes every 5 s: the upload's error must outlive it
     assert by_css(driver, "#new-task-error").is_displayed() and expected in by_css(driver, "#new-task-error").text
     assert httpx.get(f"{web_server.url}/tasks/delta", headers=API_AUTH).status_code == 404
+
+
+@needs_browser
+def test_the_api_docs_render_with_no_network(tmp_path):
+    """Issue 24 item 3: /docs loaded Swagger UI from a CDN, a blank page offline (this machine has no internet):
+    its scripts now come from the server, and the operations render."""
+    server = ServerProcess(tmp_path, str(tmp_path / "registry")).start()
+    driver = make_driver()
+    try:
+        server.wait_ready(timeout_s=240)
+        driver.get(server.url + "/docs")
+        wait_for(driver, lambda d: d.find_elements("css selector", ".opblock"), "Swagger UI's operations")
+        paths = {e.text for e in driver.find_elements("css selector", ".opblock-summary-path")}
+        assert {"/classify/{task}", "/tasks/{task}", "/v2/models/{task}/infer"} <= paths
+        assert console_errors(driver) == []
+    finally:
+        driver.quit()
+        server.stop()
