@@ -28,7 +28,9 @@ def build_app() -> typer.Typer:
     from server import cli as server_cli
     from training import cli as training_cli
 
-    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+    # rich_markup_mode=None: help text is printed as written ("promptserve[ray]" is not a markup tag)
+    app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                      rich_markup_mode=None)
 
     @app.callback()
     def root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also PROMPTSERVE_DEBUG=1)."),
@@ -55,10 +57,21 @@ def build_app() -> typer.Typer:
     return app
 
 
+def quiet_flags(command) -> None:
+    """On/off flags take no value: no `<bool>` hint beside them in --help (`--json true` then fails)."""
+    for param in command.params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        quiet_flags(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script: run the app; an exception that escapes a command is one line unless --debug."""
     try:
-        build_app()(args=argv, prog_name="promptserve")
+        command = typer.main.get_command(build_app())
+        quiet_flags(command)
+        command(args=argv, prog_name="promptserve")
     except Exception as e:  # typer.Exit / usage errors are SystemExit and pass through untouched
         if _debug["on"]:
             raise

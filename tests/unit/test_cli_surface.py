@@ -152,3 +152,20 @@ def test_train_size_takes_a_count_or_all_and_refuses_zero():
     with pytest.raises(TrainConfigError, match="--train-size all"):
         TrainConfig(train_size=0)
     assert TrainConfig.from_dict({"train_size": 0}).train_size is None  # an old report's "every image"
+
+
+def test_help_shows_no_value_hint_on_flags_and_keeps_brackets():
+    """Issue 24 item 8: on/off flags showed `<bool>` (then `--json true` failed), and rich markup swallowed
+    `[ray]` in `promptserve[ray]`."""
+    from click.testing import CliRunner as ClickRunner
+
+    from promptserve_cli import build_app, quiet_flags
+
+    command = get_command(build_app())
+    quiet_flags(command)
+    runner = ClickRunner(env={"COLUMNS": "200"})
+    for name in ("serve", "classify", "train", "eval", "distill", "probe", "push", "rollback", "delete"):
+        result = runner.invoke(command, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "<bool>" not in result.output and "BOOLEAN" not in result.output, (name, result.output)
+    assert "promptserve[ray]" in runner.invoke(command, ["serve", "--help"]).output
