@@ -200,7 +200,7 @@ def classify(
     images: list[Path] = typer.Argument(..., help="Image files and directories (their images, recursively)."),
     task: str = typer.Option(..., "--task", "-t", help="Task name."),
     url: str = URL_FLAG,
-    top_k: int = typer.Option(None, help="Labels per image (default: the server's, 5)."),
+    top_k: int = typer.Option(None, min=1, max=1000, help="Labels per image, 1-1000 (default: the server's, 5)."),
     token: str = typer.Option(None, help=f"API token when the server sets one (env {API_TOKEN_ENV}); visible in "
                                          "the process list: prefer the env or --token-file.", show_default=False),
     token_file: Path = TOKEN_FILE_FLAG,

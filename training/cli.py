@@ -230,9 +230,11 @@ def evaluate(
     line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"
     if dtype != "float32":
         line += f" in {dtype} (top-1 agreement with float32: {agreement:.4f})"
-    _log(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""))
-    _log(json.dumps({"task": str(task), "split": split, "images": len(y), "accuracy": acc, "dtype": dtype,
-                     "agreement_with_float32": agreement, "stored_accuracy": stored}))
+    # the human line on stderr, the JSON alone on stdout: `promptserve eval ... > result.json` is JSON
+    typer.echo(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""), err=True)
+    typer.echo(json.dumps({"task": default_task_name(task), "file": str(task), "split": split, "images": len(y),
+                           "accuracy": acc, "dtype": dtype, "agreement_with_float32": agreement,
+                           "stored_accuracy": stored}))
     return acc
 
 

@@ -71,8 +71,10 @@ def test_train_with_weights_then_eval_and_serve_agree(tmp_path, env):
     test_only = make_image_folder(tmp_path / "test_only", {"test": 5})
     evaluated = promptserve("eval", "--data", str(test_only), "--task", str(out), env=env)
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
-    assert f"stored in the artifact at training: {stored:.4f}" in evaluated.stdout
-    accuracy = json.loads(evaluated.stdout.strip().splitlines()[-1])["accuracy"]
+    assert f"stored in the artifact at training: {stored:.4f}" in evaluated.stderr  # the human line
+    report = json.loads(evaluated.stdout)  # stdout is the JSON alone: `eval ... > result.json` works
+    accuracy = report["accuracy"]
+    assert report["task"] == out.name.removesuffix(".safetensors") and report["file"] == str(out)
     assert accuracy == pytest.approx(stored)
 
     # `serve` with the same flags (they come after ServerProcess's own --backbone, so they win)

@@ -42,7 +42,7 @@ def test_readme_block_runs_as_written(tmp_path):
         result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script], cwd=tmp_path, capture_output=True,
                                 text=True, timeout=600, env={**env, "PROMPTSERVE_URL": server.url})
         assert result.returncode == 0, f"README block failed:\n{script}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
-        assert "test accuracy" in result.stdout and "stored in the artifact" in result.stdout, result.stdout
+        assert "test accuracy" in result.stderr and "stored in the artifact" in result.stderr, result.stderr
         artifact = next((tmp_path / "runs").glob("*.safetensors"))
         listed = httpx.get(f"{server.url}/tasks", headers=AUTH, timeout=10).json()["tasks"]
         assert hashlib.sha256(artifact.read_bytes()).hexdigest() in [t["version"] for t in listed], listed
