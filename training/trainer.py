@@ -64,6 +64,9 @@ def plan(cfg: TrainConfig, data: TaskData, final: ImageArray, log=logger.info) -
     s = data.summary()
     log(f"[plan] data: {s['train']} train / {s['val']} val / {s['test']} test images, {s['classes']} classes "
         f"({s['source']})")
+    if data.test is None:
+        log(f"warning: {s['source']} has no test/ split, so no test accuracy will be measured or stored: add "
+            "test/<class>/ images the training never sees to learn what the server will answer")
     total = 0
     if cfg.hp_search:
         n = len(cfg.lr_grid) * len(cfg.wd_grid)

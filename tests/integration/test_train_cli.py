@@ -197,3 +197,14 @@ def test_ctrl_c_stops_cleanly_and_writes_nothing(backbone_file, folder, tmp_path
     assert log.strip().splitlines()[-1].startswith("interrupted:") and "Traceback" not in log
     assert "\r" not in log  # no tqdm redraws in a log file
     assert list(out_dir.iterdir()) == []
+
+
+def test_training_without_a_test_split_says_so(app, backbone_file, folder, tmp_path):
+    """Issue 24 item 10: a folder without test/ trained silently ("0 test images")."""
+    import shutil
+
+    train_only = tmp_path / "train_only"
+    shutil.copytree(folder / "train", train_only / "train")
+    result = _train(app, ["--data", str(train_only), "--backbone", str(backbone_file), "--out",
+                          str(tmp_path / "t.safetensors"), "--epochs", "1", "--method", "linear"])
+    assert "has no test/ split, so no test accuracy will be measured" in result.output
