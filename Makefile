@@ -11,7 +11,7 @@ STORE       ?= ./registry
 BACKBONE    ?= assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv system-deps test typecheck test-fast lint serve clean help
+.PHONY: venv serve-venv system-deps test typecheck test-fast lint serve clean help
 
 help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
@@ -20,11 +20,17 @@ help:
 	@echo "make typecheck - mypy on promptserve/, kernels/, prompt_store/ (part of make test)"
 
 venv: $(VENV)/.installed
+serve-venv: $(VENV)/.serve-installed
 
-$(VENV)/.installed: pyproject.toml
+# serving needs the package and torch only; the tests add the [dev] extra (Ray, Triton, browsers' drivers, ...)
+$(VENV)/.serve-installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed: $(VENV)/.serve-installed
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $@
 
@@ -62,7 +68,7 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-serve: venv
+serve: serve-venv
 	@$(if $(wildcard $(BACKBONE)),,echo "$(BACKBONE) not built yet: serving the random-tiny test backbone")
 	$(VENV)/bin/promptserve serve --backbone $(if $(wildcard $(BACKBONE)),$(BACKBONE),random-tiny) \
 	  --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
