@@ -161,6 +161,16 @@ class Backbone:
         return DataConfig(size, tuple(cfg["mean"]), tuple(cfg["std"]), cfg.get("interpolation", "bicubic"))
 
     @property
+    def display_name(self) -> str:
+        """What to call this backbone to a person: a project file by its name (the timm architecture alone says
+        nothing of the weights), a timm model by its name; the input size and depth when they are not the
+        architecture's own."""
+        name = {PROJECT_FILE: Path(self.source.path).stem, RANDOM_TINY: RANDOM_TINY}.get(self.source.source, self.name)
+        parts = ([self.name] if name != self.name else []) + [
+            f"{k} {v}" for k, v in self.timm_kwargs.items() if k in ("img_size", "patch_size", "depth")]
+        return f"{name} ({', '.join(parts)})" if parts else name
+
+    @property
     def spec(self) -> str:
         """The `backbone` metadata string: name with pretrained tag, kwargs and where the weights came from."""
         return self.source.to_json()

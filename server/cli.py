@@ -130,6 +130,8 @@ def serve(**flags) -> None:
     if ray or replicas is not None or ray_address is not None:
         _serve_on_ray(settings, ray, replicas, ray_address)
         return
+    for port in (settings.port, settings.grpc_port):
+        _check_port_free(settings.host, port)  # before anything loads: a busy port is one line, not a half start
     app = create_app(settings)
     # log_config=None: uvicorn's loggers keep the one format setup_logging gave the root logger
     from server.http_protocol import guarded_protocol
@@ -137,6 +139,20 @@ def serve(**flags) -> None:
     http = guarded_protocol(int(settings.max_header_kib * 1024), settings.header_timeout_s)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(), log_config=None,
                 timeout_keep_alive=settings.keep_alive_timeout_s, http=http)
+
+
+def _check_port_free(host: str, port: int | None) -> None:
+    import socket
+
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            fail(f"cannot listen on {host}:{port}: {e.strerror or e} (another server there? choose --port / "
+                 "--grpc-port)")
 
 
 _SERVE_ONLY = [

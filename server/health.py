@@ -27,7 +27,7 @@ async def readyz(state: ServerState = Depends(get_state)):
         body = Readiness(status="failed" if state.error else "loading", detail=state.error)
         return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     engine = state.engine
-    return Readiness(status="ready", backbone=state.backbone.name, fingerprint=state.backbone.fingerprint,
+    return Readiness(status="ready", backbone=state.backbone.display_name, fingerprint=state.backbone.fingerprint,
                      device=str(engine.device), resident_tasks=len(engine.resident),
                      max_images_per_request=state.settings.max_images_per_request,
                      dtype=str(engine.dtype).removeprefix("torch."), backend="torch",

@@ -82,7 +82,7 @@ class ServerState:
             torch.set_num_threads(s.torch_threads)
         if self.backbone is None:
             self.backbone = await asyncio.to_thread(build_backbone, backbone_spec(s))
-        log.info("backbone %s (fingerprint %s)", self.backbone.name, self.backbone.fingerprint[:12])
+        log.info("backbone %s (fingerprint %s)", self.backbone.display_name, self.backbone.fingerprint[:12])
         from server.images import FairDecoder
         from server.limits import resolve_limits
 

@@ -164,3 +164,12 @@ def test_serve_settings_keep_their_env_names(monkeypatch, zoo):
     monkeypatch.delenv("PROMPTSERVE_BACKBONE_WEIGHTS")
     with pytest.raises(ps.BackboneError, match="--pretrained.*--weights"):
         backbone_spec(ServerSettings())
+
+
+def test_a_backbone_is_named_for_people_by_its_file(tmp_path):
+    """Issue 24 item 9: /readyz and the log called the 32-px, patch-4, 6-layer demo file `vit_tiny_patch16_224`."""
+    demo = Path(__file__).resolve().parents[2] / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
+    if demo.is_file():
+        assert ps.Backbone.from_file(demo).display_name == (
+            "vit_tiny_p4_32_cifar10_30ep (vit_tiny_patch16_224, img_size 32, patch_size 4, depth 6)")
+    assert ps.load_backbone("random-tiny").display_name.startswith("random-tiny (vit_tiny_patch16_224, img_size 32")

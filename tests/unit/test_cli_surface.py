@@ -170,3 +170,18 @@ def test_help_shows_no_value_hint_on_flags_and_keeps_brackets():
         assert result.exit_code == 0, (name, result.output)
         assert "<bool>" not in result.output and "BOOLEAN" not in result.output, (name, result.output)
     assert "promptserve[ray]" in runner.invoke(command, ["serve", "--help"]).output
+
+
+def test_a_busy_port_is_one_line_before_anything_loads():
+    """Issue 24 item 11: a failed start logged the bind error, then the backbone's loading lines."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = promptserve("serve", "--backbone", "random-tiny", "--port", str(port), "--store", "/tmp/unused")
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and "--port" in result.stderr
+    assert "Loading" not in result.stderr + result.stdout and "ready:" not in result.stderr  # one line, no more
+    assert len(result.stderr.strip().splitlines()) == 1
