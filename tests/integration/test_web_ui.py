@@ -478,3 +478,36 @@ def test_the_api_docs_render_with_no_network(tmp_path):
     finally:
         driver.quit()
         server.stop()
+
+
+@needs_browser
+def test_a_phone_photo_is_shrunk_in_the_browser_before_it_is_sent(tmp_path, files):
+    """Issue 24 item 4: the page sent a phone's full-size photo. This server refuses images over 1 MiB, so the
+    answer only comes if the page sent at most 1024 px a side, re-encoded."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    noisy = np.random.default_rng(0).integers(0, 256, (3024, 4032, 3), dtype=np.uint8)  # 12 MP, several MB
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, "JPEG", quality=90)
+    assert len(buf.getvalue()) > 1 << 20
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "alpha.safetensors").write_bytes(prompt_set_bytes(1))
+    server = ServerProcess(tmp_path, str(tmp_path / "registry"), "--seed-from", str(seed), "--max-image-mib", "1",
+                           name="photo").start()
+    driver = make_driver(390, 844)
+    try:
+        server.wait_ready(timeout_s=240)
+        driver.get(server.url + "/")
+        wait_for(driver, lambda d: d.find_elements("css selector", ".task-option"), "the task list")
+        by_css(driver, '.task-option[data-task="alpha"]').click()
+        by_css(driver, "#image-files").send_keys(files("photo.jpg", buf.getvalue()))
+        wait_for(driver, lambda d: d.find_elements("css selector", ".result") or by_css(d, "#try-error").text,
+                 "an answer")
+        assert by_css(driver, "#try-error").text == "" and driver.find_elements("css selector", ".result")
+    finally:
+        driver.quit()
+        server.stop()

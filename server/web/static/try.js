@@ -68,6 +68,28 @@
   }
 
   // ---- classify --------------------------------------------------------------------------------------
+  // A phone's photo is 12 MP and several MB: the backbone sees a few dozen pixels a side, so the page sends at
+  // most SEND_SIDE pixels a side (a JPEG re-encoded in the browser); small images go as they are.
+  const SEND_SIDE = 1024;
+  async function shrunk(file) {
+    if (!file.type.startsWith("image/") || file.size < 256 * 1024) return file;
+    let bitmap;
+    try {
+      bitmap = await createImageBitmap(file);
+    } catch {
+      return file;  // the server says what is wrong with it
+    }
+    const scale = SEND_SIDE / Math.max(bitmap.width, bitmap.height);
+    if (scale >= 1) { bitmap.close(); return file; }
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(bitmap.width * scale);
+    canvas.height = Math.round(bitmap.height * scale);
+    canvas.getContext("2d").drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    bitmap.close();
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
+    return blob || file;
+  }
+
   // trueLabel: known for the example images (their file name says it), shown next to the answer
   async function classify(files, trueLabel = null) {
     ps.clearError(errorBox);
@@ -75,8 +97,9 @@
     if (!task) { ps.showError(errorBox, new Error("choose a task first")); return; }
     if (!files.length) return;
     const form = new FormData();
+    const sent = await Promise.all(files.map(shrunk));
     // one image: the `file` form answers one object; several: `files` answers a list, in order
-    for (const file of files) form.append(files.length === 1 ? "file" : "files", file, file.name || "image");
+    sent.forEach((file, i) => form.append(files.length === 1 ? "file" : "files", file, files[i].name || "image"));
     const topK = document.getElementById("top-k").value;
     let answer;
     try {
