@@ -28,15 +28,21 @@ def bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None
 
 
 class StepClock:
-    """Counts the optimizer steps a whole run plans (every stage, grid point and seed) and, after the first
-    few real steps, logs a time estimate for all of them: measured, not guessed from a table."""
+    """Counts the optimizer steps a whole run plans (every stage, grid point and seed) and logs how long the run
+    will take: a first estimate after a few steps (from their speed alone, so it leaves out evaluation and the
+    stages to come), then a revised one at 10%, 25% and 50% of the steps, from the wall time the run has taken
+    so far (evaluation and every overhead included), each saying which it is. `clock`: for tests."""
 
-    def __init__(self, planned_steps: int, log=logger.info, measure_steps: int = 5):
-        self.planned, self.log, self.measure_steps = planned_steps, log, measure_steps
+    CHECKPOINTS = (0.10, 0.25, 0.50)
+
+    def __init__(self, planned_steps: int, log=logger.info, measure_steps: int = 5, clock=time.perf_counter):
+        self.planned, self.log, self.measure_steps, self.clock = planned_steps, log, measure_steps, clock
         self.done, self.t0, self.estimated = 0, None, False
+        self.started = clock()  # the run's start: what the revised estimates divide
+        self.checkpoints = [c for c in self.CHECKPOINTS if c * planned_steps >= 2 * measure_steps]
 
     def step(self) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         if self.t0 is None:  # the first step pays one-off costs (allocations, thread pools): start after it
             self.t0 = now
             return
@@ -44,9 +50,15 @@ class StepClock:
         if not self.estimated and self.done >= self.measure_steps:
             self.estimated = True
             per_step = (now - self.t0) / self.done
-            total = per_step * self.planned
-            self.log(f"[plan] time estimate: ~{_duration(total)} for {self.planned:,} steps in all "
-                     f"({per_step:.3f} s/step over the first {self.done} steps, plus evaluation)")
+            self.log(f"[plan] time estimate: ~{_duration(per_step * self.planned)} for {self.planned:,} steps in all "
+                     f"({per_step:.3f} s/step over the first {self.done} steps; evaluation not counted yet: revised "
+                     f"at {', '.join(f'{c:.0%}' for c in self.checkpoints)} of the steps)")
+        while self.checkpoints and self.done >= self.checkpoints[0] * self.planned:
+            fraction = self.checkpoints.pop(0)
+            elapsed = now - self.started
+            left = elapsed / self.done * (self.planned - self.done)
+            self.log(f"[plan] revised estimate at {fraction:.0%} of the steps: ~{_duration(left)} left, "
+                     f"~{_duration(elapsed + left)} in all (from the {_duration(elapsed)} so far, evaluation included)")
 
 
 def _duration(seconds: float) -> str:
