@@ -10,6 +10,7 @@ stale or made-up number would fail. Skips, saying how to install, where chromium
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import sys
 import time
@@ -281,6 +282,20 @@ def test_registry_table_and_live_view_show_the_servers_metrics(web_server, drive
     submit_api_token(driver)
     wait_for(driver, lambda d: "beta" in by_css(d, "#rps-legend").text, "beta in the requests/s legend")
     assert "distinct tasks per batch" in by_css(driver, "#batch-summary").text
+    # issue 24 item 12: axis ticks at 1, 2, 2.5 or 5 times a power of ten, starting at 0; no `_unknown` series;
+    # the batch chart's series do not take a task's colour
+    for chart in ("#rps-chart", "#batch-chart"):
+        ticks = [float(t) for t in by_css(driver, chart).get_attribute("data-ticks").split(",")]
+        step = ticks[1] - ticks[0]
+        assert ticks[0] == 0 and all(abs(b - a - step) < 1e-9 for a, b in zip(ticks, ticks[1:], strict=False))
+        mantissa = step / 10 ** math.floor(math.log10(step))
+        assert min(abs(mantissa - m) for m in (1, 2, 2.5, 5)) < 1e-6, ticks
+    assert "_unknown" not in by_css(driver, "#rps-legend").text
+    def swatches(legend: str) -> set[str]:
+        return {s.get_attribute("style") for s in driver.find_elements("css selector", f"{legend} .swatch")}
+
+    assert swatches("#rps-legend") and swatches("#batch-legend") and not swatches("#rps-legend") & swatches(
+        "#batch-legend")
     assert console_errors(driver) == []
 
 
@@ -304,6 +319,8 @@ def test_new_task_from_the_registry_list_then_delete_it(web_server, driver, file
     wait_for(driver, lambda d: by_css(d, "#task-status").text.startswith("Deleted"), "the delete status")
     assert httpx.get(f"{url}/tasks/gamma", headers=API_AUTH).status_code == 404
     assert by_css(driver, "#task-error").text == ""  # no error after a delete that worked
+    assert not by_css(driver, "#delete-task").is_enabled()  # issue 24 item 12: nothing left to act on
+    assert not by_css(driver, "#upload-form button[type=submit]").is_enabled()
     assert console_errors(driver) == []
 
 

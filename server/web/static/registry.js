@@ -155,6 +155,10 @@
       if (document.getElementById("task-status").textContent.startsWith("Deleted")) {
         for (const id of ["task-facts", "task-report", "task-labels"]) document.getElementById(id).replaceChildren();
         document.querySelector("#history-table tbody").replaceChildren();
+        // nothing is left to act on: the buttons go too (an upload now would make a new task of that name)
+        for (const control of document.querySelectorAll("#upload-form button, #upload-form input, #delete-task")) {
+          control.disabled = true;
+        }
       }
     });
   }
