@@ -11,13 +11,14 @@ STORE       ?= ./registry
 BACKBONE    ?= assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv serve-venv system-deps test typecheck test-fast lint serve clean help
+.PHONY: venv serve-venv system-deps test typecheck test-fast lint serve docs-assets clean help
 
 help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
 	@echo "make test    - set up .venv (+ redis-server), run the whole test suite"
 	@echo "make lint    - ruff"
 	@echo "make typecheck - mypy on promptserve/, kernels/, prompt_store/ (part of make test)"
+	@echo "make docs-assets - the README's curl answer and docs/img screenshots, from a live demo server"
 
 venv: $(VENV)/.installed
 serve-venv: $(VENV)/.serve-installed
@@ -72,6 +73,10 @@ serve: serve-venv
 	@$(if $(wildcard $(BACKBONE)),,echo "$(BACKBONE) not built yet: serving the random-tiny test backbone")
 	$(VENV)/bin/promptserve serve --backbone $(if $(wildcard $(BACKBONE)),$(BACKBONE),random-tiny) \
 	  --store $(STORE) --seed-from assets/tasks --host $(HOST) --port $(PORT)
+
+# the README's curl answer and the page screenshots come from a live demo server, never typed by hand
+docs-assets: venv
+	$(PY) tools/docs_assets.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -48,3 +48,28 @@ def test_readme_block_runs_as_written(tmp_path):
         assert hashlib.sha256(artifact.read_bytes()).hexdigest() in [t["version"] for t in listed], listed
     finally:
         server.stop()
+
+
+def test_the_readme_curl_answer_is_what_the_demo_server_answers(tmp_path):
+    """Issue 24 item 14: the README's curl command, run as written against the demo server, answers the task, the
+    version and the top label the README shows (`make docs-assets` rewrites those lines from a live answer)."""
+    import pytest
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from docs_assets import curl_block, demo_server, run_curl
+
+    if not (REPO.parent / "shared" / "datasets" / "gtsrb.tar").is_file():
+        pytest.skip("../shared/datasets/gtsrb.tar is absent: the README's curl command reads its stop sign there")
+    commands, shown = curl_block((REPO / "README.md").read_text())
+    server = demo_server(tmp_path).start().wait_ready()
+    try:
+        answer = run_curl(commands, server.port)
+    finally:
+        server.stop()
+    keys = re.findall(r'"(\w+)":', shown)
+    assert {"task", "version", "predictions", "label", "index", "score", "timing_ms"} <= set(keys)
+    assert set(answer) == {"task", "version", "predictions", "timing_ms"}
+    task, version, label = re.search(r'"task":"([^"]+)","version":"([0-9a-f]+)\.\.\.".*?"label":"([^"]+)"',
+                                     shown).groups()
+    assert (answer["task"], answer["predictions"][0]["label"]) == (task, label)
+    assert answer["version"].startswith(version), "README's version is stale: run `make docs-assets`"

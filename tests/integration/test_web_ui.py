@@ -296,6 +296,8 @@ def test_registry_table_and_live_view_show_the_servers_metrics(web_server, drive
 
     assert swatches("#rps-legend") and swatches("#batch-legend") and not swatches("#rps-legend") & swatches(
         "#batch-legend")
+    tasks_shown = driver.find_elements("css selector", "#rps-legend .swatch")
+    assert len(swatches("#rps-legend")) == len(tasks_shown)  # no two tasks share a colour
     assert console_errors(driver) == []
 
 
@@ -438,10 +440,6 @@ def capture_screenshots(url: str, out: Path) -> None:
         driver.quit()
 
 
-if __name__ == "__main__":
-    capture_screenshots(sys.argv[1].rstrip("/"), Path(sys.argv[2]))
-
-
 @needs_browser
 def test_the_search_box_filters_the_task_list(web_server, driver):
     """Issue 24 item 2: the options a search does not match disappear (their grid display hid the attribute)."""
@@ -528,3 +526,7 @@ def test_a_phone_photo_is_shrunk_in_the_browser_before_it_is_sent(tmp_path, file
     finally:
         driver.quit()
         server.stop()
+
+
+if __name__ == "__main__":
+    capture_screenshots(sys.argv[1].rstrip("/"), Path(sys.argv[2]))

@@ -4,8 +4,19 @@
 (() => {
   const COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4d7c0f", "#be185d"];
   const BATCH_COLORS = ["#111827", "#6b7280"];  // not task colours: the batch chart's series are not tasks
-  // a task keeps its colour whatever other tasks a server has (a hash of its name, not its rank)
-  const taskColor = (task) => COLORS[[...task].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % COLORS.length];
+  // a task's colour comes from its name (a hash), not its rank, so it keeps it whatever other tasks a server has;
+  // two tasks whose names want the same colour: the later name (sorted) takes the next free one
+  const hashColor = (task) => [...task].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 7) % COLORS.length;
+  function taskColors(tasks) {
+    const taken = new Set(), colors = {};
+    for (const task of [...tasks].sort()) {
+      let i = hashColor(task);
+      for (let tries = 0; taken.has(i) && tries < COLORS.length; tries++) i = (i + 1) % COLORS.length;
+      taken.add(i);
+      colors[task] = COLORS[i];
+    }
+    return colors;
+  }
   const taskName = (task) => (task === "_unknown" ? "unknown task names" : task);
 
   // ticks at 1, 2, 2.5 or 5 times a power of ten: 0, 0.5, 1, 1.5, 2 rather than 0, 0.8, 1.6, 2.5, 3.3
@@ -86,8 +97,9 @@
     ps.clearError(errorBox);
     const t1 = live.now, t0 = t1 - live.window_s;
     const tasks = [...new Set(live.points.flatMap((p) => Object.keys(p.requests_per_s)))].sort();
+    const colors = taskColors(tasks);
     const rps = tasks.map((task) => ({
-      name: taskName(task), color: taskColor(task),
+      name: taskName(task), color: colors[task],
       points: live.points.map((p) => [p.t, p.requests_per_s[task] || 0]),
     }));
     drawLines(document.getElementById("rps-chart"), rps, { t0, t1, unit: "requests/s" });
