@@ -43,6 +43,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from prompt_store import StoreUnavailable, TaskNotFound
+from promptserve.fileformat import PromptSetError
 from server.batcher import QueueFull
 from server.errors import ApiError, translated
 from server.ray_settings import RaySettings
@@ -89,6 +90,7 @@ class EngineReplica:
                                                              "decode_threads": 1}))
         await self.state.start()
         self.engine = self.state.engine
+        self._refused: dict[str, str] = {}  # task -> the registry version this backbone refused (not retried)
 
         async def hold(task: str) -> _HeldTask:  # a plain function: Ray keeps its cache on the function
             return _HeldTask(task, self._unloaded)
@@ -112,10 +114,18 @@ class EngineReplica:
         await predictor.acquire(task)
         try:
             # holding another version than the ingress read: the registry's current one first (that one or a
-            # newer one); gone from the registry: 404
-            stale = version is not None and self.engine.resident.version(task) != version
-            if stale and await self.engine.sync(task) is None:
-                raise TaskNotFound(f"no task {task!r}")
+            # newer one); gone from the registry: 404. A version this backbone refuses (put into the registry
+            # around the server) is not served: the resident one keeps answering, as in one process.
+            stale = (version is not None and self.engine.resident.version(task) != version
+                     and self._refused.get(task) != version)
+            if stale:
+                try:
+                    if await self.engine.sync(task) is None:
+                        raise TaskNotFound(f"no task {task!r}")
+                except PromptSetError as e:
+                    self._refused[task] = version
+                    log.warning("%s: version %s in the registry is refused here (%s); %s keeps serving", task,
+                                version[:12], e, self.engine.resident.version(task) or "nothing")
             results = await predictor.predict(task, images, top_k)
         finally:
             predictor.release(task)

@@ -22,6 +22,17 @@ OPERATION_IDS = {
     ("get", "/readyz"): "readyz",
     ("get", "/metrics"): "metrics",
     ("get", "/ui/live.json"): "live_stats",
+    # the Open Inference Protocol (server/oip_http.py)
+    ("get", "/v2"): "oip_server_metadata",
+    ("get", "/v2/health/live"): "oip_server_live",
+    ("get", "/v2/health/ready"): "oip_server_ready",
+    ("get", "/v2/models/{task}"): "oip_model_metadata",
+    ("get", "/v2/models/{task}/versions/{version}"): "oip_model_version_metadata",
+    ("get", "/v2/models/{task}/ready"): "oip_model_ready",
+    ("get", "/v2/models/{task}/versions/{version}/ready"): "oip_model_version_ready",
+    ("get", "/v2/models/{task}/config"): "oip_model_config",
+    ("post", "/v2/models/{task}/infer"): "oip_infer",
+    ("post", "/v2/models/{task}/versions/{version}/infer"): "oip_version_infer",
 }
 
 

@@ -75,6 +75,10 @@ ps.api = async (path, { method = "GET", body = null, headers = {}, token = undef
   return data;
 };
 
+// a label as text nodes with a line-break opportunity after each "_", "-" or ".": "21_double_curve" wraps as
+// "21_double_" / "curve", not "21_double_curv" / "e"
+ps.breakable = (text) => String(text).split(/(?<=[_.-])/).flatMap((part, i) => (i ? [document.createElement("wbr"), part] : [part]));
+
 ps.showError = (element, err) => {
   element.textContent = err instanceof ApiError ? err.message : `Error: ${err.message || err}`;
   element.hidden = false;

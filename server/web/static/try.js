@@ -62,7 +62,7 @@
       row.append(ps.el("button", {
         type: "button", class: "example", "aria-label": `Classify example ${example.label}`,
         onclick: () => classify([new File([blob], example.name, { type: blob.type })], example.label),
-      }, ps.el("img", { src: URL.createObjectURL(blob), alt: "" }), ps.el("span", { text: example.label })));
+      }, ps.el("img", { src: URL.createObjectURL(blob), alt: "" }), ps.el("span", {}, ps.breakable(example.label))));
     }
     examples.append(row);
   }
