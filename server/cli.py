@@ -19,6 +19,7 @@ from promptserve.cli import fail, parse_timm_kwargs, read_token_file
 from promptserve.client import ADMIN_TOKEN_ENV, API_TOKEN_ENV, URL_ENV, ClientError
 from promptserve.logs import LOG_LEVELS
 
+CLASSIFY_GROUP = 64  # images per Client.classify call from the CLI (it splits them further to the server's limit)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -230,9 +231,15 @@ def classify(
     if as_json and as_csv:
         fail("--json and --csv: choose one")
     paths = image_paths(images)
+    from promptserve.progress import bar
+
+    answers: list[dict] = []
     with Client(url, read_token_file(token_file) or token, timeout=timeout) as client:
         try:
-            answers = client.classify(task, paths, top_k=top_k)
+            with bar(total=len(paths), desc=f"classify {task}", unit="image") as progress:
+                for i in range(0, len(paths), CLASSIFY_GROUP):  # groups: the bar moves on a long folder
+                    answers += client.classify(task, paths[i:i + CLASSIFY_GROUP], top_k=top_k)
+                    progress.update(len(paths[i:i + CLASSIFY_GROUP]))
         except ClientError as e:
             fail(str(e), 1)
     if as_json:

@@ -80,12 +80,13 @@ def train(
     random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
     out: Path = typer.Option(..., help="artifact path (*.safetensors); report and plots are written beside it"),
     method: str = typer.Option(_D.method, help="linear | vpt-shallow | vpt-deep | e2vpt | full"),
-    epochs: int = typer.Option(_D.epochs), batch_size: int = typer.Option(_D.batch_size),
+    epochs: int = typer.Option(_D.epochs, help="epochs of the final training (and of e2vpt's stage 1)"),
+    batch_size: int = typer.Option(_D.batch_size, help="images per optimizer step"),
     optimizer: str = typer.Option(_D.optimizer, help="sgd (momentum 0.9) | adamw"),
     lr: float | None = typer.Option(None, help="base lr for batch 256 (scaled by batch/256); default: the "
                                     "method's (the hp-search grid's centre)"),
     weight_decay: float | None = typer.Option(None, help="default: the optimizer's (the grid's centre)"),
-    warmup_epochs: float = typer.Option(_D.warmup_epochs),
+    warmup_epochs: float = typer.Option(_D.warmup_epochs, help="linear warm-up before the cosine decay"),
     visual_tokens: int = typer.Option(_D.visual_tokens, help="visual prompt tokens per layer"),
     kv_tokens: int = typer.Option(_D.kv_tokens, help="key-value prompt tokens per layer (e2vpt)"),
     separate_kv: bool = typer.Option(False, help="separate key and value prompts instead of one shared tensor"),
@@ -98,7 +99,8 @@ def train(
                               "best seed on validation (val is then kept out of the final runs)"),
     prompt_dropout: float = typer.Option(_D.prompt_dropout, help="dropout on the visual prompts while training "
                                          "(official code: 0.1)"),
-    seed: int = typer.Option(_D.seed), augment: bool = typer.Option(_D.augment, help="random crop + flip"),
+    seed: int = typer.Option(_D.seed, help="seed of the subset, the split, the inits and the batch order"),
+    augment: bool = typer.Option(_D.augment, help="random crop + flip"),
     token_prune: float = typer.Option(_D.token_prune, help="fraction of visual tokens pruned per layer"),
     segment_prune: float = typer.Option(_D.segment_prune, help="fraction of kept tokens' segments zeroed"),
     segments: int = typer.Option(_D.segments, help="segments per token (paper 8, official code 16)"),
@@ -116,8 +118,10 @@ def train(
     cache: bool = typer.Option(True, help="decode cache in $PROMPTSERVE_CACHE/datasets (default "
                                "~/.cache/promptserve/datasets; delete it to clear); --no-cache skips it"),
     final_on_all: bool = typer.Option(_D.final_on_all, help="train the final artifact on train + val"),
-    threads: int = typer.Option(_D.threads), device: str = typer.Option(_D.device),
-    progress: bool = typer.Option(True, help="progress bars"),
+    threads: int = typer.Option(_D.threads, help="torch threads [default: torch's, one per core]"),
+    device: str = typer.Option(_D.device, help="cpu: the trainer runs on the CPU (GPU training is not supported "
+                               "yet; serve picks cuda by itself)"),
+    progress: bool = typer.Option(True, help="progress bars on stderr, where it is a terminal"),
     task_name: str = typer.Option("", help="task name for --push (default: from --out)"),
     push: str = typer.Option("", help="store dir, redis:// URL, or http(s):// server to upload to"),
     token: str = typer.Option(None, help=f"admin token for an http(s) --push (env {ADMIN_TOKEN_ENV}; the old "
@@ -199,7 +203,7 @@ def evaluate(
           backbone_from_flags(backbone, pretrained, weights, random_init, timm_kwargs, (str(task), meta)))
     dc = bb.data_config
     try:  # only the asked split is listed and decoded: a folder with just test/ works
-        (arr,) = load_splits(data, dc.input_size, dc.interpolation, progress=False, splits=(split,))
+        (arr,) = load_splits(data, dc.input_size, dc.interpolation, progress=True, splits=(split,))
     except DatasetError as e:
         fail(str(e))
     if arr is None:
@@ -214,7 +218,7 @@ def evaluate(
     if full:
         if dtype != "float32":
             fail("--dtype applies to prompt sets (what the server runs); a `full` model is scored in float32")
-        acc = accuracy_module(bb.model, dc, arr.images, y, batch_size)
+        acc = accuracy_module(bb.model, dc, arr.images, y, batch_size, progress=True)
     else:
         import torch
 
@@ -222,9 +226,9 @@ def evaluate(
         from training.loop import predict_prompt_set
 
         ps = PromptSet.load(task)
-        reference = predict_prompt_set(bb, ps, arr.images, batch_size)
+        reference = predict_prompt_set(bb, ps, arr.images, batch_size, progress=True)
         pred = reference if dtype == "float32" else predict_prompt_set(bb, ps, arr.images, batch_size,
-                                                                       dtype=getattr(torch, dtype))
+                                                                       progress=True, dtype=getattr(torch, dtype))
         acc, agreement = float((pred == y).mean()), float((pred == reference).mean())
     stored = json.loads(meta.get("metrics", "{}")).get(f"{split}_acc")
     line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"

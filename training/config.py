@@ -126,6 +126,9 @@ class TrainConfig:
                                    f"({self.segments})")
         if self.importance not in IMPORTANCE:
             raise TrainConfigError(f"importance={self.importance!r}: choose one of {IMPORTANCE}")
+        if self.device != "cpu":
+            raise TrainConfigError(f"--device {self.device}: the trainer runs on the CPU (GPU training is not "
+                                   "supported yet): use --device cpu")
         if self.threads is not None and self.threads < 1:
             raise TrainConfigError(f"threads={self.threads}: use >= 1, or leave it out for torch's default")
         if self.seeds < 1:

@@ -1,30 +1,16 @@
-"""Progress bars that only draw on a terminal.
-
-tqdm redraws its line with carriage returns; in a log file (stdout or stderr redirected, a CI job, a
-`nohup` run) that leaves one giant line of bars. There the trainer's own per-epoch / per-stage log lines
-are the periodic progress, so the bars are simply off.
-"""
+"""The trainer's progress: the core's bars (promptserve.progress, drawn only on a terminal) and the run's time
+estimate (StepClock)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from collections.abc import Iterable
 
-from tqdm import tqdm
+from promptserve.progress import bar, interactive
+
+__all__ = ["StepClock", "bar", "interactive"]
 
 logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
-
-
-def interactive() -> bool:
-    """True when both stdout and stderr are terminals (tqdm draws on stderr, logs go to stdout)."""
-    return all(getattr(s, "isatty", lambda: False)() for s in (sys.stdout, sys.stderr))
-
-
-def bar(iterable: Iterable | None = None, *, desc: str, total: int | None = None, enabled: bool = True) -> tqdm:
-    return tqdm(iterable, desc=desc, total=total, disable=not (enabled and interactive()), leave=False,
-                mininterval=1, dynamic_ncols=True)
 
 
 class StepClock:
