@@ -364,6 +364,10 @@ def _timm_backbone(spec: BackboneSpec) -> Backbone:
         if "num_classes" in kwargs:  # else timm drops a checkpoint head whose size differs from its default
             overlay["num_classes"] = kwargs["num_classes"]
         kwargs["pretrained_cfg_overlay"] = overlay
+    if spec.source == TIMM_PRETRAINED and not _hub_reachable():
+        raise BackboneError(f"timm's pretrained weights for {spec.name} come from huggingface.co, which cannot be "
+                            f"reached from here (within {HUB_PROBE_S:g} s): offline, copy the weights file here and "
+                            "pass --weights FILE")
     try:
         model = timm.create_model(spec.name, pretrained=from_file or spec.source == TIMM_PRETRAINED, **kwargs)
     except Exception as e:  # timm, torch and the hub raise many types; the user needs one line either way
@@ -380,6 +384,29 @@ def _timm_backbone(spec: BackboneSpec) -> Backbone:
     if spec.source == TIMM_PRETRAINED and tag and "." not in name and ":" not in name:
         name = f"{name}.{tag}"  # record the weights actually loaded, even if timm's default tag changes later
     return Backbone(model, name, spec.timm_kwargs, source=BackboneSpec(name, spec.source, spec.path, spec.timm_kwargs))
+
+
+HUB_PROBE_S = 3.0
+
+
+def _hub_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
+    """Whether the model hub answers a TCP connect within HUB_PROBE_S (name lookup included, in a thread: a
+    resolver with no network can hang far longer). Offline, the hub client's own retries took 55 s to fail."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    def connect() -> bool:
+        with socket.create_connection((host, port), timeout=HUB_PROBE_S):
+            return True
+
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(connect).result(timeout=HUB_PROBE_S)
+    except (OSError, FutureTimeout):
+        return False
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _project_file_metadata(path: Path) -> dict[str, str]:

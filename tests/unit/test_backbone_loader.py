@@ -173,3 +173,20 @@ def test_a_backbone_is_named_for_people_by_its_file(tmp_path):
         assert ps.Backbone.from_file(demo).display_name == (
             "vit_tiny_p4_32_cifar10_30ep (vit_tiny_patch16_224, img_size 32, patch_size 4, depth 6)")
     assert ps.load_backbone("random-tiny").display_name.startswith("random-tiny (vit_tiny_patch16_224, img_size 32")
+
+
+def test_pretrained_weights_offline_fail_in_seconds_with_what_to_do(monkeypatch):
+    """Issue 24 item 10: offline, `info --pretrained` spent 55 s in the hub client's retries."""
+    import socket
+    import time
+
+    from promptserve import backbone
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    start = time.monotonic()
+    with pytest.raises(ps.BackboneError, match="cannot be reached.*--weights FILE"):
+        ps.load_backbone(NAME, pretrained=True)
+    assert time.monotonic() - start < backbone.HUB_PROBE_S + 1
