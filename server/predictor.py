@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 
 class Predictor(Protocol):
+    local: bool  # True: this process's engine answers (its residency and batches are the ones its pages show)
     async def acquire(self, task: str) -> None:
         """Raise the store's TaskNotFound for an unknown task; otherwise the task may be predicted."""
 
@@ -37,6 +38,8 @@ class Predictor(Protocol):
 class LocalPredictor:
     """This process's engine and batcher: the task is loaded (cold load on first use) and kept resident
     while its request is in flight, and its images ride in the next mixed-task batch."""
+
+    local = True
 
     def __init__(self, engine: Engine, batcher: Batcher):
         self.engine, self.batcher = engine, batcher

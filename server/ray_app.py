@@ -164,6 +164,8 @@ class RemotePredictor:
     waiting for the registry's change events (a directory registry's arrive after a file-system poll). While the
     registry is down, the version last read is passed on and the tasks the replicas hold keep answering."""
 
+    local = False  # the engine replicas hold the tasks and run the batches, not this ingress
+
     def __init__(self, state: ServerState | None, engine: DeploymentHandle, affinity: bool):
         self.state, self.engine, self.affinity = state, engine, affinity
         self._versions: dict[str, str] = {}  # the version each task had at its last registry read

@@ -41,6 +41,8 @@ def _page(request: Request, template: str, state: ServerState, **context) -> HTM
     return templates.TemplateResponse(request, template, {
         "version": promptserve.__version__,
         "api_token_required": state.api_token is not None,
+        # under Ray Serve this process is the ingress: the engine replicas hold the tasks and run the batches
+        "remote_engine": state.predictor is not None and not getattr(state.predictor, "local", True),
         **context,
     }, headers=PAGE_HEADERS)
 

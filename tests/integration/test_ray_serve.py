@@ -276,3 +276,17 @@ def test_read_your_writes_with_a_directory_registry(ray_directory_server):
     assert client.post("/classify/fresh", content=image_bytes(1), headers=PNG).json()["version"] == back["version"]
     assert client.delete("/tasks/fresh", headers=AUTH).status_code == 200
     assert client.post("/classify/fresh", content=image_bytes(2), headers=PNG).status_code == 404
+
+
+def test_the_pages_say_what_they_show_under_ray(ray_server, tmp_path):
+    """Issue 24 item 5: under --ray the Registry said "Resident: no" for tasks the replicas serve and Live said
+    "No batch ran" while requests flowed: the pages read the ingress. They now say so, and the Resident column
+    does not claim what the ingress cannot know; a one-process server shows no such notice."""
+    for page in ("/ui/tasks", "/ui/live"):
+        html = ray_server.client.get(page).text
+        assert 'id="remote-engine-notice"' in html and 'data-remote-engine="true"' in html
+    one = TestClient(create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path / "r")),
+                                backbone=tiny_backbone()))
+    with one:
+        wait_until(lambda: one.get("/readyz").status_code == 200, 60)
+        assert 'remote-engine-notice' not in one.get("/ui/tasks").text

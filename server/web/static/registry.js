@@ -38,7 +38,7 @@
         ps.el("td", { class: "num", text: t.labels.length }),
         ps.el("td", { class: "num", text: ps.percent(t.metrics.test_acc) }),
         ps.el("td", { class: "num", text: ps.bytes(t.size) }),
-        ps.el("td", { text: t.resident ? "yes" : "no" }),
+        ps.el("td", { text: document.body.dataset.remoteEngine === "true" ? "(replicas)" : t.resident ? "yes" : "no" }),
         ps.el("td", { text: ps.ago(usage.last_used) }),
         ps.el("td", { class: "num", text: usage.requests ?? 0 }),
         ps.el("td", { class: "num", text: ps.ms(usage.latency_p50_ms) }));
