@@ -530,3 +530,17 @@ def test_a_phone_photo_is_shrunk_in_the_browser_before_it_is_sent(tmp_path, file
 
 if __name__ == "__main__":
     capture_screenshots(sys.argv[1].rstrip("/"), Path(sys.argv[2]))
+
+
+@needs_browser
+def test_the_registry_fits_a_phone(web_server):
+    """Issue 24 item 12: on a phone the table's caption ran off the screen mid-word (a caption is as wide as its
+    table, which scrolls sideways there)."""
+    driver = make_driver(390, 844)
+    try:
+        driver.get(web_server.url + "/ui/tasks")
+        right = driver.execute_script(
+            "return document.getElementById('tasks-caption').getBoundingClientRect().right")
+        assert right <= driver.execute_script("return document.documentElement.clientWidth")
+    finally:
+        driver.quit()
