@@ -536,6 +536,7 @@ if __name__ == "__main__":
 def test_the_registry_fits_a_phone(web_server):
     """Issue 24 item 12: on a phone the table's caption ran off the screen mid-word (a caption is as wide as its
     table, which scrolls sideways there)."""
+    web_server.wait_ready(timeout_s=240)
     driver = make_driver(390, 844)
     try:
         driver.get(web_server.url + "/ui/tasks")
