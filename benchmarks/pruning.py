@@ -3,7 +3,7 @@
     python benchmarks/pruning.py                      # demo-sized backbone, batch 32
     python benchmarks/pruning.py --size ti --batch 8  # ViT-Ti/16 at 224
 
-Hard-pruned prompt sets hold fewer tokens (DESIGN.md: pruned tokens are removed from the sequence), so a
+Hard-pruned prompt sets hold fewer tokens (docs/design.md: pruned tokens leave the sequence), so a
 pruned task runs a shorter sequence. One PromptedViT holds one task per (visual, kv) pair; each timed call is
 a single-task batch. Saving = 1 - cost / cost of the largest set (100 visual, 50 kv); the theoretical saving
 comes from the FLOP model (benchmarks/common.py: vit_flops). Savings are medians over rounds of the ratio of

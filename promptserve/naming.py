@@ -1,4 +1,4 @@
-"""The one task-name rule (DESIGN.md's contract), used by the registry, the server, the trainer and the CLI.
+"""The one task-name rule (docs/design.md, What flows), used by the registry, the server, the trainer and the CLI.
 
 A task name becomes a file name and a Redis key, so this check is also the path-traversal guard.
 """

@@ -1,8 +1,8 @@
 """The task registry over HTTP: upload (validate, store, swap in), inspect, roll back, delete.
 
-Invariant 6 of DESIGN.md lives here: nothing a client sends is stored or served unless it validated
-against this server's backbone first, and a refused write changes nothing (the store refuses before
-writing, and the bank is only touched after the store accepted).
+docs/design.md's promise "nothing refused is stored or served" lives here: nothing a client sends is stored
+or served unless it validated against this server's backbone first, and a refused write changes nothing (the
+store refuses before writing, and the bank is only touched after the store accepted).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every image goes through `promptserve.preprocess.image_to_uint8` (decode -> RGB -> resize with the
 backbone's interpolation) and, per batch, `normalise` with the backbone's mean/std: the exact pipeline
-the server runs, so a trained artifact is evaluated on what it will be served (invariant 4).
+the server runs, so a trained artifact is evaluated on what it will be served (docs/design.md).
 
 Data sources (`--data`):
     DIR or FILE.tar          ImageFolder: train/<class>/..., test/<class>/..., optional val/<class>/...

@@ -1,4 +1,4 @@
-"""A user's own timm ViT weights, end to end (invariant 4): `train --backbone NAME --weights FILE`, then
+"""A user's own timm ViT weights, end to end (no train/serve skew): `train --backbone NAME --weights FILE`, then
 `eval` with no --backbone (the artifact records its backbone), then a real `serve` on the same flags: all three
 agree on the fingerprint and on the accuracy."""
 

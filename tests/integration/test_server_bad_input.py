@@ -1,5 +1,5 @@
 """Every bad input of issue 6 point 4 gets its status and a message that says why, and changes nothing:
-the task keeps its current version, its history and its answers (DESIGN.md invariant 6)."""
+the task keeps its current version, its history and its answers (docs/design.md, the promises)."""
 
 from __future__ import annotations
 

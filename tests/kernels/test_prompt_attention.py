@@ -1,4 +1,4 @@
-"""The Triton prompt-KV attention kernel equals the plain-torch reference (DESIGN.md invariant 3).
+"""The Triton prompt-KV attention kernel equals the plain-torch reference (docs/design.md, the promises).
 
 On a CPU these run in Triton's interpreter (tests/kernels/conftest.py sets TRITON_INTERPRET=1), which is slow:
 shapes stay small. The kernel module is imported inside the tests, after the conftest ran.

@@ -58,7 +58,7 @@ def model(bb):
 
 
 def single_task_logits(model, x, names):
-    """Each sample through a batch of its own task alone (the reference for invariant 2)."""
+    """Each sample through a batch of its own task alone (the reference for mixed-task batches)."""
     out = []
     for i, name in enumerate(names):
         out.append(model(x[i:i + 1], [name])[0])

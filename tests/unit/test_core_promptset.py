@@ -1,4 +1,4 @@
-"""The prompt-set file: save/load bit-exactness (invariant 4, first half) and every validation error."""
+"""The prompt-set file: save/load bit-exactness and every validation error."""
 
 from __future__ import annotations
 

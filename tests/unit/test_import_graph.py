@@ -1,4 +1,4 @@
-"""Imports point one way (DESIGN.md): server, training, prompt_store -> promptserve -> kernels. The core and the
+"""Imports point one way (docs/design.md): server, training, prompt_store -> promptserve -> kernels. The core and the
 kernels import nothing above them, neither by `import` nor by a string handed to importlib.import_module /
 __import__ (the old console entry point reached server and training that way). Read from the AST, so a lazy
 import inside a function counts as much as one at the top."""
@@ -49,7 +49,7 @@ def violations(package: str, root: Path = REPO) -> list[str]:
 
 @pytest.mark.parametrize("package", sorted(FLOORS))
 def test_package_imports_nothing_above_it(package):
-    assert violations(package) == [], f"{package} reaches above its floor (DESIGN.md, 'Imports point one way')"
+    assert violations(package) == [], f"{package} reaches above its floor (docs/design.md, 'The rooms')"
 
 
 def test_the_check_sees_static_lazy_and_string_imports(tmp_path):
