@@ -110,9 +110,12 @@ if [[ $DRY_RUN == 1 ]]; then
     step "vs_alternatives.py arguments ($dtype)" 60 "$PY" benchmarks/vs_alternatives.py "${VS_ARGS[@]}" \
       --dtype "$dtype" --check-args
   done
+  step "gpu_serving_check.py arguments" 120 "$PY" benchmarks/gpu_serving_check.py --size demo --check-args
 else
   step "tests/kernels" 150 "$PY" -m pytest -q -p no:cacheprovider tests/kernels
   step "attention.py: Triton kernel vs gather + concat + SDPA" 75 "$PY" benchmarks/attention.py "${ATTENTION_ARGS[@]}"
+  step "No host-device sync in the mixed-task forward; dtype auto on CUDA" 90 "$PY" benchmarks/gpu_serving_check.py \
+    --size b
   for dtype in float16 bfloat16; do
     step "vs_alternatives.py, ViT-B/16 at 224, $dtype" 105 "$PY" benchmarks/vs_alternatives.py "${VS_ARGS[@]}" \
       --dtype "$dtype"

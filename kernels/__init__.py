@@ -35,15 +35,17 @@ def resolve_impl(q: torch.Tensor, impl: str | None = None) -> str:
 
 
 def prompt_attention(q, k, v, prompt_k, prompt_v, task_index, prompt_len, pad_start=None, pad_end=None,
-                     scale=None, impl: str | None = None) -> torch.Tensor:
-    """See `kernels.reference.prompt_attention_reference` for the contract; returns (B, N, H * d)."""
+                     scale=None, impl: str | None = None, needs_mask: bool | None = None) -> torch.Tensor:
+    """See `kernels.reference.prompt_attention_reference` for the contract; returns (B, N, H * d).
+    needs_mask: whether any key is masked, when the caller knows it on the host (the reference then reads
+    nothing back from the device); the kernel masks in place and ignores it."""
     if resolve_impl(q, impl) == "triton":
         from kernels.triton_attention import prompt_attention_triton
 
         return prompt_attention_triton(q, k, v, prompt_k, prompt_v, task_index, prompt_len,
                                        pad_start, pad_end, scale=scale)
     return prompt_attention_reference(q, k, v, prompt_k, prompt_v, task_index, prompt_len,
-                                      pad_start, pad_end, scale=scale)
+                                      pad_start, pad_end, scale=scale, needs_mask=needs_mask)
 
 
 __all__ = ["prompt_attention", "prompt_attention_reference", "prompt_key_mask", "resolve_impl"]

@@ -34,6 +34,7 @@ def prompt_attention_reference(
     pad_start: torch.Tensor | None = None,  # (B,) int64: own keys [pad_start, pad_end) are masked
     pad_end: torch.Tensor | None = None,  # (B,) int64
     scale: float | None = None,
+    needs_mask: bool | None = None,  # known on the host: skips reading it back from the device (a sync)
 ) -> torch.Tensor:
     """Returns (B, N, H * d), laid out as timm's Attention lays out its output before `proj`."""
     B, H, N, d = q.shape
@@ -46,7 +47,9 @@ def prompt_attention_reference(
         if (pad_start is None) != (pad_end is None):
             raise ValueError("pad_start and pad_end must both be tensors or both be None")
         pad_start = pad_end = torch.zeros(B, dtype=torch.long, device=q.device)
-    needs_mask = bool((pad_end > pad_start).any()) or (P and bool((prompt_len.index_select(0, task_index) < P).any()))
+    if needs_mask is None:
+        needs_mask = bool((pad_end > pad_start).any()) or bool(
+            P and (prompt_len.index_select(0, task_index) < P).any())
     if needs_mask:
         mask = prompt_key_mask(task_index, prompt_len, P, N, pad_start, pad_end)[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)  # (B, H, N, d)

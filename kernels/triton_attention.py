@@ -18,9 +18,13 @@ Inference only: there is no backward. Training uses the reference (it has autogr
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+
+CHECKS_ENV = "PROMPTSERVE_KERNEL_CHECKS"  # "1": the launcher also checks index values (see there)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _LOG2E = 1.4426950408889634  # softmax with exp2: exp(x * s) == exp2(x * s * log2(e))
@@ -200,13 +204,14 @@ def prompt_attention_triton(
         _check_index("pad_start", pad_start, B, q.device)
         _check_index("pad_end", pad_end, B, q.device)
 
-    # Value checks: a bad index would read outside the bank. One host sync for all of them.
+    # Value checks: a bad index would read outside the bank. They read the values back (a host sync), so they run
+    # when PROMPTSERVE_KERNEL_CHECKS=1 (tests, debugging); the engine builds these tensors from its own bank.
     bad = []
     if has_prompts:
         bad += [(task_index < 0) | (task_index >= T), (prompt_len < 0) | (prompt_len > P)]
     if pad_start is not None:
         bad += [(pad_start < 0) | (pad_start > pad_end) | (pad_end > N)]
-    if bad and bool(torch.cat(bad).any()):
+    if os.environ.get(CHECKS_ENV) == "1" and bad and bool(torch.cat(bad).any()):
         if has_prompts:
             _check(not bool(bad[0].any()),
                    f"task_index must be in [0, {T}) (the bank has T={T} rows), got {task_index.tolist()}")

@@ -38,6 +38,10 @@ class PromptBatch:
     num_classes: torch.Tensor
     pooling: str = "token"
     versions: tuple[str, ...] = ()  # per sample: the version of its task that this batch uses
+    # Facts the forward would otherwise read back from the device (a host sync per layer on a GPU), known on
+    # the host when the batch is built; None: not known, the forward computes them from the tensors.
+    all_deep: bool | None = None  # every task of the batch is deep
+    mask_free: list[bool] | None = None  # per layer: no sample has padded visual or key/value prompt slots
 
     @classmethod
     def for_one_task(cls, batch_size: int, num_layers: int, visual: dict[int, torch.Tensor],
@@ -62,7 +66,8 @@ class PromptBatch:
             value=[None if key.get(i) is None or key[i].shape[1] == 0 else value[i][None] for i in range(num_layers)],
             kv_len=[lengths(t, 1) for t in keys],
             deep=torch.tensor([deep], device=device), head_weight=head_weight[None], head_bias=head_bias[None],
-            num_classes=torch.tensor([head_weight.shape[0]], device=device), pooling=pooling)
+            num_classes=torch.tensor([head_weight.shape[0]], device=device), pooling=pooling,
+            all_deep=deep, mask_free=[True] * num_layers)  # one task: nothing is padded
 
 
 def _grow(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
@@ -193,10 +198,12 @@ class PromptBank:
             rows_dev = rows.to(self.device)
             slot = {t: j for j, t in enumerate(unique)}
             task_index = torch.tensor([slot[t] for t in tasks], dtype=torch.long, device=self.device)
-            visual, visual_len, key, value, kv_len = [], [], [], [], []
+            visual, visual_len, key, value, kv_len, mask_free = [], [], [], [], [], []
+            all_deep = bool(self.deep[rows].all())  # host tensors: no device sync
             for i in range(self.L):
                 vl, kl = self.visual_len[i, rows], self.kv_len[i, rows]
                 m, p = int(vl.max()), int(kl.max())
+                mask_free.append(int(vl.min()) == m and int(kl.min()) == p)
                 visual.append(self.visual[i].index_select(0, rows_dev)[:, :m] if m else None)
                 key.append(self.key[i].index_select(0, rows_dev)[:, :, :p] if p else None)
                 value.append(self.value[i].index_select(0, rows_dev)[:, :, :p] if p else None)
@@ -209,4 +216,6 @@ class PromptBank:
                 head_weight=self.head_weight.index_select(0, rows_dev)[:, :c],
                 head_bias=self.head_bias.index_select(0, rows_dev)[:, :c],
                 num_classes=self.num_classes[rows].to(self.device), pooling=self.pooling,
-                versions=tuple(self._versions[t] for t in tasks))
+                versions=tuple(self._versions[t] for t in tasks),
+                # shallow tasks carry layer 0's prompts with their own lengths: only an all-deep batch is known
+                all_deep=all_deep, mask_free=mask_free if all_deep else None)

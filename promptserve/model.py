@@ -101,6 +101,8 @@ class PromptedViT(nn.Module):
         new_lens = batch.visual_len[i].index_select(0, ti)
         if i == 0:
             return new, new_lens
+        if batch.all_deep:  # known on the host: no device sync
+            return new, new_lens
         deep = batch.deep.index_select(0, ti)  # (B,)
         if bool(deep.all()):
             return new, new_lens
@@ -118,8 +120,10 @@ class PromptedViT(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, H, N, d), strided views
         q, k = attn.q_norm(q), attn.k_norm(k)
         pad_end_t = torch.full_like(pad_start, pad_end)
+        mask_free = None if batch.mask_free is None else batch.mask_free[i]
         out = prompt_attention(q, k, v, batch.key[i], batch.value[i], batch.task_index, batch.kv_len[i],
-                               pad_start, pad_end_t, scale=attn.scale, impl=self.attention_impl)  # (B, N, H*d)
+                               pad_start, pad_end_t, scale=attn.scale, impl=self.attention_impl,
+                               needs_mask=None if mask_free is None else not mask_free)  # (B, N, H*d)
         return attn.proj_drop(attn.proj(attn.norm(out)))
 
     @staticmethod

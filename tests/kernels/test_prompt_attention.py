@@ -128,9 +128,10 @@ def _bad(**change):
     (lambda i: dict(q=i["q"].transpose(2, 3).contiguous().transpose(2, 3)), "contiguous head dim"),
 ], ids=["dtype_mix", "int_dtype", "shape", "bank_heads", "prompt_v_none", "task_too_big", "task_negative",
         "task_shape", "task_float", "prompt_len_over_P", "pad_past_N", "pad_reversed", "pad_end_none", "stride"])
-def test_launcher_rejects_bad_inputs(change, message):
-    from kernels.triton_attention import prompt_attention_triton
+def test_launcher_rejects_bad_inputs(change, message, monkeypatch):
+    from kernels.triton_attention import CHECKS_ENV, prompt_attention_triton
 
+    monkeypatch.setenv(CHECKS_ENV, "1")  # value checks read the indices back (a host sync): on request only
     inputs = _bad()
     inputs.update(change(inputs))
     with pytest.raises(ValueError, match=message):

@@ -29,9 +29,10 @@ def test_dry_run_checks_imports_and_arguments_and_writes_one_report(tmp_path):
     assert done.returncode == 0, report
     assert report.startswith("# GPU check (DRY RUN")
     for step in ("## Machine", "## tests/kernels (collected only)", "## attention.py arguments",
-                 "## vs_alternatives.py arguments (float16)", "## vs_alternatives.py arguments (bfloat16)"):
+                 "## vs_alternatives.py arguments (float16)", "## vs_alternatives.py arguments (bfloat16)",
+                 "## gpu_serving_check.py arguments"):
         assert step in report
-    assert report.count("exit status 0") == 5 and "every step exited 0" in report
+    assert report.count("exit status 0") == 6 and "every step exited 0" in report
     assert "tests collected" in report and "arguments ok" in report
 
 
