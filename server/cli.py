@@ -78,11 +78,11 @@ def _settings_options() -> list[inspect.Parameter]:
     for name, field in ServerSettings.model_fields.items():
         default = field.default_factory() if field.default_factory else field.default
         env = "PROMPTSERVE_" + name.upper()
-        shown = "" if default in (None, [], {}) or name in FILE_FIELDS else f"default {default}; "
+        shown = False if default in (None, [], {}) or name in FILE_FIELDS else str(default)
         help_text = EXTRA_HELP[name] if name in FILE_FIELDS else \
-            f"{EXTRA_HELP.get(name) or field.description or ''} ({shown}env {env})".strip()
+            f"{EXTRA_HELP.get(name) or field.description or ''} (env {env})".strip()
         kind = Path if name in FILE_FIELDS else _flag_type(field.annotation)
-        option = typer.Option(None, *flag_names(name), help=help_text, show_default=False,
+        option = typer.Option(None, *flag_names(name), help=help_text, show_default=shown,
                               **({"exists": True, "dir_okay": False} if kind is Path else {}))
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind))
     return params
@@ -161,9 +161,10 @@ _SERVE_ONLY = [
         False, "--ray", help="Run on Ray Serve: engine replicas routed by task (needs promptserve[ray]; see "
                              "docs/serving.md).")),
     inspect.Parameter("replicas", inspect.Parameter.KEYWORD_ONLY, annotation=int, default=typer.Option(
-        None, help="With --ray: engine replicas (default 2).")),
+        None, help="With --ray: engine replicas.", show_default="2")),
     inspect.Parameter("ray_address", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
-        None, help="With --ray: a running Ray cluster (ray://host:10001 or auto); default: a local Ray instance.")),
+        None, help="With --ray: a running Ray cluster (ray://host:10001 or auto).",
+        show_default="a local Ray instance")),
     inspect.Parameter("log_level", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
         "info", help=f"{', '.join(LOG_LEVELS)}: the server's and uvicorn's lines, one format.")),
 ]
@@ -192,8 +193,7 @@ def _serve_on_ray(settings, ray: bool, replicas: int | None, address: str | None
     run(settings, ray_settings)
 
 
-URL_FLAG = typer.Option(None, "--url", help=f"Server URL (env {URL_ENV}; default http://127.0.0.1:8000).",
-                        show_default=False)
+URL_FLAG = typer.Option(None, "--url", help=f"Server URL (env {URL_ENV}).", show_default="http://127.0.0.1:8000")
 TOKEN_FILE_FLAG = typer.Option(None, "--token-file", exists=True, dir_okay=False,
                                help="Read the token from this file (keeps it out of the process list).")
 
@@ -217,7 +217,8 @@ def classify(
     images: list[Path] = typer.Argument(..., help="Image files and directories (their images, recursively)."),
     task: str = typer.Option(..., "--task", "-t", help="Task name."),
     url: str = URL_FLAG,
-    top_k: int = typer.Option(None, min=1, max=1000, help="Labels per image, 1-1000 (default: the server's, 5)."),
+    top_k: int = typer.Option(None, min=1, max=1000, help="Labels per image, 1-1000.",
+                              show_default="the server's, 5"),
     token: str = typer.Option(None, help=f"API token when the server sets one (env {API_TOKEN_ENV}); visible in "
                                          "the process list: prefer the env or --token-file.", show_default=False),
     token_file: Path = TOKEN_FILE_FLAG,

@@ -83,9 +83,10 @@ def train(
     epochs: int = typer.Option(_D.epochs, help="epochs of the final training (and of e2vpt's stage 1)"),
     batch_size: int = typer.Option(_D.batch_size, help="images per optimizer step"),
     optimizer: str = typer.Option(_D.optimizer, help="sgd (momentum 0.9) | adamw"),
-    lr: float | None = typer.Option(None, help="base lr for batch 256 (scaled by batch/256); default: the "
-                                    "method's (the hp-search grid's centre)"),
-    weight_decay: float | None = typer.Option(None, help="default: the optimizer's (the grid's centre)"),
+    lr: float | None = typer.Option(None, help="base lr for batch 256 (scaled by batch/256)",
+                                    show_default="the method's: the hp-search grid's centre"),
+    weight_decay: float | None = typer.Option(None, help="AdamW / SGD weight decay",
+                                              show_default="the optimizer's: the grid's centre"),
     warmup_epochs: float = typer.Option(_D.warmup_epochs, help="linear warm-up before the cosine decay"),
     visual_tokens: int = typer.Option(_D.visual_tokens, help="visual prompt tokens per layer"),
     kv_tokens: int = typer.Option(_D.kv_tokens, help="key-value prompt tokens per layer (e2vpt)"),
@@ -112,17 +113,17 @@ def train(
     min_segments_kept: int = typer.Option(_D.min_segments_kept, help="per-token rule: segments every token keeps"),
     search: bool = typer.Option(False, help="choose the pruning ratios on the val split"),
     hp_search: bool | None = typer.Option(None, "--hp-search/--no-hp-search", help="lr x weight-decay grid "
-                                          "scored on the val split, then the best retrained [default: on for "
-                                          "prompt methods]"),
-    hp_epochs: int | None = typer.Option(None, help="epochs of each hp-search point [default: epochs // 2]"),
-    cache: bool = typer.Option(True, help="decode cache in $PROMPTSERVE_CACHE/datasets (default "
-                               "~/.cache/promptserve/datasets; delete it to clear); --no-cache skips it"),
+                                          "scored on the val split, then the best retrained",
+                                          show_default="on for prompt methods"),
+    hp_epochs: int | None = typer.Option(None, help="epochs of each hp-search point", show_default="epochs // 2"),
+    cache: bool = typer.Option(True, help="decode cache in $PROMPTSERVE_CACHE/datasets (~/.cache/promptserve/"
+                               "datasets unless set; delete it to clear); --no-cache skips it"),
     final_on_all: bool = typer.Option(_D.final_on_all, help="train the final artifact on train + val"),
-    threads: int = typer.Option(_D.threads, help="torch threads [default: torch's, one per core]"),
+    threads: int = typer.Option(_D.threads, help="torch threads", show_default="torch's, one per core"),
     device: str = typer.Option(_D.device, help="cpu: the trainer runs on the CPU (GPU training is not supported "
                                "yet; serve picks cuda by itself)"),
     progress: bool = typer.Option(True, help="progress bars on stderr, where it is a terminal"),
-    task_name: str = typer.Option("", help="task name for --push (default: from --out)"),
+    task_name: str = typer.Option("", help="task name for --push", show_default="from --out"),
     push: str = typer.Option("", help="store dir, redis:// URL, or http(s):// server to upload to"),
     token: str = typer.Option(None, help=f"admin token for an http(s) --push (env {ADMIN_TOKEN_ENV}; the old "
                               "PROMPTSERVE_TOKEN still works, deprecated); prefer the env or --token-file",
@@ -276,14 +277,15 @@ def distill(
     teacher: Path = typer.Option(..., help="TFLite embedding model, e.g. ../shared/teachers/"
                                  "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"),
     out: Path = typer.Option(..., help="student backbone .safetensors (checkpoint beside it: <out>.ckpt.pt)"),
-    init: str = typer.Option(None, help="project backbone file to start from (default: random init of --model)"),
+    init: str = typer.Option(None, help="project backbone file to start from",
+                             show_default="random init of --model"),
     model: str = typer.Option("vit_tiny_patch16_224", help="timm model name, without --init"),
     model_kwargs: str = typer.Option('{"img_size": 32, "patch_size": 4, "depth": 6}',
                                      help="JSON timm kwargs, without --init"),
     views: int = typer.Option(8, help="fixed view sets: the teacher embeds views x train images, once"),
     min_scale: float = typer.Option(0.35, help="random-resized crop: smallest area kept"),
     mix: float = typer.Option(0.5, help="fraction of views mixed (mixup) with another image's view"),
-    cache: Path = typer.Option(None, help="view cache folder [default: $PROMPTSERVE_CACHE/teacher/...]"),
+    cache: Path = typer.Option(None, help="view cache folder", show_default="$PROMPTSERVE_CACHE/teacher/..."),
     epochs: int = typer.Option(30, help="epochs over the train images (epoch e uses view set e mod --views)"),
     batch_size: int = typer.Option(128, help="images per step"),
     lr: float = typer.Option(5e-4, help="AdamW peak learning rate (cosine after --warmup-epochs)"),
