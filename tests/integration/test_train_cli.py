@@ -208,3 +208,38 @@ def test_training_without_a_test_split_says_so(app, backbone_file, folder, tmp_p
     result = _train(app, ["--data", str(train_only), "--backbone", str(backbone_file), "--out",
                           str(tmp_path / "t.safetensors"), "--epochs", "1", "--method", "linear"])
     assert "has no test/ split, so no test accuracy will be measured" in result.output
+
+
+def test_progress_bars_draw_on_a_terminal_and_stay_out_of_a_log(backbone_file, folder, tmp_path):
+    """Issue 24 item 7: `--progress` promised bars but printed per-epoch lines only (they needed stdout to be a
+    terminal too). stderr a terminal (a pty here), stdout a file: the bars draw on the terminal, the file gets
+    the lines and no bar."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    main, side = pty.openpty()
+    fcntl.ioctl(side, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal 100 columns wide
+    log = tmp_path / "train.log"
+    with open(log, "wb") as out:
+        done = subprocess.run([sys.executable, "-m", "promptserve_cli", "train", "--data", str(folder), "--backbone",
+                               str(backbone_file), "--out", str(tmp_path / "t.safetensors"), "--epochs", "2",
+                               "--no-hp-search", "--method", "linear", "--batch-size", "4"],
+                              stdout=out, stderr=side, cwd=REPO, timeout=300,
+                              env={**os.environ, "PROMPTSERVE_CACHE": str(tmp_path / "cache"), "COLUMNS": "100"})
+    os.close(side)
+    terminal = b""
+    while select.select([main], [], [], 2)[0]:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # the child's end is closed and everything was read
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(main)
+    assert done.returncode == 0, log.read_text()
+    assert b"it/s" in terminal or b"s/it" in terminal, terminal[-500:]  # tqdm's rate: a real bar
+    assert "it/s" not in log.read_text() and "epoch 2/2" in log.read_text()
