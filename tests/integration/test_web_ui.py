@@ -116,9 +116,12 @@ def browser(web_server):
 
 
 @pytest.fixture
-def driver(browser):
-    """The shared browser with an empty console log, so a test sees only its own page's errors."""
+def driver(browser, web_server):
+    """The shared browser with an empty console log, so a test sees only its own page's errors, and no token
+    kept from an earlier test (the pages keep tokens in the tab's sessionStorage)."""
     if browser is not None:
+        browser.get(web_server.url + "/ui/live")
+        browser.execute_script("sessionStorage.clear()")
         browser.get_log("browser")  # reading the log drains it
     return browser
 
@@ -148,7 +151,11 @@ def classify_on_try_page(driver, url: str, task: str, image_path: str) -> tuple[
 
 
 def submit_api_token(driver, token: str = API_TOKEN) -> None:
-    by_css(driver, "#api-token").send_keys(token)
+    field = by_css(driver, "#api-token")
+    if field.get_attribute("value") == token:
+        return  # given on an earlier page of this tab: the page loaded with it already
+    field.clear()
+    field.send_keys(token)
     by_css(driver, "#api-token-form button[type=submit]").click()
 
 
@@ -167,6 +174,7 @@ def open_task_page_with_token(driver, url: str, task: str, token: str = ADMIN) -
     driver.get(f"{url}/ui/tasks/{task}")
     submit_api_token(driver)
     wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts")
+    by_css(driver, "#admin-token").clear()
     by_css(driver, "#admin-token").send_keys(token)
 
 
@@ -545,3 +553,22 @@ def test_the_registry_fits_a_phone(web_server):
         assert right <= driver.execute_script("return document.documentElement.clientWidth")
     finally:
         driver.quit()
+
+
+
+@needs_browser
+def test_tokens_follow_the_tab_from_page_to_page(web_server, driver, files):
+    """Issue 24 item 12: the admin token was lost moving from the Registry to a task's page. Typed once, both
+    tokens now last across the tab's pages (sessionStorage), and an admin action works on the next page."""
+    driver.get(web_server.url + "/ui/tasks")
+    submit_api_token(driver)
+    by_css(driver, "#admin-token").send_keys(ADMIN)
+    wait_for(driver, lambda d: d.find_elements("css selector", '#tasks-table tr[data-task="alpha"] a'), "alpha's link")
+    by_css(driver, '#tasks-table tr[data-task="alpha"] a').click()
+    wait_for(driver, lambda d: by_css(d, "#task-facts .current-version").text, "the task's facts, with no token typed")
+    assert by_css(driver, "#admin-token").get_attribute("value") == ADMIN
+    by_css(driver, "#upload-file").send_keys(files("alpha2.safetensors", prompt_set_bytes(9)))
+    by_css(driver, "#upload-form button[type=submit]").click()
+    confirm_dialog(driver)
+    wait_for(driver, lambda d: by_css(d, "#task-status").text.startswith("Uploaded"), "the upload, no token retyped")
+    assert console_errors(driver) == []

@@ -1,6 +1,6 @@
 // Shared helpers for every page: calls to the public HTTP API, errors shown verbatim, a confirmation
 // dialog, formatting. Tokens are read from their password fields when a request is made: they live in
-// this tab's memory only (never in a URL, a cookie or web storage).
+// this tab only (sessionStorage: never in a URL, a cookie or localStorage).
 "use strict";
 
 const ps = {};
@@ -23,10 +23,23 @@ ps.el = (tag, attrs = {}, ...children) => {
   return node;
 };
 
+// Tokens live in this tab only: the fields' values, kept in sessionStorage so that moving between the pages
+// of the tab does not lose them (never in a URL, a cookie or localStorage; the tab's closing clears them).
+const stored = (id) => `promptserve:${id}`;
 ps.token = (id) => {
   const input = document.getElementById(id);
-  return input && input.value.trim() ? input.value.trim() : null;
+  const typed = input && input.value.trim();
+  return typed || sessionStorage.getItem(stored(id)) || null;
 };
+for (const id of ["api-token", "admin-token"]) {
+  const input = document.getElementById(id);
+  if (!input) continue;
+  input.value = sessionStorage.getItem(stored(id)) || "";
+  input.addEventListener("input", () => {
+    const value = input.value.trim();
+    if (value) sessionStorage.setItem(stored(id), value); else sessionStorage.removeItem(stored(id));
+  });
+}
 // for reads: the API token when the server asks for one (the admin token opens everything too)
 ps.readToken = () => ps.token("api-token") || ps.token("admin-token");
 
@@ -39,6 +52,7 @@ ps.whenToken = (load) => {
     event.preventDefault();
     load();
   });
+  if (ps.token("api-token")) load();  // given on another page of this tab
 };
 
 class ApiError extends Error {
