@@ -164,6 +164,10 @@ class ServerState:
 
     async def stop(self) -> None:
         self.ready = False
+        if self.backbone is None:
+            # stopped while the backbone still loads (Ctrl-C, a port in use): the load runs on in its thread until
+            # the process exits, and timm's "Loading ..." lines after the shutdown read like a server still starting
+            logging.getLogger("timm").setLevel(logging.WARNING)
         if self._unsubscribe is not None:
             try:
                 self._unsubscribe()

@@ -122,3 +122,4 @@ def test_blobs_a_killed_upload_left_are_collected_at_start(tmp_path):
         wait_until(lambda: c.get("/readyz").status_code == 200, 60)
         assert not orphan.exists()
         assert c.post("/classify/kept", content=image_bytes(), headers=PNG).status_code == 200
+
