@@ -123,3 +123,38 @@ def test_blobs_a_killed_upload_left_are_collected_at_start(tmp_path):
         assert not orphan.exists()
         assert c.post("/classify/kept", content=image_bytes(), headers=PNG).status_code == 200
 
+
+
+def test_a_server_stopped_while_loading_prints_no_loading_lines_after(tmp_path, monkeypatch, caplog):
+    """Issue 24 item 11: Ctrl-C while the backbone loaded left timm's 'Loading ...' lines after the shutdown, as if
+    the server were still starting."""
+    import asyncio
+    import contextlib
+    import logging
+    import time
+
+    from promptserve import backbone as core
+    from server.state import ServerState
+
+    ready_made = tiny_backbone()  # built before build_backbone is replaced below (it is what builds it)
+
+    def slow_build(spec):  # the load goes on in its thread after the shutdown, as a real one does
+        time.sleep(1.0)
+        logging.getLogger("timm.models._builder").info("Loading pretrained weights from file (after the shutdown)")
+        return ready_made
+
+    monkeypatch.setattr(core, "build_backbone", slow_build)
+    monkeypatch.setattr(logging.getLogger("timm"), "level", logging.NOTSET)  # restored after the test
+    state = ServerState(ServerSettings(backbone="random-tiny", store=str(tmp_path / "registry"), admin_token=ADMIN))
+    caplog.set_level(logging.INFO)
+
+    async def interrupted_start():
+        starting = asyncio.create_task(state.start())
+        await asyncio.sleep(0.2)  # the backbone is loading
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await state.stop()
+
+    asyncio.run(interrupted_start())  # returns once the load's thread has finished too
+    assert "after the shutdown" not in caplog.text
