@@ -142,22 +142,21 @@ def invalid(detail: str) -> ApiError:
 
 
 # ---- models ------------------------------------------------------------------------------------------
-async def model_record(state: ServerState, task: str, version: str | None = None):
-    """(the task's current record, the version asked for resolved against its history, or the current one)."""
+async def model_record(state: ServerState, task: str, version: str | None = None, with_history: bool = False):
+    """(the task's current record, the version asked for resolved against its history or the current one, the
+    history's versions oldest first, read only when a version is asked for or `with_history`, else [])."""
     check_task_name(task)
     with translated(task):
         current = await asyncio.to_thread(state.store.resolve, task)
-        if not version:
-            return current, current.version
-        history = await asyncio.to_thread(state.store.history, task)
-        return current, match_version(task, version, [r.version for r in history])
+        if not (version or with_history):
+            return current, current.version, []
+        versions = [r.version for r in await asyncio.to_thread(state.store.history, task)]
+        return current, match_version(task, version, versions) if version else current.version, versions
 
 
 async def model_metadata(state: ServerState, task: str, version: str | None = None) -> dict:
-    current, _ = await model_record(state, task, version)
-    with translated(task):
-        history = await asyncio.to_thread(state.store.history, task)
-    return {"name": task, "versions": [r.version for r in history], "platform": PLATFORM,
+    current, _, versions = await model_record(state, task, version, with_history=True)
+    return {"name": task, "versions": versions, "platform": PLATFORM,
             "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
             "outputs": [{"name": SCORES, "datatype": "FP32", "shape": [-1, len(current.labels)]},
                         {"name": LABEL, "datatype": "BYTES", "shape": [-1]}]}
@@ -165,14 +164,14 @@ async def model_metadata(state: ServerState, task: str, version: str | None = No
 
 async def model_ready(state: ServerState, task: str, version: str | None = None) -> bool:
     """Ready: the version asked for (or none) is the one served now."""
-    current, wanted = await model_record(state, task, version)
+    current, wanted, _ = await model_record(state, task, version)
     return state.ready and wanted == current.version
 
 
 async def model_config(state: ServerState, task: str, version: str | None = None) -> dict:
     """Triton's model-configuration extension (perf_analyzer reads it): no batch dimension of its own
     (max_batch_size 0), so IMAGE's dims are the tensor's whole shape."""
-    current, _ = await model_record(state, task, version)
+    current, _, _ = await model_record(state, task, version)
     return {"name": task, "platform": PLATFORM, "max_batch_size": 0,
             "input": [{"name": INPUT, "data_type": "TYPE_STRING", "dims": [-1]}],
             "output": [{"name": SCORES, "data_type": "TYPE_FP32", "dims": [-1, len(current.labels)]},
@@ -192,7 +191,7 @@ async def infer(state: ServerState, task: str, version: str | None, images: list
         async with serving(state, task):
             label = task
             if version:
-                current, wanted = await model_record(state, task, version)
+                current, wanted, _ = await model_record(state, task, version)
                 if wanted != current.version:
                     raise ApiError(400, "version_not_ready", f"version {wanted[:12]} of {task!r} is not the one "
                                    f"served (that is {current.version[:12]}): roll back to it first, or leave "
