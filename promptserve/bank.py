@@ -38,6 +38,7 @@ class PromptBatch:
     num_classes: torch.Tensor
     pooling: str = "token"
     versions: tuple[str, ...] = ()  # per sample: the version of its task that this batch uses
+    labels: tuple[tuple[str, ...], ...] = ()  # per sample: that version's class names (a swap may follow)
     # Facts the forward would otherwise read back from the device (a host sync per layer on a GPU), known on
     # the host when the batch is built; None: not known, the forward computes them from the tensors.
     all_deep: bool | None = None  # every task of the batch is deep
@@ -70,6 +71,15 @@ class PromptBatch:
             all_deep=deep, mask_free=[True] * num_layers)  # one task: nothing is padded
 
 
+@dataclass(frozen=True)
+class _Row:
+    """Where a task's prompts sit and what they are: a gather reads these with the tensors, under one lock."""
+
+    index: int
+    version: str
+    labels: tuple[str, ...]
+
+
 def _grow(t: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     """Zero-pad `t` along `dim` up to `size` (no-op when already that big)."""
     if t.shape[dim] >= size:
@@ -85,8 +95,7 @@ class PromptBank:
         self.L, self.D, self.H, self.d = num_layers, embed_dim, num_heads, head_dim
         self.device, self.dtype, self.pooling = torch.device(device), dtype, pooling
         self._lock = threading.Lock()
-        self._rows: dict[str, int] = {}
-        self._versions: dict[str, str] = {}
+        self._rows: dict[str, _Row] = {}
         self._free: list[int] = []
         self._cap = 0
         z: dict[str, Any] = dict(device=self.device, dtype=dtype)
@@ -113,7 +122,10 @@ class PromptBank:
         return sorted(self._rows)
 
     def version(self, name: str) -> str:
-        return self._versions[name]
+        return self._rows[name].version
+
+    def labels(self, name: str) -> tuple[str, ...]:
+        return self._rows[name].labels
 
     def nbytes(self) -> int:
         tensors = [*self.visual, *self.key, *self.value, self.head_weight, self.head_bias]
@@ -125,9 +137,8 @@ class PromptBank:
         version = version or ps.version
         cast: dict[str, Any] = dict(device=self.device, dtype=self.dtype)
         with self._lock:
-            row = self._rows.get(name)
-            if row is None:
-                row = self._free.pop() if self._free else self._add_row()
+            held = self._rows.get(name)
+            row = held.index if held is not None else self._free.pop() if self._free else self._add_row()
             self._fit(ps)
             for i in range(self.L):
                 v = ps.visual(i)
@@ -151,13 +162,11 @@ class PromptBank:
             self.head_bias[row, :c] = ps.tensors["head.bias"].to(**cast)
             self.num_classes[row] = c
             self.deep[row] = ps.deep
-            self._rows[name], self._versions[name] = row, version
+            self._rows[name] = _Row(row, version, tuple(ps.labels))
 
     def remove(self, name: str) -> None:
         with self._lock:
-            row = self._rows.pop(name)
-            del self._versions[name]
-            self._free.append(row)
+            self._free.append(self._rows.pop(name).index)
 
     def _add_row(self) -> int:
         """Double the capacity (amortised growth); returns the first new row."""
@@ -193,7 +202,7 @@ class PromptBank:
             if missing:
                 raise KeyError(f"tasks not resident: {missing}")
             unique = list(dict.fromkeys(tasks))
-            rows_list = [self._rows[t] for t in unique]
+            rows_list = [self._rows[t].index for t in unique]
             rows = torch.tensor(rows_list, dtype=torch.long)
             rows_dev = rows.to(self.device)
             slot = {t: j for j, t in enumerate(unique)}
@@ -216,6 +225,7 @@ class PromptBank:
                 head_weight=self.head_weight.index_select(0, rows_dev)[:, :c],
                 head_bias=self.head_bias.index_select(0, rows_dev)[:, :c],
                 num_classes=self.num_classes[rows].to(self.device), pooling=self.pooling,
-                versions=tuple(self._versions[t] for t in tasks),
+                versions=tuple(self._rows[t].version for t in tasks),
+                labels=tuple(self._rows[t].labels for t in tasks),
                 # shallow tasks carry layer 0's prompts with their own lengths: only an all-deep batch is known
                 all_deep=all_deep, mask_free=mask_free if all_deep else None)

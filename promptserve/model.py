@@ -12,6 +12,8 @@ several threads may run forwards while another swaps tasks.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,6 +22,12 @@ from kernels import prompt_attention
 from promptserve.backbone import Backbone
 from promptserve.bank import PromptBank, PromptBatch
 from promptserve.promptset import PromptSet
+
+
+class Classified(NamedTuple):
+    logits: torch.Tensor  # (B, C_max), -inf beyond each sample's own class count
+    versions: tuple[str, ...]  # per sample
+    labels: tuple[tuple[str, ...], ...]  # per sample: its version's class names
 
 
 def _pad_tokens(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -62,12 +70,13 @@ class PromptedViT(nn.Module):
         return self.classify(images, tasks)[0]
 
     @torch.inference_mode()
-    def classify(self, images: torch.Tensor, tasks: list[str]) -> tuple[torch.Tensor, tuple[str, ...]]:
-        """Like forward, plus the version of each sample's task that produced its logits."""
+    def classify(self, images: torch.Tensor, tasks: list[str]) -> Classified:
+        """Like forward, plus the version of each sample's task that produced its logits and that version's
+        class names (taken in the same gather, so a swap right after cannot mislabel them)."""
         if len(tasks) != images.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {len(tasks)} task names")
         batch = self.bank.gather(tasks)
-        return self.forward_batch(images, batch), batch.versions
+        return Classified(self.forward_batch(images, batch), batch.versions, batch.labels)
 
     def forward_batch(self, images: torch.Tensor, batch: PromptBatch) -> torch.Tensor:
         """The prompted forward for an explicit PromptBatch (differentiable: the trainer's path)."""

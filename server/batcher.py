@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from server.engine import Engine, ItemResult, WorkItem
 from server.errors import ApiError
 
 if TYPE_CHECKING:
@@ -25,12 +25,39 @@ if TYPE_CHECKING:
 log = logging.getLogger("promptserve.server")
 
 
+@dataclass
+class WorkItem:
+    """One image on its way through the queue."""
+
+    task: str
+    pixels: np.ndarray  # (S, S, 3) uint8, already decoded and resized
+    top_k: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=perf_counter)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    version: str
+    predictions: list[tuple[str, int, float]]  # (label, index, score), best first
+    queue_s: float
+    compute_s: float
+    replica: str | None = None  # the engine replica that answered, when another process did (server/ray_app.py)
+
+
+class BatchRunner(Protocol):
+    """What runs a closed batch (server/engine.py's Engine): one result or error per item, in order."""
+
+    async def run_batch(self, items: list[WorkItem]) -> tuple[list[ItemResult | BaseException], float, float]:
+        """(per-item result or error, start, seconds)"""
+
+
 class QueueFull(Exception):
     pass
 
 
 class Batcher:
-    def __init__(self, engine: Engine, metrics: Metrics, max_batch: int, max_wait_ms: float, queue_limit: int):
+    def __init__(self, engine: BatchRunner, metrics: Metrics, max_batch: int, max_wait_ms: float, queue_limit: int):
         self.engine, self.metrics = engine, metrics
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue[WorkItem] = asyncio.Queue(maxsize=queue_limit)

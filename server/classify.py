@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from server.engine import ItemResult
+from server.batcher import ItemResult
 from server.errors import ApiError
 from server.images import SUPPORTED_CONTENT_TYPES
 from server.inference import image_too_large, predict_images, serving, too_many_images

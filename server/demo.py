@@ -1,7 +1,7 @@
 """Seed the registry for `make serve` and `serve --demo`: the trainer's demo tasks from the demo tasks folder
 (assets/tasks/*.safetensors, shipped in the wheel as server/demo_assets/tasks: server.settings.DEMO_TASKS_DIR) when
 they exist (task name = file stem), otherwise small prompt sets generated here for the configured backbone
-with promptserve's own PromptSet/PromptConfig, and the log says which.
+by promptserve.testing's prompt-set factory, and the log says which.
 
 Generated sets: `demo-linear` is the backbone's own classifier as a prompt set with no prompts (so it
 answers exactly what the backbone answers, e.g. CIFAR-10 classes for the demo backbone); `demo-e2vpt`
@@ -12,53 +12,27 @@ prompted, mixed-task path, and its predictions drift from demo-linear's because 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
-import torch
-
 from promptserve.backbone import Backbone
-from promptserve.config import PromptConfig
 from promptserve.promptset import PromptSet, PromptSetError
+from promptserve.testing import random_prompt_set
 from server.settings import DEMO_TASKS_DIR
 
 log = logging.getLogger("promptserve.server")
 
 
 def demo_prompt_set(backbone: Backbone, labels: list[str] | None = None, visual_tokens: int = 4,
-                    kv_tokens: int = 4, seed: int = 0, head: tuple[torch.Tensor, torch.Tensor] | None = None,
-                    method: str = "e2vpt", metrics: dict | None = None) -> PromptSet:
-    """A prompt set with freshly initialised prompts (the paper's inits) for `backbone`.
-
-    head: (weight (C, D), bias (C,)); default the backbone's own head, else a random one for `labels`.
-    visual_tokens = kv_tokens = 0 gives a `linear` set (head only)."""
-    L, D, H, d = backbone.num_layers, backbone.embed_dim, backbone.num_heads, backbone.head_dim
-    config = PromptConfig(visual_tokens=visual_tokens, kv_tokens=kv_tokens, num_layers=L,
-                          extra={"seed": seed, "generated_by": "server.demo", "trained": False})
-    gen = torch.Generator().manual_seed(seed)
-    tensors: dict[str, torch.Tensor] = {}
-    # VPT's visual-prompt init: uniform +-sqrt(6 / (3 * patch^2 + D))
-    v_bound = math.sqrt(6.0 / (3 * backbone.patch_size ** 2 + D))
-    # He (Kaiming) uniform for key/value prompts: fan-in is the head dim they are compared against
-    kv_bound = math.sqrt(6.0 / d)
-    for i in range(L):
-        if config.visual_at(i):
-            tensors[f"visual.{i}"] = (torch.rand(config.visual_at(i), D, generator=gen) * 2 - 1) * v_bound
-        if config.kv_at(i):
-            tensors[f"kv.{i}"] = (torch.rand(H, config.kv_at(i), d, generator=gen) * 2 - 1) * kv_bound
+                    kv_tokens: int = 4, seed: int = 0, metrics: dict | None = None) -> PromptSet:
+    """An untrained prompt set for `backbone` (promptserve.testing's, the paper's inits) whose head is the
+    backbone's own classifier when `labels` fit it (none given: the backbone's classes), so that a set with
+    no prompts answers exactly what the backbone answers; other labels get a fresh random head (default
+    10 classes). visual_tokens = kv_tokens = 0 gives a `linear` set (head only)."""
     own_classes = backbone.model.num_classes
-    if head is None and own_classes > 0 and (labels is None or len(labels) == own_classes):
-        head = backbone.own_head()
-    if head is None:
-        n = len(labels) if labels else 10
-        head = (torch.randn(n, D, generator=gen) * 0.02, torch.zeros(n))
-    weight, bias = head
-    tensors["head.weight"], tensors["head.bias"] = weight.float().contiguous(), bias.float().contiguous()
-    labels = list(labels) if labels else [f"class_{i}" for i in range(weight.shape[0])]
-    if not visual_tokens and not kv_tokens:
-        method = "linear"
-    return PromptSet(tensors=tensors, backbone_fingerprint=backbone.fingerprint, backbone=backbone.spec,
-                     labels=labels, method=method, config=config, metrics=metrics or {})
+    fits_own_head = own_classes > 0 and (labels is None or len(labels) == own_classes)
+    labels = list(labels) if labels else [f"class_{i}" for i in range(own_classes if fits_own_head else 10)]
+    return random_prompt_set(backbone, visual_tokens, kv_tokens, classes=labels, seed=seed,
+                             head=backbone.own_head() if fits_own_head else None, metrics=metrics)
 
 
 def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = DEMO_TASKS_DIR,

@@ -5,19 +5,18 @@ store (a cold load on first use, an upload, a rollback, or a change another repl
 validating against this backbone; a swap replaces the task's bank row between gathers, so a batch in
 flight finishes on the version it gathered and every result carries that version.
 
-Concurrency: residency decisions live on the event loop (ResidentSet); a per-task asyncio lock
-serialises the loads and swaps of one task; the bank's own lock makes each swap atomic for gathers.
+What the engine holds of each task (bank row, version, labels, size, LRU order, requests in flight, its lock)
+is the task table's (server/task_table.py); the engine decides when to load, swap and drop, from the store.
+A task name's walk: acquire (table: in flight; cold load: store -> validate -> table) -> the batcher -> the
+forward (bank gather: prompts, version and labels together) -> release (table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import AsyncIterator
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -26,9 +25,10 @@ import numpy as np
 from promptserve.fileformat import parse_header
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
-from promptserve.promptset import PromptSet, prompt_set_nbytes
+from promptserve.promptset import PromptSet
+from server.batcher import ItemResult, WorkItem
 from server.loading import resolve_device, resolve_dtype
-from server.residency import ResidentSet
+from server.task_table import TaskTable
 
 if TYPE_CHECKING:
     from promptserve.backbone import Backbone
@@ -37,51 +37,6 @@ if TYPE_CHECKING:
     from server.settings import ServerSettings
 
 log = logging.getLogger("promptserve.server")
-LABEL_CACHE = 1024  # versions whose labels are kept; far more than can be in flight at once
-
-
-@dataclass
-class WorkItem:
-    """One image on its way through the queue."""
-
-    task: str
-    pixels: np.ndarray  # (S, S, 3) uint8, already decoded and resized
-    top_k: int
-    future: asyncio.Future
-    enqueued: float = field(default_factory=perf_counter)
-
-
-@dataclass(frozen=True)
-class ItemResult:
-    version: str
-    predictions: list[tuple[str, int, float]]  # (label, index, score), best first
-    queue_s: float
-    compute_s: float
-    replica: str | None = None  # the engine replica that answered, when another process did (server/ray_app.py)
-
-
-class KeyedLocks:
-    """An asyncio.Lock per key that exists only while someone holds or waits for it (a dict of locks keyed by
-    request input would grow with every distinct name ever asked for)."""
-
-    def __init__(self):
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._users: Counter[str] = Counter()
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        self._users[key] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            self._users[key] -= 1
-            if self._users[key] <= 0:
-                del self._users[key], self._locks[key]
 
 
 class Engine:
@@ -95,10 +50,8 @@ class Engine:
         backbone.fingerprint  # noqa: B018 (cached property)
         self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)
         self.data_config = backbone.data_config
-        self.resident = ResidentSet(settings.resident_max_tasks, settings.resident_max_bytes, settings.pinned_tasks)
-        self._labels: OrderedDict[str, list[str]] = OrderedDict()
-        self._locks = KeyedLocks()  # one per task, only while held or awaited: unknown names leave nothing behind
-        self._drop_when_idle: set[str] = set()  # deleted while requests for it were still queued
+        self.tasks = TaskTable(self.model.bank, settings.resident_max_tasks, settings.resident_max_bytes,
+                               settings.pinned_tasks)
         self._sync_scheduled: set[str] = set()
         self._background: set[asyncio.Task] = set()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="promptserve-engine")
@@ -111,7 +64,8 @@ class Engine:
         """Raise the PromptSetError that says why `ps` cannot serve on this backbone (as add_task would)."""
         ps.validate(self.backbone)
 
-    def parse(self, data: bytes) -> PromptSet:
+    def load_checked(self, data: bytes) -> PromptSet:
+        """The prompt set in `data`, within the server's limits and valid on this backbone (else the error)."""
         if self.limits is not None:  # from the header alone, before a long prompt set is loaded
             parse_header(data).check_limits(self.limits.max_prompt_tokens, self.limits.max_prompt_bytes)
         ps = PromptSet.load(data)
@@ -119,23 +73,20 @@ class Engine:
         return ps
 
     # ---- requests --------------------------------------------------------------------------------------
-    async def acquire(self, task: str) -> str:
+    async def acquire(self, task: str) -> None:
         """Mark a request for `task` in flight, loading the task from the store if it is not resident.
-        Raises the store's TaskNotFound for an unknown task (never a fallback). Returns the version."""
-        self.resident.acquire(task)
+        Raises the store's TaskNotFound for an unknown task (never a fallback)."""
+        self.tasks.acquire(task)
         try:
-            if task not in self.resident or task in self._drop_when_idle:
+            if not self.tasks.serving(task):
                 await self._cold_load(task)
-            self.resident.touch(task)
-            return self.resident.version(task) or ""
+            self.tasks.touch(task)
         except BaseException:
-            self.release(task)
+            self.tasks.release(task)
             raise
 
     def release(self, task: str) -> None:
-        self.resident.release(task)
-        if task in self._drop_when_idle and not self.resident.busy(task):
-            self._drop_now(task)
+        self.tasks.release(task)
 
     async def run_batch(self, items: list[WorkItem]) -> tuple[list[ItemResult | BaseException], float, float]:
         """The forward for one batch, in the engine thread: (per-item result or error, start, seconds)."""
@@ -144,13 +95,13 @@ class Engine:
 
     # ---- loading and swapping ------------------------------------------------------------------------
     async def _cold_load(self, task: str) -> None:
-        async with self._locks.hold(task):
-            if task in self.resident and task not in self._drop_when_idle:
+        async with self.tasks.locks.hold(task):
+            if self.tasks.serving(task):
                 return  # another request loaded it while this one waited for the lock
             start = perf_counter()
             record = await asyncio.to_thread(self.store.resolve, task)
             data = await asyncio.to_thread(self.store.get, task, record.version)
-            ps = await asyncio.to_thread(self.parse, data)
+            ps = await asyncio.to_thread(self.load_checked, data)
             await self._install(task, record.version, ps)
             self.metrics.cold_loads.labels(task).inc()
             self.metrics.cold_load_seconds.observe(perf_counter() - start)
@@ -165,19 +116,20 @@ class Engine:
         replicas convergent when uploads race: whichever sync runs last installs the latest pointer."""
         from prompt_store import TaskNotFound
 
-        async with self._locks.hold(task):
+        async with self.tasks.locks.hold(task):
             try:
                 record = await asyncio.to_thread(self.store.resolve, task)
             except TaskNotFound:
-                self._drop(task)
+                self.tasks.drop(task)
                 return None
-            if self.resident.version(task) == record.version and task not in self._drop_when_idle:
+            if self.tasks.serving(task) and self.tasks.version(task) == record.version:
                 return record
             if known is not None and known[0] == record.version:
                 ps = known[1]
             else:
-                ps = await asyncio.to_thread(self.parse, await asyncio.to_thread(self.store.get, task, record.version))
-            swapped = task in self.resident
+                ps = await asyncio.to_thread(self.load_checked,
+                                             await asyncio.to_thread(self.store.get, task, record.version))
+            swapped = task in self.tasks
             await self._install(task, record.version, ps)
             if swapped:
                 self.metrics.swaps.labels(task).inc()
@@ -185,34 +137,14 @@ class Engine:
             return record
 
     async def drop(self, task: str) -> None:
-        async with self._locks.hold(task):
-            self._drop(task)
+        async with self.tasks.locks.hold(task):
+            self.tasks.drop(task)
 
     async def _install(self, task: str, version: str, ps: PromptSet) -> None:
         """Swap the task's bank row (caller holds the task's lock and validated `ps`)."""
-        self._labels[version] = list(ps.labels)
-        self._labels.move_to_end(version)
-        while len(self._labels) > LABEL_CACHE:
-            self._labels.popitem(last=False)
-        await asyncio.to_thread(self.model.bank.put, task, ps, version)
-        self.resident.add(task, version, prompt_set_nbytes(ps))
-        self._drop_when_idle.discard(task)
-        for victim in self.resident.victims(keep=task):
-            self._drop_now(victim)
+        for victim in await self.tasks.install(task, version, ps):
             self.metrics.evictions.inc()
             log.info("evicted %s (resident budget)", victim)
-
-    def _drop(self, task: str) -> None:
-        if self.resident.busy(task):
-            self._drop_when_idle.add(task)  # queued requests still need its row; new ones will reload
-        else:
-            self._drop_now(task)
-
-    def _drop_now(self, task: str) -> None:
-        if task in self.model.bank:
-            self.model.remove_task(task)
-        self.resident.remove(task)
-        self._drop_when_idle.discard(task)
 
     # ---- store events (other replicas, the CLI) -----------------------------------------------------
     def on_store_change(self, loop: asyncio.AbstractEventLoop, event) -> None:
@@ -229,7 +161,7 @@ class Engine:
 
     async def _sync_from_event(self, task: str) -> None:
         self._sync_scheduled.discard(task)
-        if task not in self.resident:
+        if task not in self.tasks:
             return  # not resident: the next request cold-loads the current version
         try:
             await self.sync(task)
@@ -247,7 +179,7 @@ class Engine:
                 log.warning("pinned task %s is not in the store", task)
         order = [t for t in pinned if t in names] + [t for t in names if t not in pinned]
         for task in order:
-            if task not in pinned and len(self.resident) >= self.resident.max_tasks:
+            if task not in pinned and len(self.tasks) >= self.tasks.max_tasks:
                 break
             try:
                 await self.sync(task)
@@ -284,15 +216,14 @@ class Engine:
     def _forward(self, items: list[WorkItem], start: float) -> list[ItemResult]:
         t0 = perf_counter()
         x = normalise(np.stack([item.pixels for item in items]), self.data_config)  # (B, 3, S, S)
-        logits, versions = self.model.classify(x, [item.task for item in items])  # (B, C_max), -inf padded
+        logits, versions, labels = self.model.classify(x, [item.task for item in items])  # (B, C_max), -inf padded
         probs = logits.float().softmax(dim=-1).cpu()  # padded classes get probability 0
         k_max = min(max(item.top_k for item in items), probs.shape[1])
         scores, indices = probs.topk(k_max, dim=1)
         compute = perf_counter() - t0
         out = []
         for j, item in enumerate(items):
-            labels = self._labels.get(versions[j]) or []
-            k = min(item.top_k, len(labels), k_max)
-            preds = [(labels[c], c, s) for c, s in zip(indices[j, :k].tolist(), scores[j, :k].tolist(), strict=True)]
+            k = min(item.top_k, len(labels[j]), k_max)
+            preds = [(labels[j][c], c, s) for c, s in zip(indices[j, :k].tolist(), scores[j, :k].tolist(), strict=True)]
             out.append(ItemResult(versions[j], preds, max(0.0, start - item.enqueued), compute))
         return out

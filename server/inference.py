@@ -15,8 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from server.batcher import QueueFull
-from server.engine import ItemResult
+from server.batcher import ItemResult, QueueFull
 from server.errors import ApiError, translated
 from server.images import ImageProbe, decode_probed, probe_image
 from server.state import ServerState

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
-    from server.batcher import Batcher
-    from server.engine import Engine, ItemResult
+    from server.batcher import Batcher, ItemResult
+    from server.engine import Engine
 
 
 class Predictor(Protocol):

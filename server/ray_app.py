@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
     from ray.serve.handle import DeploymentHandle
 
-    from server.engine import ItemResult
+    from server.batcher import ItemResult
 
 log = logging.getLogger("promptserve.server")
 REPLICA_LOST = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
@@ -101,7 +101,7 @@ class EngineReplica:
         log.info("engine replica %s ready", self.name)
 
     async def _unloaded(self, task: str) -> None:
-        if task not in self.engine.resident.pinned:
+        if task not in self.engine.tasks.pinned:
             await self.engine.drop(task)  # a task with requests in flight goes once they are answered
 
     async def classify(self, task: str, images: list[np.ndarray], top_k: int,
@@ -116,7 +116,7 @@ class EngineReplica:
             # holding another version than the ingress read: the registry's current one first (that one or a
             # newer one); gone from the registry: 404. A version this backbone refuses (put into the registry
             # around the server) is not served: the resident one keeps answering, as in one process.
-            stale = (version is not None and self.engine.resident.version(task) != version
+            stale = (version is not None and self.engine.tasks.version(task) != version
                      and self._refused.get(task) != version)
             if stale:
                 try:
@@ -125,7 +125,7 @@ class EngineReplica:
                 except PromptSetError as e:
                     self._refused[task] = version
                     log.warning("%s: version %s in the registry is refused here (%s); %s keeps serving", task,
-                                version[:12], e, self.engine.resident.version(task) or "nothing")
+                                version[:12], e, self.engine.tasks.version(task) or "nothing")
             results = await predictor.predict(task, images, top_k)
         finally:
             predictor.release(task)
@@ -135,7 +135,7 @@ class EngineReplica:
         """What this replica holds and has done (tests, the benchmark, operators)."""
         registry = self.state.metrics.registry
         return {"replica": self.name, "actor_name": self.actor_name,
-                "resident": {t: self.engine.resident.version(t) for t in self.engine.resident.tasks},
+                "resident": {t: self.engine.tasks.version(t) for t in self.engine.tasks.tasks},
                 "cold_loads": _metric_total(registry, "promptserve_cold_loads_total"),
                 "batches": _metric_total(registry, "promptserve_batch_tasks_count"),
                 "batch_tasks_sum": _metric_total(registry, "promptserve_batch_tasks_sum"),

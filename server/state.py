@@ -117,8 +117,8 @@ class ServerState:
             from server.predictor import LocalPredictor
 
             self.predictor = LocalPredictor(engine, self.batcher)
-        self.metrics.watch(lambda: self.batcher.depth, lambda: len(engine.resident),
-                           lambda: engine.resident.nbytes, lambda: engine.model.bank.nbytes())
+        self.metrics.watch(lambda: self.batcher.depth, lambda: len(engine.tasks),
+                           lambda: engine.tasks.nbytes, lambda: engine.model.bank.nbytes())
         loop = asyncio.get_running_loop()
         # subscribe before preloading: a change landing during the preload is not missed
         self._unsubscribe = self.store.subscribe(lambda event: engine.on_store_change(loop, event))
@@ -129,7 +129,7 @@ class ServerState:
                 await engine.sync(task)
         self.batcher.start()
         self.ready = True
-        log.info("ready: %d tasks resident on %s (%s)", len(engine.resident), engine.device,
+        log.info("ready: %d tasks resident on %s (%s)", len(engine.tasks), engine.device,
                  str(engine.dtype).removeprefix("torch."))
 
     def _choose_dtype(self):

@@ -65,7 +65,7 @@ async def upload(task: TaskName, request: Request, state: ServerState = Depends(
         if not data:
             raise ApiError(422, "empty_body", "the body is empty: send the prompt set's safetensors bytes")
         with translated(task):
-            ps = await asyncio.to_thread(engine.parse, data)  # validate against THIS backbone first
+            ps = await asyncio.to_thread(engine.load_checked, data)  # validate against THIS backbone first
             record = await asyncio.to_thread(state.store.put, task, data)
             await engine.sync(task, known=(record.version, ps))
     except ApiError as e:
@@ -79,7 +79,7 @@ async def upload(task: TaskName, request: Request, state: ServerState = Depends(
 async def list_tasks(state: ServerState = Depends(ready_state)) -> TaskList:
     with translated(""):
         records, broken = await asyncio.to_thread(state.store.scan)
-    resident = state.engine.resident
+    resident = state.engine.tasks
     return TaskList(tasks=[TaskSummary(**record_model(r).model_dump(), resident=r.task in resident)
                            for r in records],
                     broken=[BrokenTask(task=t, reason=why) for t, why in sorted(broken.items())])
@@ -92,7 +92,7 @@ async def get_task(task: TaskName, state: ServerState = Depends(ready_state)) ->
     with translated(task):
         current = await asyncio.to_thread(state.store.resolve, task)
         history = await asyncio.to_thread(state.store.history, task)
-    resident_version = state.engine.resident.version(task)
+    resident_version = state.engine.tasks.version(task)
     return TaskDetail(task=task, current=record_model(current), history=[record_model(r) for r in history],
                       resident=resident_version is not None, resident_version=resident_version)
 
@@ -115,7 +115,7 @@ async def rollback(task: TaskName, request: Request, state: ServerState = Depend
         with translated(task):
             # the old version validated on the backbone that stored it, maybe not on this one: check again
             data = await asyncio.to_thread(state.store.get, task, body.version)
-            ps = await asyncio.to_thread(engine.parse, data)
+            ps = await asyncio.to_thread(engine.load_checked, data)
             record = await asyncio.to_thread(state.store.rollback, task, body.version)
             await engine.sync(task, known=(record.version, ps))
     except ApiError as e:

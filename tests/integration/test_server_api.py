@@ -8,7 +8,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from promptserve.backbone import random_tiny_backbone
 from promptserve.model import PromptedViT
@@ -32,7 +32,7 @@ def client(tmp_path_factory):
     store = tmp_path_factory.mktemp("registry")
     settings = ServerSettings(backbone="random-tiny", store=str(store), admin_token=ADMIN, max_wait_ms=1,
                               queue_limit=4, max_images_per_request=8)
-    c = start(settings, backbone=tiny_backbone())
+    c = start(settings, backbone=random_tiny())
     yield c
     c.__exit__(None, None, None)
 
@@ -52,7 +52,7 @@ def metric_samples(client) -> dict[tuple[str, tuple], float]:
 def test_healthz_readyz_and_openapi(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
-    assert ready["status"] == "ready" and ready["fingerprint"] == tiny_backbone().fingerprint
+    assert ready["status"] == "ready" and ready["fingerprint"] == random_tiny().fingerprint
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/classify/{task}", "/tasks", "/tasks/{task}", "/tasks/{task}/rollback", "/healthz", "/readyz",
                  "/metrics"):
@@ -148,12 +148,12 @@ def test_metrics_parse_and_move(client):
 
 def test_resident_budget_lru_pins_and_cold_loads(tmp_path):
     store = str(tmp_path / "registry")
-    setup = start(ServerSettings(backbone="random-tiny", store=store, admin_token=ADMIN), backbone=tiny_backbone())
+    setup = start(ServerSettings(backbone="random-tiny", store=store, admin_token=ADMIN), backbone=random_tiny())
     versions = {f"t{i}": upload(setup, f"t{i}", prompt_set_bytes(30 + i)).json()["version"] for i in range(4)}
     setup.__exit__(None, None, None)
 
     c = start(ServerSettings(backbone="random-tiny", store=store, admin_token=ADMIN, resident_max_tasks=2,
-                             pinned_tasks="t3", preload=False), backbone=tiny_backbone())
+                             pinned_tasks="t3", preload=False), backbone=random_tiny())
     try:
         assert "t3" in _resident(c)  # pinned: loaded at start
         for rounds in range(2):
@@ -186,7 +186,7 @@ def test_readyz_reports_a_backbone_that_cannot_load(tmp_path):
 
 def test_generated_admin_token_is_logged_once_and_works(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="promptserve.server")
-    app = create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path)), backbone=tiny_backbone())
+    app = create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path)), backbone=random_tiny())
     printed = [r.getMessage() for r in caplog.records if "generated one" in r.getMessage()]
     assert len(printed) == 1 and printed[0].startswith("no admin token configured")
     token = printed[0].rsplit(" ", 1)[-1]
@@ -199,7 +199,7 @@ def test_generated_admin_token_is_logged_once_and_works(tmp_path, caplog):
 
 def test_api_token_guards_classify(tmp_path):
     c = start(ServerSettings(backbone="random-tiny", store=str(tmp_path), admin_token=ADMIN, api_token="reader"),
-              backbone=tiny_backbone())
+              backbone=random_tiny())
     try:
         upload(c, "guarded", prompt_set_bytes(41))
         assert c.post("/classify/guarded", content=image_bytes(), headers=PNG).status_code == 401
@@ -213,7 +213,7 @@ def test_api_token_guards_classify(tmp_path):
 
 def test_a_failing_task_does_not_fail_its_batch_neighbours(client, monkeypatch):
     """If a mixed batch's forward fails, each task's images are rerun alone: only the failing task's fail."""
-    from server.engine import ItemResult, WorkItem
+    from server.batcher import ItemResult, WorkItem
 
     for task, seed in (("good", 90), ("bad", 91)):
         upload(client, task, prompt_set_bytes(seed))

@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, REPO, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import LocalStore
 from promptserve.backbone import BackboneSpec
@@ -25,7 +25,7 @@ PNG = {"content-type": "image/png"}
 def started(store_dir, **overrides) -> TestClient:
     settings = ServerSettings(backbone="random-tiny", store=str(store_dir), admin_token=ADMIN, max_wait_ms=1,
                               **overrides)
-    return TestClient(create_app(settings, backbone=tiny_backbone()), raise_server_exceptions=False)
+    return TestClient(create_app(settings, backbone=random_tiny()), raise_server_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_unknown_task_names_leave_nothing_behind(client):
     ours = [tracemalloc.Filter(True, f"{REPO}/{pkg}/*", all_frames=True) for pkg in ("server", "prompt_store",
                                                                                       "promptserve")]
     growth = sum(s.size_diff for s in after.filter_traces(ours).compare_to(before.filter_traces(ours), "filename"))
-    assert len(engine._locks) == 0 and len(engine.resident) == 1
+    assert len(engine.tasks.locks) == 0 and len(engine.tasks) == 1
     # a lock kept per name was ~280 bytes each (420 KB here); what stays is bounded: the cancelled deadline
     # timers of the last 30 s and the live view's window
     assert growth < 60_000, f"{growth} bytes kept for 1,500 unknown names"
@@ -82,7 +82,7 @@ def test_pages_forbid_framing_sniffing_and_foreign_code(client, page):
 
 def test_a_fingerprint_refusal_names_no_directory(client):
     record = BackboneSpec("vit_tiny_patch16_224", "project-file", "/srv/private/models/vit-secret.safetensors")
-    ps = demo_prompt_set(tiny_backbone(), ["a", "b"], visual_tokens=2, kv_tokens=2, seed=2)
+    ps = demo_prompt_set(random_tiny(), ["a", "b"], visual_tokens=2, kv_tokens=2, seed=2)
     ps.backbone_fingerprint, ps.backbone = "0" * 64, record.to_json()  # as if trained on another machine's file
     blob = ps.to_bytes()
     r = client.put("/tasks/other", content=blob, headers=AUTH)
@@ -136,7 +136,7 @@ def test_a_server_stopped_while_loading_prints_no_loading_lines_after(tmp_path, 
     from promptserve import backbone as core
     from server.state import ServerState
 
-    ready_made = tiny_backbone()  # built before build_backbone is replaced below (it is what builds it)
+    ready_made = random_tiny()  # built before build_backbone is replaced below (it is what builds it)
 
     def slow_build(spec):  # the load goes on in its thread after the shutdown, as a real one does
         time.sleep(1.0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import promptserve as ps
-from tests.helpers import images, random_prompt_set, tiny_backbone
+from promptserve.testing import random_images, random_prompt_set, tiny_backbone
 
 ATOL = 1e-5
 
@@ -31,7 +31,7 @@ def test_invariant1_no_prompts_and_own_head_give_timm_logits(overrides):
     bb = tiny_backbone(seed=1, **overrides)
     model = ps.PromptedViT(bb)
     model.add_task("plain", own_head_set(bb))
-    x = images(4)
+    x = random_images(4)
     with torch.no_grad():
         expected = bb.model(x)
     torch.testing.assert_close(model(x, ["plain"] * 4), expected, atol=ATOL, rtol=0)
@@ -73,7 +73,7 @@ def single_task_logits(model, x, names):
     ["kvonly", "visonly", "b", "a", "shallow", "none", "shallow2"],  # every sample a different task
 ])
 def test_invariant2_mixed_batch_equals_single_task_batches(model, names):
-    x = images(len(names), seed=len(names))
+    x = random_images(len(names), seed=len(names))
     mixed = model(x, names)
     for i, expected in enumerate(single_task_logits(model, x, names)):
         c = expected.shape[0]
@@ -82,7 +82,7 @@ def test_invariant2_mixed_batch_equals_single_task_batches(model, names):
 
 
 def test_same_task_batch_equals_per_image(model):
-    x = images(5, seed=3)
+    x = random_images(5, seed=3)
     batched = model(x, ["a"] * 5)
     for i in range(5):
         torch.testing.assert_close(batched[i], model(x[i:i + 1], ["a"])[0], atol=ATOL, rtol=1e-5)
@@ -108,7 +108,7 @@ def test_visual_prompts_sit_after_cls_without_position_embedding(bb, deep):
     ps_set = random_prompt_set(bb, visual=[3, 0, 2], kv=0, deep=deep, seed=7)
     model = ps.PromptedViT(bb)
     model.add_task("t", ps_set)
-    x = images(2, seed=5)
+    x = random_images(2, seed=5)
     with torch.no_grad():
         seq = bb.model._pos_embed(bb.model.patch_embed(x))  # (B, 1 + Np, D), CLS + pos embed only
         feats = _blocks_with_visual(bb, seq, {i: ps_set.visual(i) for i in range(3) if ps_set.visual(i) is not None},
@@ -127,7 +127,7 @@ def test_key_value_prompts_match_a_handwritten_attention(bb):
                               backbone_fingerprint=bb.fingerprint, labels=[str(i) for i in range(w.shape[0])])
     model = ps.PromptedViT(bb)
     model.add_task("kv", prompt_set)
-    x = images(2, seed=9)
+    x = random_images(2, seed=9)
     vit = bb.model
     with torch.no_grad():
         h = vit._pos_embed(vit.patch_embed(x))
@@ -150,7 +150,7 @@ def test_key_value_prompts_match_a_handwritten_attention(bb):
 def test_add_task_replacement_is_atomic_while_forwards_run(bb):
     model = ps.PromptedViT(bb)
     old, new = random_prompt_set(bb, seed=1), random_prompt_set(bb, visual=[6, 1, 2], kv=[3, 0, 1], seed=2)
-    x = images(3, seed=4)
+    x = random_images(3, seed=4)
     ref = {}
     for prompt_set in (old, new):
         model.add_task("t", prompt_set)
@@ -160,7 +160,7 @@ def test_add_task_replacement_is_atomic_while_forwards_run(bb):
 
     def reader():
         while not stop.is_set():
-            logits, versions = model.classify(x, ["t"] * 3)
+            logits, versions, _ = model.classify(x, ["t"] * 3)
             if len(set(versions)) != 1 or not torch.allclose(logits, ref[versions[0]], atol=ATOL, rtol=1e-5):
                 errors.append(versions)
             seen.append(versions[0])
@@ -178,7 +178,7 @@ def test_add_task_replacement_is_atomic_while_forwards_run(bb):
 
 
 def test_forward_errors_name_the_problem(model):
-    x = images(2)
+    x = random_images(2)
     with pytest.raises(KeyError, match="nope"):
         model(x, ["a", "nope"])
     with pytest.raises(ValueError, match="2 images but 1 task"):
@@ -189,7 +189,7 @@ def test_remove_task_and_reuse_of_its_row(bb):
     model = ps.PromptedViT(bb)
     a, b = random_prompt_set(bb, seed=1), random_prompt_set(bb, seed=2, visual=[9, 9, 9])
     model.add_task("a", a)
-    x = images(1)
+    x = random_images(1)
     before = model(x, ["a"])
     model.add_task("b", b)
     model.remove_task("b")
@@ -208,7 +208,7 @@ def test_prompt_batch_for_one_task_is_differentiable(bb):
     head_w = torch.zeros(4, D, requires_grad=True)
     head_b = torch.zeros(4, requires_grad=True)
     batch = ps.PromptBatch.for_one_task(2, bb.num_layers, {0: vis, 2: vis}, {1: kv}, None, head_w, head_b)
-    loss = model.forward_batch(images(2), batch).logsumexp(-1).sum()
+    loss = model.forward_batch(random_images(2), batch).logsumexp(-1).sum()
     loss.backward()
     assert vis.grad is not None and kv.grad is not None and head_w.grad is not None
     assert all(p.grad is None for p in bb.model.parameters())

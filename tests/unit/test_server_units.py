@@ -1,8 +1,9 @@
-"""Server parts without HTTP: settings parsing, the resident-task LRU, backbone loading rules, image
+"""Server parts without HTTP: settings parsing, the task table (LRU, budget, draining), backbone loading rules, image
 intake limits, generated demo prompt sets, registry seeding."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -12,12 +13,12 @@ from PIL import Image
 from prompt_store import open_store
 from promptserve.backbone import BackboneError, load_backbone, random_tiny_backbone
 from promptserve.model import PromptedViT
-from promptserve.promptset import PromptSet
+from promptserve.promptset import PromptSet, prompt_set_nbytes
 from server.demo import demo_prompt_set, seed_registry
 from server.errors import ApiError
 from server.images import decode_image
-from server.residency import ResidentSet
 from server.settings import ServerSettings
+from server.task_table import TaskTable
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +41,29 @@ def test_settings_from_env(monkeypatch):
     assert "secret" not in repr(ServerSettings(admin_token="secret"))
 
 
-def test_resident_set_lru_budget_pins_and_busy():
-    r = ResidentSet(max_tasks=2, max_bytes=100, pinned=["p"])
-    r.add("p", "v", 10)
-    r.add("a", "v", 10)
-    r.add("b", "v", 10)
-    assert r.victims(keep="b") == ["a"]  # p is pinned, a is the least recently used
-    r.touch("a")
-    r.add("c", "v", 10)
-    assert r.victims(keep="c") == ["b", "a"]
-    r.acquire("b")
-    assert r.victims(keep="c") == ["a"]  # b has a request in flight
-    r.release("b")
-    assert not r.busy("b")
-    big = ResidentSet(max_tasks=10, max_bytes=25)
-    for name in "xyz":
-        big.add(name, "v", 10)
-    assert big.victims() == ["x"] and big.nbytes == 30
+def test_task_table_lru_budget_pins_busy_and_draining(backbone):
+    ps = demo_prompt_set(backbone, seed=0)
+    bank = PromptedViT(backbone).bank
+    table = TaskTable(bank, max_tasks=2, max_bytes=100 * prompt_set_nbytes(ps), pinned=["p"])
+
+    async def scenario():
+        assert await table.install("p", "v1", ps) == [] and await table.install("a", "v1", ps) == []
+        assert await table.install("b", "v1", ps) == ["a"]  # p is pinned, a is the least recently used
+        assert table.tasks == ["p", "b"] and "a" not in bank and bank.tasks == ["b", "p"]
+        table.acquire("b")
+        assert await table.install("c", "v2", ps) == []  # b has a request in flight: the budget bends
+        assert len(table) == 3 and table.version("c") == "v2" == bank.version("c")
+        table.drop("b")  # deleted while its request is queued: it drains
+        assert "b" in table and "b" in bank and not table.serving("b")
+        table.release("b")  # ... and goes with its last request
+        assert "b" not in table and "b" not in bank and table.version("b") is None
+        table.touch("p")
+        assert table.tasks == ["c", "p"]
+
+    asyncio.run(scenario())
+    big = TaskTable(PromptedViT(backbone).bank, max_tasks=10, max_bytes=int(2.5 * prompt_set_nbytes(ps)))
+    evicted = [asyncio.run(big.install(name, "v", ps)) for name in "xyz"]
+    assert evicted == [[], [], ["x"]] and big.nbytes == 2 * prompt_set_nbytes(ps)
 
 
 def test_random_tiny_is_deterministic_and_leaves_the_rng_alone(backbone):
