@@ -1,11 +1,15 @@
-"""The results sweep's plan and its summary: seeds become mean +- sd, noise screening, resumable plan."""
+"""The results sweep's plan and its summary: seeds become mean +- sd, noise screening, resumable plan, the grid
+check, and one definition of the sweep that the runner, the tables and the figures share."""
 
 import argparse
+import ast
 import json
+from pathlib import Path
 
 import pytest
 
-from training.experiments import summarize, vtab
+from training import config
+from training.experiments import plots, reports, summarize, sweep, vtab
 
 
 def report(accs: list[float], tuned: int = 1000, **metrics) -> dict:
@@ -19,11 +23,11 @@ def report(accs: list[float], tuned: int = 1000, **metrics) -> dict:
 
 
 def test_score_reads_seeds_and_screens_differences_against_their_noise():
-    tight_a, tight_b = summarize.Score.of(report([0.50, 0.51, 0.52])), summarize.Score.of(report([0.40, 0.41, 0.42]))
-    noisy = summarize.Score.of(report([0.30, 0.50, 0.70]))
+    tight_a, tight_b = reports.Score.of(report([0.50, 0.51, 0.52])), reports.Score.of(report([0.40, 0.41, 0.42]))
+    noisy = reports.Score.of(report([0.30, 0.50, 0.70]))
     assert tight_a.n == 3 and str(tight_a) == "51.0 +- 1.0"
     assert tight_a.beyond_noise(tight_b) and not tight_a.beyond_noise(noisy)
-    single = summarize.Score.of(report([0.5]))
+    single = reports.Score.of(report([0.5]))
     assert str(single) == "50.0" and not single.beyond_noise(tight_b)  # one seed: no claim either way
 
 
@@ -47,7 +51,7 @@ def test_tables_and_plots_from_a_sweep_directory(tmp_path, capsys):
     assert "| visual + key-value | 46.0 +- 1.0 | -1.0 | 1,000 |" in out
     assert "| key-value prompts only | (not run) |" in out
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
-    summarize.main([str(tmp_path), "--plots", str(tmp_path / "plots")])
+    plots.main([str(tmp_path), str(tmp_path / "plots")])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
         "accuracy_vs_params.png", "pruning_curve.png", "task_bars.png", "training_curves.png"]
 
@@ -84,6 +88,10 @@ def test_ablation_runs_reuse_the_lr_and_weight_decay_their_task_s_e2vpt_run_chos
 def test_summary_of_an_empty_directory_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="no .*report.json under"):
         summarize.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="no .*report.json under"):
+        plots.main([str(tmp_path), str(tmp_path / "plots")])
+    with pytest.raises(SystemExit, match="python -m training.experiments.plots"):  # not tables instead of figures
+        summarize.main([str(tmp_path), "--plots", str(tmp_path / "plots")])
 
 
 def test_hp_table_flags_a_choice_at_the_end_of_the_grid():
@@ -99,10 +107,76 @@ def test_hp_table_flags_a_choice_at_the_end_of_the_grid():
 
 
 def test_a_sweep_with_missing_data_stops_before_any_run_with_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(vtab.TASKS, "fashion-mnist", f"fmnist:{tmp_path / 'nowhere'}")
+    monkeypatch.setitem(sweep.TASKS, "fashion-mnist", f"fmnist:{tmp_path / 'nowhere'}")
     with pytest.raises(SystemExit) as stop:
         vtab.main(["--backbone", "b.safetensors", "--out", str(tmp_path / "out"), "--tasks", "fashion-mnist",
                    "--ablation-tasks", "--curve-task", ""])
     assert stop.value.code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
     assert "fashion-mnist: fmnist:" in err and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_grid_check_searches_above_each_top_pick_and_skips_the_picks_its_logs_show(tmp_path, monkeypatch, capsys):
+    grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64) for wd in (0.01, 0.1)]
+    for task, method, lr in [("gtsrb", "e2vpt", 0.64), ("dtd10", "e2vpt", 0.16), ("dtd10", "vpt-deep", 0.64),
+                             ("gtsrb", "linear", 0.64)]:
+        (tmp_path / "sweep" / task).mkdir(parents=True, exist_ok=True)
+        reports.report_path(tmp_path / "sweep", task, method).write_text(json.dumps(
+            {"hp_search": {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}},
+             "config": {"epochs": 12, "hp_epochs": 4, "warmup_epochs": 2.0, "lr_grid": [0.04, 0.16, 0.64]}}))
+    check = tmp_path / "check"
+    args = ["--backbone", "b.safetensors", "--out", str(tmp_path / "sweep"), "--grid-check", str(check),
+            "--methods", "e2vpt", "vpt-deep"]
+    vtab.main([*args, "--dry-run"])
+    out = capsys.readouterr().out
+    assert out.startswith("grid check: 2 runs chose their grid's top lr, 0 already checked")
+    assert "  gtsrb e2vpt (lr grid centred on 2.56)" in out and "  dtd10 vpt-deep" in out
+    assert "dtd10 e2vpt" not in out and "linear" not in out  # a pick inside its grid; a method not asked for
+    check.mkdir()
+    (check / "dtd10-vpt-deep.log").write_text("...\n[hp-search] chose lr 0.64 wd 0.1 (val acc 0.5)\n")
+    (check / "gtsrb-e2vpt.log").write_text("a check cut short before its pick\n")
+    monkeypatch.setitem(sweep.TASKS, "gtsrb", str(tmp_path))  # data that exists: the check starts
+    calls = []
+    monkeypatch.setattr(vtab.subprocess, "call", lambda cmd, **_: calls.append(cmd) or 0)
+    vtab.main(args)
+    [cmd] = calls  # dtd10 vpt-deep's log shows its pick: done
+    flag = {name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")}
+    assert (flag["--task-name"], flag["--method"], flag["--lr"]) == ("gtsrb", "e2vpt", "2.56")
+    assert (flag["--epochs"], flag["--hp-epochs"], flag["--seeds"]) == ("4", "4", "1")  # the run's grid points
+    assert float(flag["--warmup-epochs"]) == pytest.approx(2.0 * 4 / 12)  # what the trainer gave each grid point
+    assert "--hp-search" in cmd and "--search" not in cmd  # only the lr pick is asked: no pruning search
+    assert flag["--out"] == str(check / "gtsrb-e2vpt.safetensors") and flag["--data"] == str(tmp_path)
+    assert "[hp-search]" not in (check / "gtsrb-e2vpt.log").read_text()  # rewritten by the new attempt
+    assert sweep.grid_check_centre([0.04, 0.16, 0.64]) == 2.56  # the new grid's lowest point is the old top
+
+
+def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():
+    assert list(sweep.METHODS) == list(config.METHODS)  # the tables list them in the trainer's order
+    assert sorted(sweep.RUN_ORDER) == sorted(sweep.METHODS)
+    assert [row.run for row in sweep.ABLATION_ROWS if row.flags is None] == [sweep.ABLATION_ROWS[-1].run] \
+        == [sweep.HP_SOURCE]  # only the last row, the main e2vpt run, has no run of its own
+    names = [*sweep.METHODS, *(row.run for row in sweep.ABLATION_ROWS[:-1]),
+             *(sweep.curve_run(f)[0] for f in sweep.CURVE_FRACTIONS)]
+    assert len(names) == len(set(names))  # one report per name in a task's folder: none overwrites another
+
+
+def test_the_experiment_modules_import_each_other_without_a_cycle():
+    """plots and summarize share reports.py and sweep.py instead of importing each other, lazily or not."""
+    folder = Path(vtab.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in folder.glob("*.py"):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "training.experiments":
+                names |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("training.experiments."):
+                names.add(node.module.rsplit(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                names |= {a.name.rsplit(".", 1)[1] for a in node.names if a.name.startswith("training.experiments.")}
+        imports[path.stem] = names
+    assert imports["summarize"] == imports["plots"] == {"reports", "sweep"}
+
+    def reaches(start: str, goal: str, seen: frozenset = frozenset()) -> bool:
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in imports.get(start, ()))
+
+    assert [m for m in imports if reaches(m, m)] == []

@@ -1,13 +1,15 @@
-"""The figures docs/results.md opens with, from a sweep's reports (see summarize.py): PNGs, Agg backend.
+"""The figures docs/results.md opens with, from a sweep's reports (its tables: summarize.py): PNGs, Agg backend.
 
-    python -m training.experiments.summarize runs/vtab --plots docs/img/results
+    python -m training.experiments.plots runs/vtab docs/img/results      # the sweep's reports -> the figures
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
-from training.experiments.summarize import METHODS, TASKS, Score, curve_points
+from training.experiments.reports import Score, curve_points, load
+from training.experiments.sweep import METHODS, TASKS
 
 MARKERS = dict(zip(METHODS, "osD^v", strict=True))
 # one colour per method on every figure and panel, whichever methods a panel has (matplotlib's default cycle)
@@ -59,7 +61,7 @@ def task_bars(plt, reports: dict, path: Path) -> Path:
         got = [Score.of(reports[(t, m)]) if (t, m) in reports else None for t in TASKS]
         ax.bar(x + i * width, [100 * s.mean if s else 0 for s in got], width,
                yerr=[100 * s.sd if s else 0 for s in got], capsize=2, label=m, color=COLORS[m])
-    ax.set_xticks(x + width * (len(methods) - 1) / 2, TASKS)
+    ax.set_xticks(x + width * (len(methods) - 1) / 2, list(TASKS))
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8, ncol=len(methods))
     ax.grid(axis="y", alpha=0.3)
@@ -124,3 +126,16 @@ def write_plots(reports: dict, out_dir: Path) -> list[Path]:
                training_curves(plt, reports, out_dir / "training_curves.png"),
                pruning_curve(plt, reports, out_dir / "pruning_curve.png")]
     return [p for p in written if p is not None]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path, help="the sweep's --out (its */*.report.json)")
+    p.add_argument("out_dir", type=Path, help="where the PNGs go")
+    args = p.parse_args(argv)
+    for path in write_plots(load(args.root), args.out_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

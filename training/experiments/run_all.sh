@@ -2,13 +2,14 @@
 # The result runs behind docs/results.md: 4 tasks x {e2vpt, vpt-deep, vpt-shallow, linear, full}, each with its
 # lr x wd grid on validation and 3 seeds of the chosen configuration, then the Table-4 ablation (gtsrb, dtd10)
 # and the pruning curve (dtd10). Finished runs are skipped: rerun the same command to continue a stopped sweep.
-# Run it alone on the machine (2 single-thread runs at once); `--dry-run` as an extra argument lists what is left.
+# Run it alone on the machine (2 single-thread runs at once); `--dry-run` as an extra argument lists what is left,
+# `--grid-check DIR` (with --dry-run or not) checks the grids that chose their top lr instead (see vtab.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors}
 OUT=${OUT:-runs/vtab}
 .venv/bin/python -m training.experiments.vtab --backbone "$BACKBONE" --out "$OUT" \
     --epochs "${EPOCHS:-12}" --hp-epochs "${HP_EPOCHS:-4}" --seeds "${SEEDS:-3}" --workers "${WORKERS:-2}" "$@"
-case " $* " in *" --dry-run "*) exit 0 ;; esac
+case " $* " in *" --dry-run "* | *" --grid-check "*) exit 0 ;; esac
 .venv/bin/python -m training.experiments.summarize "$OUT" > "$OUT/tables.md"
-.venv/bin/python -m training.experiments.summarize "$OUT" --plots docs/img/results
+.venv/bin/python -m training.experiments.plots "$OUT" docs/img/results

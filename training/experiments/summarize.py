@@ -1,64 +1,23 @@
-"""Markdown tables for docs/results.md from the report.json files a `vtab.py` sweep wrote.
+"""Markdown tables for docs/results.md from the report.json files a `vtab.py` sweep wrote (its figures: plots.py).
 
 Every accuracy is the mean +- sd over the seeds of the configuration the run chose on its validation split
 (`--seeds`; a run with one seed shows no sd). A difference between two methods is marked `*` when it is larger
 than twice its standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b): with 3 seeds a rough screen, not a test.
 
     python -m training.experiments.summarize runs/vtab            # tables (markdown)
-    python -m training.experiments.summarize runs/vtab --plots docs/img/results
     python -m training.experiments.summarize runs/vtab --runs     # one row per run found
 """
 
 from __future__ import annotations
 
-import json
-import math
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-TASKS = ["gtsrb", "dtd10", "sign-digits", "fashion-mnist"]
-METHODS = ["linear", "vpt-shallow", "vpt-deep", "e2vpt", "full"]  # rows without reports are skipped
-# (label, run name): Table 4 of the paper, every row through the e2vpt code path but the last (the main run)
-ABLATION_ROWS = [("visual prompts only", "abl-visual"), ("key-value prompts only", "abl-kv-only"),
-                 ("visual + key-value", "abl-visual-kv"), ("visual + pruning", "abl-visual-prune"),
-                 ("visual + key-value + pruning (e2vpt)", "e2vpt")]
+from training.experiments.reports import Score, curve_points, load, lr_grid_edge, scores
+from training.experiments.sweep import ABLATION_ROWS, METHODS, TASKS
+
 # pairs whose difference the main table screens against the seed noise
 COMPARISONS = [("e2vpt", "vpt-deep"), ("vpt-deep", "linear"), ("e2vpt", "full")]
-
-
-@dataclass(frozen=True)
-class Score:
-    """Test accuracy of one run over its seeds."""
-
-    mean: float
-    sd: float
-    n: int
-
-    @classmethod
-    def of(cls, report: dict) -> Score:
-        m = report["metrics"]
-        runs = report.get("seeds", {}).get("runs") or [{"test_acc": m["test_acc"]}]
-        return cls(m.get("test_acc_mean", m["test_acc"]), m.get("test_acc_sd", 0.0), len(runs))
-
-    def __str__(self) -> str:
-        return f"{100 * self.mean:.1f}" + (f" +- {100 * self.sd:.1f}" if self.n > 1 else "")
-
-    def beyond_noise(self, other: Score) -> bool:
-        if self.n < 2 or other.n < 2:
-            return False
-        return abs(self.mean - other.mean) > 2 * math.sqrt(self.sd ** 2 / self.n + other.sd ** 2 / other.n)
-
-
-def load(root: Path) -> dict[tuple[str, str], dict]:
-    out = {}
-    for path in sorted(root.glob("*/*.report.json")):
-        out[(path.parent.name, path.name.removesuffix(".report.json"))] = json.loads(path.read_text())
-    return out
-
-
-def scores(reports: dict) -> dict[tuple[str, str], Score]:
-    return {key: Score.of(r) for key, r in reports.items()}
 
 
 def main_table(reports: dict) -> str:
@@ -105,11 +64,9 @@ def hp_table(reports: dict) -> str:
         for m in METHODS:
             hp = reports.get((t, m), {}).get("hp_search")
             if hp:
-                lrs = sorted({row["lr"] for row in hp["grid"]})
-                lr = hp["chosen"]["lr"]
-                # a pick at the grid's end says the best rate may lie outside it
-                edge = " (grid's top)" if lr == lrs[-1] else " (grid's bottom)" if lr == lrs[0] else ""
-                lines.append(f"| {t} | {m} | {lr:g}{edge} | {hp['chosen']['weight_decay']:g} | "
+                edge = lr_grid_edge(hp)  # a pick at the grid's end says the best rate may lie outside it
+                lr = f"{hp['chosen']['lr']:g}" + (f" (grid's {edge})" if edge else "")
+                lines.append(f"| {t} | {m} | {lr} | {hp['chosen']['weight_decay']:g} | "
                              f"{100 * hp['best_val_acc']:.1f} | {hp.get('within_noise', '-')} of {len(hp['grid'])} |")
     return "\n".join(lines)
 
@@ -130,13 +87,13 @@ def e2vpt_table(reports: dict) -> str:
 
 
 def ablation_table(reports: dict) -> str:
-    tasks = [t for t in TASKS if any((t, name) in reports for _, name in ABLATION_ROWS[:-1])]
+    tasks = [t for t in TASKS if any((t, row.run) in reports for row in ABLATION_ROWS if row.flags is not None)]
     if not tasks:
         return "(no ablation runs yet)"
     lines = ["| variant | " + " | ".join(f"{t} test acc | vs e2vpt | {t} tuned params" for t in tasks) + " |",
              "|---|" + "---|---|---|" * len(tasks)]
-    reference = ABLATION_ROWS[-1][1]  # every row is compared with the main e2vpt run
-    for label, name in ABLATION_ROWS:
+    reference = ABLATION_ROWS[-1].run  # every row is compared with the main e2vpt run
+    for label, name, _ in ABLATION_ROWS:
         cells = []
         for t in tasks:
             r, e2vpt = reports.get((t, name)), reports.get((t, reference))
@@ -148,15 +105,6 @@ def ablation_table(reports: dict) -> str:
             cells += [str(s), diff, f"{r['metrics']['tuned_params']:,}"]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def curve_points(reports: dict) -> dict[str, list[tuple[float, Score]]]:
-    """Per task: (fraction of visual prompts pruned, score), from the curve runs and the unpruned ablation row."""
-    out: dict[str, list[tuple[float, Score]]] = {}
-    for (task, run), r in reports.items():
-        if run.startswith("curve-tp") or run == "abl-visual-kv":
-            out.setdefault(task, []).append((r["metrics"].get("visual_pruned_fraction", 0.0), Score.of(r)))
-    return {t: sorted(p, key=lambda x: x[0]) for t, p in out.items() if len(p) > 1}
 
 
 def curve_table(reports: dict) -> str:
@@ -185,17 +133,11 @@ def runs_table(reports: dict) -> str:
 def main(argv=None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
     root = Path(args[0] if args and not args[0].startswith("--") else "runs/vtab")
+    if "--plots" in args:  # not printed as tables: the figures have their own command
+        raise SystemExit(f"error: the figures: python -m training.experiments.plots {root} DIR")
     reports = load(root)
-    if not reports:
-        raise SystemExit(f"error: no */*.report.json under {root}: run training.experiments.vtab --out {root} first")
     if "--runs" in args:
         print(runs_table(reports))
-        return
-    if "--plots" in args:
-        from training.experiments.plots import write_plots
-
-        for path in write_plots(reports, Path(args[args.index("--plots") + 1])):
-            print(path)
         return
     print("## Test accuracy (%), mean +- sd over seeds\n\n" + main_table(reports)
           + "\n\n## Differences against the seed noise\n\n" + noise_table(reports)

@@ -1,4 +1,6 @@
-"""The result runs of docs/results.md: 5 methods x 4 tasks (VTAB-1k style), the Table-4 ablation, a pruning curve.
+"""The runner of docs/results.md's sweep: 5 methods x 4 small stand-in tasks for VTAB-1k (not VTAB itself; the
+tasks, methods, ablation and curve are defined in sweep.py), the Table-4 ablation, a pruning curve, and the
+check of the learning-rate grids that chose their top rate.
 
 Every main run (method x task) is one `python -m training.cli train ...` subprocess with --threads 1 that
 chooses lr x weight decay on its validation split (--hp-search) and then trains the chosen configuration with
@@ -10,8 +12,14 @@ report exists is skipped, so a killed sweep resumes where it stopped (a run cut 
 beginning). Logs land in OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished
 run in OUT/runs.jsonl.
 
+The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods whose
+grid chose its top learning rate searches again on a grid whose lowest point is that top (sweep.grid_check_centre),
+with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
+point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done.
+
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors \
         --out runs/vtab --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
+    python -m training.experiments.vtab --backbone ... --out runs/vtab --grid-check runs/gridcheck --dry-run
 """
 from __future__ import annotations
 
@@ -23,58 +31,60 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
-TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),
-         "sign-digits": str(DATASETS / "sign_digits.tar"), "fashion-mnist": "fmnist:/usr/share/datasets/fashion-mnist"}
-METHODS = {"e2vpt": ["--method", "e2vpt", "--search"], "vpt-deep": ["--method", "vpt-deep"],
-           "vpt-shallow": ["--method", "vpt-shallow"], "linear": ["--method", "linear"],
-           "full": ["--method", "full"]}
-NO_PRUNING = ["--token-prune", "0", "--segment-prune", "0"]
-# Table 4 of the paper, every row through the e2vpt code path (same init, schedule and head); the last row,
-# visual + key-value + pruning, is the main e2vpt run of the same task
-ABLATION = {"abl-visual": ["--method", "e2vpt", "--kv-tokens", "0", *NO_PRUNING],
-            "abl-kv-only": ["--method", "e2vpt", "--visual-tokens", "0", *NO_PRUNING],
-            "abl-visual-kv": ["--method", "e2vpt", *NO_PRUNING],
-            "abl-visual-prune": ["--method", "e2vpt", "--kv-tokens", "0", "--search"]}
-# accuracy against the fraction of visual prompt tokens pruned (token pruning only; 0 is abl-visual-kv)
-CURVE_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+from training.experiments.reports import lr_grid_edge, report_path
+from training.experiments.sweep import (
+    ABLATION_ROWS,
+    CURVE_FRACTIONS,
+    HP_SOURCE,
+    METHODS,
+    RUN_ORDER,
+    TASKS,
+    curve_run,
+    grid_check_centre,
+)
 
-
-def curve_run(fraction: float) -> tuple[str, list[str]]:
-    return f"curve-tp{round(100 * fraction):02d}", ["--method", "e2vpt", "--token-prune", str(fraction),
-                                                    "--segment-prune", "0"]
-
-
-HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
+GRID_CHECK_DONE = "[hp-search] chose"  # the trainer's line with a grid's pick
 
 
 def jobs(args) -> list[tuple[str, str, list[str], bool]]:
     """(task, run name, extra args, reuses the task's e2vpt hp) in priority order: the demo prompt sets (e2vpt)
     first, the curve last. The order matters: a run that reuses hp is queued after the run it waits for."""
-    order = [m for m in METHODS if m in args.methods]
+    order = [m for m in RUN_ORDER if m in args.methods]
     out = [(t, m, METHODS[m], False) for m in order for t in args.tasks]
     reuse = args.hp_search  # without a search there is no choice to reuse
-    out += [(task, name, extra, reuse) for task in args.ablation_tasks for name, extra in ABLATION.items()]
+    out += [(task, row.run, row.flags, reuse) for task in args.ablation_tasks for row in ABLATION_ROWS
+            if row.flags is not None]
     if args.curve_task:
         out += [(args.curve_task, *curve_run(f), reuse) for f in CURVE_FRACTIONS]
     return out
 
 
-def missing_data(tasks: set[str]) -> list[str]:
+def grid_check_jobs(args) -> list[tuple[str, str, dict]]:
+    """(task, method, its report) of every main run whose validation grid chose its top learning rate."""
+    out = []
+    for method in [m for m in RUN_ORDER if m in args.methods]:
+        for task in args.tasks:
+            path = report_path(args.out, task, method)
+            report = json.loads(path.read_text()) if path.exists() else {}
+            if report.get("hp_search") and lr_grid_edge(report["hp_search"]) == "top":
+                out.append((task, method, report))
+    return out
+
+
+def stop_on_missing_data(p: argparse.ArgumentParser, args, tasks: set[str]) -> None:
+    """Before any run starts, not as a failed row per run an hour later (a dry run only lists)."""
     from training.data import data_source
     from training.imagefolder import DatasetError
 
-    out = []
+    missing = []
     for task in sorted(tasks):
         try:
             data_source(TASKS[task])
         except DatasetError as e:
-            out.append(f"{task}: {e}")
-    return out
-
-
-def report_path(out: str, task: str, name: str) -> Path:
-    return Path(out) / task / f"{name}.report.json"  # written last, with the artifact: the run is done
+            missing.append(f"{task}: {e}")
+    if missing and not args.dry_run:
+        p.error("missing data; fix it or leave those tasks out with --tasks / --ablation-tasks / --curve-task: "
+                + "; ".join(missing))
 
 
 def hp_args(args, task: str, reuse: bool) -> list[str]:
@@ -88,33 +98,83 @@ def hp_args(args, task: str, reuse: bool) -> list[str]:
     return ["--hp-search", *(["--hp-epochs", str(args.hp_epochs)] if args.hp_epochs else [])]
 
 
+def train_command(args, task: str, artifact: Path, epochs: int, seeds: int, flags: list[str]) -> list[str]:
+    return [sys.executable, "-m", "training.cli", "train", "--data", TASKS[task], "--backbone", args.backbone,
+            "--out", str(artifact), "--epochs", str(epochs), "--batch-size", str(args.batch_size),
+            "--optimizer", args.optimizer, "--threads", "1", "--no-progress", "--seed", str(args.seed),
+            "--task-name", task, "--seeds", str(seeds), *flags]
+
+
+def execute(cmd: list[str], log_path: Path) -> dict:
+    """Runs cmd with its output in log_path (the command on its first line); its rc and seconds."""
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return {"rc": rc, "seconds": round(time.time() - t0, 1), "cmd": " ".join(cmd)}
+
+
 def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for: Future | None = None) -> dict:
     out_dir = Path(args.out) / task
     out_dir.mkdir(parents=True, exist_ok=True)
-    artifact = out_dir / f"{name}.safetensors"
     report = report_path(args.out, task, name)
     if report.exists():
         return {"task": task, "run": name, "skipped": True}
     if waits_for is not None:
         waits_for.result()  # its failure shows in its own row; this run then searches its own hp
-    cmd = [sys.executable, "-m", "training.cli", "train", "--data", TASKS[task], "--backbone", args.backbone,
-           "--out", str(artifact), "--epochs", str(args.full_epochs if name == "full" and args.full_epochs
-                                                    else args.epochs), "--batch-size", str(args.batch_size),
-           "--optimizer", args.optimizer, "--threads", "1", "--no-progress", "--seed", str(args.seed),
-           "--task-name", task, "--seeds", str(args.seeds), *hp_args(args, task, reuse), *extra]
-    t0 = time.time()
-    with open(out_dir / f"{name}.log", "w") as log:
-        log.write(" ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-    row = {"task": task, "run": name, "rc": rc, "seconds": round(time.time() - t0, 1), "cmd": " ".join(cmd)}
-    if rc == 0 and report.exists():
+    epochs = args.full_epochs if name == "full" and args.full_epochs else args.epochs
+    cmd = train_command(args, task, out_dir / f"{name}.safetensors", epochs, args.seeds,
+                        [*hp_args(args, task, reuse), *extra])
+    row = {"task": task, "run": name, **execute(cmd, out_dir / f"{name}.log")}
+    if row["rc"] == 0 and report.exists():
         m = json.loads(report.read_text())["metrics"]
         row.update(test_acc=m.get("test_acc"), val_acc=m.get("val_acc"))
     with open(Path(args.out) / "runs.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
     return row
+
+
+def grid_check_log(args, task: str, method: str) -> Path:
+    return Path(args.grid_check) / f"{task}-{method}.log"
+
+
+def grid_checked(args, task: str, method: str) -> bool:
+    log = grid_check_log(args, task, method)
+    return log.exists() and GRID_CHECK_DONE in log.read_text()
+
+
+def run_grid_check(args, task: str, method: str, report: dict) -> dict:
+    """The run's grid again, moved up (grid-point epochs and warm-up from its report; no --weight-decay, like the
+    sweep's runs, so the same decays), one seed; the method's own extras (e2vpt's pruning search) are left out,
+    since only the lr pick is asked."""
+    config = report["config"]
+    grid_epochs = config["hp_epochs"]
+    flags = ["--warmup-epochs", str(config["warmup_epochs"] * grid_epochs / config["epochs"]),
+             "--hp-search", "--hp-epochs", str(grid_epochs), "--lr", str(grid_check_centre(config["lr_grid"])),
+             "--method", method]
+    log = grid_check_log(args, task, method)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(args, task, log.with_suffix(".safetensors"), grid_epochs, 1, flags)
+    row = {"task": task, "grid_check": method, **execute(cmd, log)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def grid_check(p: argparse.ArgumentParser, args) -> None:
+    todo = grid_check_jobs(args)
+    left = [j for j in todo if not grid_checked(args, j[0], j[1])]
+    stop_on_missing_data(p, args, {task for task, *_ in left})
+    print(f"grid check: {len(todo)} runs chose their grid's top lr, {len(todo) - len(left)} already checked, "
+          f"{args.workers} at a time", flush=True)
+    if args.dry_run:
+        for task, method, report in left:
+            print(f"  {task} {method} (lr grid centred on {grid_check_centre(report['config']['lr_grid']):g})")
+        return
+    with ThreadPoolExecutor(args.workers) as pool:
+        for f in [pool.submit(run_grid_check, args, *job) for job in left]:
+            f.result()
 
 
 def main(argv=None) -> None:
@@ -138,15 +198,17 @@ def main(argv=None) -> None:
     p.add_argument("--hp-epochs", type=int, default=0, help="epochs per grid point (0: the trainer's default)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen configuration (mean +- sd)")
     p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
+    p.add_argument("--grid-check", metavar="DIR", help="instead of the sweep: check, into DIR, the grids of the "
+                   "main runs of --tasks x --methods under --out that chose their top learning rate")
     args = p.parse_args(argv)
     if args.curve_task and args.curve_task not in TASKS:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
+    if args.grid_check:
+        grid_check(p, args)
+        return
     todo = jobs(args)
     left = [j for j in todo if not report_path(args.out, j[0], j[1]).exists()]
-    missing = missing_data({task for task, *_ in left})
-    if missing and not args.dry_run:  # before any run starts, not as a failed row per run an hour later
-        p.error("missing data; fix it or leave those tasks out with --tasks / --ablation-tasks / --curve-task: "
-                + "; ".join(missing))
+    stop_on_missing_data(p, args, {task for task, *_ in left})
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
         for task, name, _, reuse in left:
@@ -160,6 +222,7 @@ def main(argv=None) -> None:
             futures[(task, name)] = pool.submit(run_one, args, task, name, extra, reuse, waits_for)
     for f in futures.values():
         f.result()
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,78 @@
+"""Reading what a sweep wrote: one report.json per finished run, OUT/<task>/<run>.report.json.
+
+Shared by the runner (which runs are done, what a grid chose), the tables (summarize.py) and the figures
+(plots.py), so that neither of those two imports the other. Every accuracy is the test accuracy's mean +- sd over
+the seeds of the configuration a run chose on its validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.experiments.sweep import CURVE_PREFIX, CURVE_UNPRUNED
+
+REPORT_SUFFIX = ".report.json"  # written last, with the artifact: the run is done
+
+
+def report_path(out: str | Path, task: str, run: str) -> Path:
+    return Path(out) / task / f"{run}{REPORT_SUFFIX}"
+
+
+def load(root: Path) -> dict[tuple[str, str], dict]:
+    """{(task, run): report} of every finished run under root; exits with one line when there is none."""
+    out = {}
+    for path in sorted(root.glob(f"*/*{REPORT_SUFFIX}")):
+        out[(path.parent.name, path.name.removesuffix(REPORT_SUFFIX))] = json.loads(path.read_text())
+    if not out:
+        raise SystemExit(f"error: no */*{REPORT_SUFFIX} under {root}: run training.experiments.vtab --out {root} "
+                         "first")
+    return out
+
+
+@dataclass(frozen=True)
+class Score:
+    """Test accuracy of one run over its seeds."""
+
+    mean: float
+    sd: float
+    n: int
+
+    @classmethod
+    def of(cls, report: dict) -> Score:
+        m = report["metrics"]
+        runs = report.get("seeds", {}).get("runs") or [{"test_acc": m["test_acc"]}]
+        return cls(m.get("test_acc_mean", m["test_acc"]), m.get("test_acc_sd", 0.0), len(runs))
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f}" + (f" +- {100 * self.sd:.1f}" if self.n > 1 else "")
+
+    def beyond_noise(self, other: Score) -> bool:
+        """Is the difference larger than twice its standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b)? With 3 seeds a
+        rough screen, not a test."""
+        if self.n < 2 or other.n < 2:
+            return False
+        return abs(self.mean - other.mean) > 2 * math.sqrt(self.sd ** 2 / self.n + other.sd ** 2 / other.n)
+
+
+def scores(reports: dict) -> dict[tuple[str, str], Score]:
+    return {key: Score.of(r) for key, r in reports.items()}
+
+
+def lr_grid_edge(hp_search: dict) -> str | None:
+    """'top' or 'bottom' when a run's validation grid chose a learning rate at its end (the best rate may lie
+    outside the grid), else None."""
+    lrs = sorted({row["lr"] for row in hp_search["grid"]})
+    lr = hp_search["chosen"]["lr"]
+    return "top" if lr == lrs[-1] else "bottom" if lr == lrs[0] else None
+
+
+def curve_points(reports: dict) -> dict[str, list[tuple[float, Score]]]:
+    """Per task: (fraction of visual prompts pruned, score), from the curve runs and the unpruned ablation row."""
+    out: dict[str, list[tuple[float, Score]]] = {}
+    for (task, run), r in reports.items():
+        if run.startswith(CURVE_PREFIX) or run == CURVE_UNPRUNED:
+            out.setdefault(task, []).append((r["metrics"].get("visual_pruned_fraction", 0.0), Score.of(r)))
+    return {t: sorted(p, key=lambda x: x[0]) for t, p in out.items() if len(p) > 1}

@@ -1,0 +1,63 @@
+"""What the results sweep of docs/results.md runs, defined once: its tasks and their data, its methods, the
+Table-4 ablation, the pruning curve, and how its learning-rate grid check moves a grid up.
+
+The tasks are four small stand-ins for VTAB-1k, not VTAB itself: as in VTAB-1k, each run trains on a
+class-balanced subset of 1000 training images and chooses its lr x weight decay on a validation split held out
+of them (at most 200), but the datasets are the ones this machine holds, seen at the backbone's 32x32. The runner
+is named `vtab` (and writes runs/vtab) after that protocol. The runner (vtab.py: the sweep and its grid check),
+the tables (summarize.py) and the figures (plots.py) all read these names from here. The grid itself is the
+trainer's (training/config.py: LR_FACTORS around a method's DEFAULT_LR, WD_GRID), so nothing here repeats it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from training.config import LR_FACTORS
+
+DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+# task -> the trainer's --data, in the order the tables and figures list them
+TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),
+         "sign-digits": str(DATASETS / "sign_digits.tar"), "fashion-mnist": "fmnist:/usr/share/datasets/fashion-mnist"}
+# method -> the trainer's flags of its main run, in the order the tables and figures list them (the trainer's)
+METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-shallow"],
+           "vpt-deep": ["--method", "vpt-deep"], "e2vpt": ["--method", "e2vpt", "--search"],
+           "full": ["--method", "full"]}
+# the order the sweep starts the main runs: the demo's prompt sets (e2vpt) first
+RUN_ORDER = ("e2vpt", "vpt-deep", "vpt-shallow", "linear", "full")
+HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
+
+
+class AblationRow(NamedTuple):
+    label: str
+    run: str
+    flags: list[str] | None  # None: the task's main run, not a run of its own
+
+
+NO_PRUNING = ["--token-prune", "0", "--segment-prune", "0"]
+# Table 4 of the paper, every row through the e2vpt code path (same init, schedule and head); the last row,
+# visual + key-value + pruning, is the main e2vpt run of the same task, and the others are compared with it
+ABLATION_ROWS = [
+    AblationRow("visual prompts only", "abl-visual", ["--method", "e2vpt", "--kv-tokens", "0", *NO_PRUNING]),
+    AblationRow("key-value prompts only", "abl-kv-only", ["--method", "e2vpt", "--visual-tokens", "0", *NO_PRUNING]),
+    AblationRow("visual + key-value", "abl-visual-kv", ["--method", "e2vpt", *NO_PRUNING]),
+    AblationRow("visual + pruning", "abl-visual-prune", ["--method", "e2vpt", "--kv-tokens", "0", "--search"]),
+    AblationRow("visual + key-value + pruning (e2vpt)", "e2vpt", None)]
+
+# accuracy against the fraction of visual prompt tokens pruned (token pruning only)
+CURVE_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+CURVE_PREFIX = "curve-tp"
+CURVE_UNPRUNED = "abl-visual-kv"  # the curve's 0 point is this ablation row
+
+
+def curve_run(fraction: float) -> tuple[str, list[str]]:
+    return f"{CURVE_PREFIX}{round(100 * fraction):02d}", ["--method", "e2vpt", "--token-prune", str(fraction),
+                                                         "--segment-prune", "0"]
+
+
+def grid_check_centre(lr_grid: list[float]) -> float:
+    """The grid check's lr centre for a run whose grid chose its top rate: the trainer's factors around it put the
+    new grid's lowest point on the old top (0.04 / 0.16 / 0.64 -> 0.64 / 2.56 / 10.24), so the check also
+    reproduces the old pick's score."""
+    return round(max(lr_grid) / min(LR_FACTORS), 6)
