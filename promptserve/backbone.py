@@ -229,12 +229,9 @@ class BackboneSpec:
             record = json.loads(text)
         except (TypeError, json.JSONDecodeError):
             raise BackboneError(f"backbone metadata is not JSON: {text[:100]!r}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("name"), str):
-            raise BackboneError(f"backbone metadata has no timm name: {text[:100]!r}")
-        if "source" not in record:  # written before the weights' source was recorded: name + shape kwargs
-            kwargs = {k: v for k, v in record.items() if k != "name"}
-            return cls(record["name"], UNRECORDED, "", kwargs)
-        return cls(record["name"], str(record["source"]), str(record.get("path") or ""),
+        if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("name", "source")):
+            raise BackboneError(f"backbone metadata needs a timm name and a source: {text[:100]!r}")
+        return cls(record["name"], record["source"], str(record.get("path") or ""),
                    dict(record.get("timm_kwargs") or {}))
 
     def describe(self) -> str:

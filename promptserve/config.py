@@ -100,13 +100,9 @@ class PromptConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PromptConfig:
-        """Inverse of `to_dict`; unknown keys go to `extra` (an older writer's nested `extra` is merged)."""
-        known = {k: v for k, v in d.items() if k in _FIELDS}
-        extra = {k: v for k, v in d.items() if k not in _FIELDS and k != "extra"}
-        nested = d.get("extra", {})
-        if not isinstance(nested, dict):
-            raise ConfigError(f"extra={str(nested)[:40]}: a dict of further settings")
-        return cls(**known, extra={**nested, **extra})
+        """Inverse of `to_dict`: the keys that are not fields go to `extra`."""
+        return cls(**{k: v for k, v in d.items() if k in _FIELDS},
+                   extra={k: v for k, v in d.items() if k not in _FIELDS})
 
 
 def _count_at(counts: int | list[int] | None, layer: int, what: str) -> int:
