@@ -4,6 +4,8 @@ A prompt set is a safetensors file. `parse_header` is the one parser of its head
 header alone can tell before the body is trusted (sizes, the format tag, tensor names, dtypes, ranks, byte
 ranges, the JSON metadata and its types) and turns every way it can be malformed into the PromptSetError of
 its class, never an IndexError or a RecursionError. `PromptSet.load` and the registry both read through it.
+`check_tensor` and `check_head` are the one check of tensor names, dtypes, ranks, the head and the labels:
+the header's and, through `PromptSet.validate`, those of a set built in memory.
 """
 
 from __future__ import annotations
@@ -137,23 +139,42 @@ def parse_header(data: bytes) -> Header:
     if metadata.get("format") != FORMAT:
         raise FormatError(f"unknown format {str(metadata.get('format'))[:40]!r}: expected metadata format={FORMAT!r}")
     tensors = _tensor_layout(raw, len(data) - 8 - header_len)
-    for needed in ("head.weight", "head.bias"):
-        if needed not in tensors:
-            raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
-    classes = tensors["head.weight"].shape[0]
-    if tensors["head.bias"].shape != (classes,):
-        raise ShapeError(f"tensor 'head.bias' has shape {list(tensors['head.bias'].shape)}, the head has "
-                         f"{classes} classes")
     labels = _json_field(metadata, "labels", None, list, LabelsError)
-    if labels is None:
-        labels = [str(i) for i in range(classes)]
-    if not all(isinstance(x, str) for x in labels):
-        raise LabelsError("metadata 'labels' must be a JSON list of strings")
-    if len(labels) != classes:
-        raise LabelsError(f"{len(labels)} labels for a head of {classes} classes")
-    return Header(tensors=tensors, metadata=metadata, labels=labels,
+    classes = check_head({name: info.shape for name, info in tensors.items()}, labels)
+    return Header(tensors=tensors, metadata=metadata,
+                  labels=[str(i) for i in range(classes)] if labels is None else labels,
                   config=parse_config(_json_field(metadata, "config", {}, dict, FormatError)),
                   metrics=_json_field(metadata, "metrics", {}, dict, FormatError))
+
+
+def check_tensor(name: str, dtype: Any, shape: Any) -> None:
+    """`dtype` as safetensors names it (F32 ...); `shape` as a header holds it (not yet known to be a list)."""
+    if not TENSOR_NAME.match(name):
+        raise FormatError(f"unexpected tensor {name[:40]!r}: allowed are visual.{{i}}, kv.{{i}}, key.{{i}}, "
+                          "value.{i}, head.weight, head.bias")
+    if not isinstance(dtype, str) or dtype not in FILE_DTYPES:
+        raise DTypeError(f"tensor {name!r} has dtype {str(dtype)[:20]!r}: use float16, bfloat16 or float32")
+    rank = RANK.get(name) or RANK[name.partition(".")[0]]
+    if not (isinstance(shape, list | tuple) and len(shape) == rank and all(_is_count(n) for n in shape)):
+        raise ShapeError(f"tensor {name!r} needs a shape of {rank} non-negative integers, got "
+                         f"{json.dumps(shape)[:60]}")
+
+
+def check_head(shapes: dict[str, tuple[int, ...]], labels: list | None) -> int:
+    """The number of classes, after the checks; `labels` None: not stated (the class numbers stand in)."""
+    for needed in ("head.weight", "head.bias"):
+        if needed not in shapes:
+            raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
+    classes = shapes["head.weight"][0]
+    if classes < 1:
+        raise ShapeError("head.weight has no classes")
+    if shapes["head.bias"] != (classes,):
+        raise ShapeError(f"tensor 'head.bias' has shape {list(shapes['head.bias'])}, the head has {classes} classes")
+    if labels is not None and not all(isinstance(x, str) for x in labels):
+        raise LabelsError("metadata 'labels' must be a JSON list of strings")
+    if labels is not None and len(labels) != classes:
+        raise LabelsError(f"{len(labels)} labels for a head of {classes} classes")
+    return classes
 
 
 def _tensor_layout(raw: dict, body: int) -> dict[str, TensorInfo]:
@@ -161,20 +182,10 @@ def _tensor_layout(raw: dict, body: int) -> dict[str, TensorInfo]:
     the ranges not overlapping (what safetensors itself will rely on when it loads the body)."""
     tensors: dict[str, TensorInfo] = {}
     for name, info in raw.items():
-        if not TENSOR_NAME.match(name):
-            raise FormatError(f"unexpected tensor {name[:40]!r}: allowed are visual.{{i}}, kv.{{i}}, key.{{i}}, "
-                              "value.{i}, head.weight, head.bias")
         if not isinstance(info, dict) or set(info) != TENSOR_FIELDS:
-            raise FormatError(f"tensor {name!r} must be described by exactly dtype, shape and data_offsets")
-        dtype = info["dtype"]
-        if not isinstance(dtype, str) or dtype not in FILE_DTYPES:
-            raise DTypeError(f"tensor {name!r} has dtype {str(dtype)[:20]!r}: use float16, bfloat16 or float32")
-        shape = info["shape"]
-        rank = RANK.get(name) or RANK[name.partition(".")[0]]
-        if not (isinstance(shape, list) and len(shape) == rank and all(_is_count(n) for n in shape)):
-            raise ShapeError(f"tensor {name!r} needs a shape of {rank} non-negative integers, got "
-                             f"{json.dumps(shape)[:60]}")
-        offsets = info["data_offsets"]
+            raise FormatError(f"tensor {name[:40]!r} must be described by exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        check_tensor(name, dtype, shape)
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
             raise FormatError(f"tensor {name!r} needs data_offsets [start, end], got {json.dumps(offsets)[:60]}")
         start, end = offsets

@@ -15,26 +15,24 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from promptserve.config import PromptConfig
-from promptserve.fileformat import (  # noqa: F401  (re-exported: the errors belong to the file format)
+from promptserve.fileformat import (
     FORMAT,
-    RANK,
-    DTypeError,
     FingerprintError,
     FormatError,
-    LabelsError,
     MissingTensorError,
     NonFiniteError,
-    PromptSetError,
+    PromptSetError,  # noqa: F401  (the server and tests import it from here; it belongs to the file format)
     ShapeError,
-    TooLargeError,
     canonical_bytes,
+    check_head,
+    check_tensor,
     parse_config,
     parse_header,
 )
@@ -43,11 +41,15 @@ from promptserve.files import write_atomic
 if TYPE_CHECKING:
     from promptserve.backbone import Backbone
 
-TORCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# the dtypes a file may hold, by the names safetensors gives them in a header
+FILE_DTYPE_NAMES = {torch.float16: "F16", torch.bfloat16: "BF16", torch.float32: "F32"}
 
 
 @dataclass
 class PromptSet:
+    """Its file's bytes and version are made once, when first asked for (or kept from the file it was loaded
+    from); assigning a field makes them anew. Tensors are held as given: change them by assigning `tensors`."""
+
     tensors: dict[str, torch.Tensor]
     backbone_fingerprint: str = ""
     backbone: str = ""
@@ -56,10 +58,16 @@ class PromptSet:
     config: PromptConfig = field(default_factory=PromptConfig)  # a dict is parsed (FormatError if invalid)
     metrics: dict = field(default_factory=dict)
     created: str = ""
-    _bytes: bytes | None = field(default=None, repr=False, compare=False)
+    _bytes: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _version: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self):
         self.config = parse_config(self.config)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if not name.startswith("_"):  # a changed field: the bytes made before no longer say what this set is
+            super().__setattr__("_bytes", None)
 
     # ---- construction and I/O -------------------------------------------------------------------
     @classmethod
@@ -72,9 +80,11 @@ class PromptSet:
         except Exception as e:  # safetensors raises its own error types on a corrupt body
             raise FormatError(f"corrupt safetensors body: {e}") from None
         meta = header.metadata
-        return cls(tensors=tensors, backbone_fingerprint=meta.get("backbone_fingerprint", ""),
-                   backbone=meta.get("backbone", ""), labels=header.labels, method=meta.get("method", "e2vpt"),
-                   config=header.config, metrics=header.metrics, created=meta.get("created", ""), _bytes=data)
+        loaded = cls(tensors=tensors, backbone_fingerprint=meta.get("backbone_fingerprint", ""),
+                     backbone=meta.get("backbone", ""), labels=header.labels, method=meta.get("method", "e2vpt"),
+                     config=header.config, metrics=header.metrics, created=meta.get("created", ""))
+        loaded._keep(data)  # the file's own bytes, written by whichever writer: they are its version
+        return loaded
 
     def metadata(self) -> dict[str, str]:
         return {"format": FORMAT, "backbone": self.backbone, "backbone_fingerprint": self.backbone_fingerprint,
@@ -84,12 +94,16 @@ class PromptSet:
                 "created": self.created or datetime.now(UTC).isoformat(timespec="seconds")}
 
     def to_bytes(self) -> bytes:
-        if self._bytes is None:
-            if not self.created:
-                self.created = datetime.now(UTC).isoformat(timespec="seconds")
-            tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
-            self._bytes = canonical_bytes(st_save(tensors, metadata=self.metadata()))
-        return self._bytes
+        if self._bytes is not None:
+            return self._bytes
+        if not self.created:
+            self.created = datetime.now(UTC).isoformat(timespec="seconds")
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.tensors.items()}
+        return self._keep(canonical_bytes(st_save(tensors, metadata=self.metadata())))
+
+    def _keep(self, data: bytes) -> bytes:
+        self._bytes, self._version = data, hashlib.sha256(data).hexdigest()
+        return data
 
     def save(self, path: str | Path) -> str:
         """Write atomically (temp file + rename); returns the version."""
@@ -98,7 +112,9 @@ class PromptSet:
 
     @property
     def version(self) -> str:
-        return hashlib.sha256(self.to_bytes()).hexdigest()
+        """The sha256 of the file's bytes, hashed once when the bytes are made or loaded."""
+        self.to_bytes()
+        return self._version
 
     # ---- what it holds ---------------------------------------------------------------------------
     @property
@@ -140,30 +156,19 @@ class PromptSet:
             raise FingerprintError(f"trained on backbone {self.backbone_fingerprint[:12]} "
                                    f"({describe_backbone(self.backbone)}); this one is {backbone.fingerprint[:12]} "
                                    f"({backbone.source.describe()}): use that backbone, or retrain on this one")
-        for needed in ("head.weight", "head.bias"):
-            if needed not in self.tensors:
-                raise MissingTensorError(f"missing tensor {needed!r}: every prompt set carries its linear head")
+        for name, t in self.tensors.items():
+            check_tensor(name, FILE_DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape))
+        check_head({name: tuple(t.shape) for name, t in self.tensors.items()}, self.labels)
         if self.config.pooling not in (None, backbone.pooling):
             raise ShapeError(f"prompt set pools with {self.config.pooling!r}, this backbone pools with "
                              f"{backbone.pooling!r}")
         for name, t in self.tensors.items():
-            rank = RANK.get(name) or RANK.get(name.partition(".")[0])
-            if rank is not None and t.ndim != rank:
-                raise ShapeError(f"tensor {name!r} has {t.ndim} dimensions, it needs {rank}")
-            if t.dtype not in TORCH_DTYPES:
-                raise DTypeError(f"tensor {name!r} has dtype {t.dtype}: use float16, bfloat16 or float32")
             if not bool(torch.isfinite(t).all()):
                 raise NonFiniteError(f"tensor {name!r} contains NaN or Inf")
             kind, _, idx = name.partition(".")
-            if kind in ("visual", "kv", "key", "value") and int(idx) >= L:
+            if kind != "head" and int(idx) >= L:
                 raise ShapeError(f"tensor {name!r} names layer {idx}, the backbone has layers 0..{L - 1}")
-        C = self.num_classes
-        self._expect("head.weight", (C, D))
-        self._expect("head.bias", (C,))
-        if C < 1:
-            raise ShapeError("head.weight has no classes")
-        if len(self.labels) != C:
-            raise LabelsError(f"{len(self.labels)} labels for a head of {C} classes")
+        self._expect("head.weight", (self.num_classes, D))
         for i in range(L):
             v = self.visual(i)
             if v is not None:
@@ -178,7 +183,7 @@ class PromptSet:
                 raise MissingTensorError(f"layer {i} has only one of 'key.{i}' and 'value.{i}'")
             for name in (f"kv.{i}", f"key.{i}"):
                 if name in self.tensors:
-                    self._expect(name, (H, self.tensors[name].shape[1] if self.tensors[name].ndim == 3 else -1, d))
+                    self._expect(name, (H, self.tensors[name].shape[1], d))
             if has_key:
                 self._expect(f"value.{i}", tuple(self.tensors[f"key.{i}"].shape))
         self._check_config_lengths(L)

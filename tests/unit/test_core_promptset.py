@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 
@@ -12,7 +13,7 @@ from safetensors.torch import save_file
 
 import promptserve as ps
 from promptserve.promptset import parse_header
-from tests.helpers import images, random_prompt_set, tiny_backbone
+from promptserve.testing import random_images, random_prompt_set, tiny_backbone
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_fp16_and_bf16_sets_load_and_serve(bb):
         loaded = ps.PromptSet.load(prompt_set.to_bytes())
         model = ps.PromptedViT(bb)
         model.add_task("t", loaded)
-        assert torch.isfinite(model(images(1), ["t"])[:, :5]).all()
+        assert torch.isfinite(model(random_images(1), ["t"])[:, :5]).all()
 
 
 def test_user_written_file_with_save_file(bb, tmp_path):
@@ -52,7 +53,7 @@ def test_user_written_file_with_save_file(bb, tmp_path):
               metadata={"format": "promptserve/1", "backbone_fingerprint": bb.fingerprint})
     model = ps.PromptedViT(bb)
     model.add_task("a", ps.PromptSet.load(tmp_path / "a.safetensors"))
-    assert model(images(3), ["a", "a", "a"]).shape == (3, 10)
+    assert model(random_images(3), ["a", "a", "a"]).shape == (3, 10)
 
 
 def _blob(tensors, **meta):
@@ -198,3 +199,46 @@ def test_same_prompt_set_saved_twice_has_one_version(bb):
         versions.add(c.version)
     assert len(versions) == 1
     assert ps.PromptSet.load(a.to_bytes()).to_bytes() == a.to_bytes()
+
+
+@pytest.mark.parametrize("mutate, error", [
+    (lambda t: t.update({"visual.0": t["visual.0"][0]}), ps.ShapeError),
+    (lambda t: t.pop("head.bias"), ps.MissingTensorError),
+    (lambda t: t.update({"head.bias": torch.zeros(4)}), ps.ShapeError),
+    (lambda t: t.update({"weird": torch.zeros(1)}), ps.FormatError),
+    (lambda t: t.update({"head.weight": torch.zeros(0, 64), "head.bias": torch.zeros(0)}), ps.ShapeError),
+])
+def test_a_set_in_memory_and_its_file_are_refused_alike(bb, mutate, error):
+    """One check of names, ranks, the head and the labels: `validate` says what loading the file says."""
+    good = random_prompt_set(bb, seed=5)
+    tensors = dict(good.tensors)
+    mutate(tensors)
+    classes = len(tensors.get("head.bias", good.tensors["head.bias"]))  # labels never the fault here
+    in_memory = ps.PromptSet(tensors, backbone_fingerprint=bb.fingerprint, labels=[str(i) for i in range(classes)])
+    with pytest.raises(error) as from_file:
+        ps.PromptSet.load(st_save(tensors, metadata=in_memory.metadata()))
+    with pytest.raises(error) as from_memory:
+        in_memory.validate(bb)
+    assert str(from_memory.value) == str(from_file.value)
+
+
+def test_a_set_in_memory_with_an_integer_dtype_is_refused(bb):
+    good = random_prompt_set(bb, seed=5)
+    bad = ps.PromptSet({**good.tensors, "visual.0": good.tensors["visual.0"].int()},
+                       backbone_fingerprint=bb.fingerprint, labels=good.labels)
+    with pytest.raises(ps.DTypeError, match="'visual.0' has dtype 'torch.int32': use float16"):
+        bad.validate(bb)
+
+
+def test_the_version_is_hashed_once_and_follows_a_changed_field(bb, monkeypatch):
+    loaded = ps.PromptSet.load(random_prompt_set(bb, seed=6).to_bytes())
+    hashed = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr(hashlib, "sha256", lambda data: hashed.append(len(data)) or real_sha256(data))
+    before = loaded.version
+    assert loaded.version == before and hashed == []  # kept from the load
+    loaded.labels = [f"class {i}" for i in range(loaded.num_classes)]
+    after = loaded.version
+    assert after != before and after == real_sha256(loaded.to_bytes()).hexdigest()
+    assert loaded.version == after and len(hashed) == 1
+    assert ps.PromptSet.load(loaded.to_bytes()).labels == loaded.labels
