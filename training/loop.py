@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -36,15 +36,19 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # weight decay on matrices and prompt tensors, not on biases (the usual split)
-    decay = [p for p in params if p.ndim > 1]
-    rest = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, weight_decay: float, *,
+                   no_decay: Iterable[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """SGD (momentum 0.9) or AdamW over `params`, the project's one weight-decay rule: decay on matrices and
+    prompt tensors, none on biases and norm scales (the usual split) nor on the `no_decay` parameters.
+    Two groups (decayed, then the rest; an empty one left out), each in the order of `params`."""
+    exempt = {id(p) for p in no_decay}
+    decay = [p for p in params if p.ndim > 1 and id(p) not in exempt]
+    rest = [p for p in params if p.ndim <= 1 or id(p) in exempt]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=0.9)
-    return torch.optim.AdamW(groups, lr=cfg.effective_lr)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer,
@@ -123,7 +127,7 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
     bs = min(cfg.batch_size, n)
     steps = math.ceil(n / bs)
     total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(params, cfg.optimizer, cfg.effective_lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + salt)
     y_all = torch.as_tensor(labels)
     n_params = sum(p.numel() for p in params)
