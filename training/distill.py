@@ -21,19 +21,18 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptserve.backbone import DataConfig
-from promptserve.files import atomic_target
 from promptserve.hardware import cpu_has_native_bf16
 from promptserve.preprocess import normalise
-from training.imagefolder import cache_dir, load_split
-from training.loop import accuracy_module, lr_at, train_epoch
-from training.pretrain import check_same_recipe, export_backbone
+from training import backbone_training
+from training.imagefolder import cache_dir
+from training.loop import lr_at, train_epoch
 from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_set, load_views
 
 logger = logging.getLogger(__name__)
@@ -41,39 +40,30 @@ logger = logging.getLogger(__name__)
 AMP_CHOICES = ("auto", "bf16", "off")
 
 
-@dataclass
-class DistillConfig:
-    data: str  # ImageFolder with train/ and test/ (CIFAR-10): images for the views, labels for the CE term
+@dataclass(kw_only=True)
+class DistillConfig(backbone_training.Config):
+    """`data`: images for the views, labels for the CE term; `model` and `model_kwargs` are used without `init`."""
+
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = backbone_training.Config.FREE_ON_RESUME | {"amp", "probe"}
+
     teacher: str  # a TFLite embedding model (../shared/teachers/mobilenet_v1_..._embedding_extractor.tflite)
-    out: str  # the student backbone file; the checkpoint is <out>.ckpt.pt
     init: str | None = None  # a project backbone file to start from (None: timm's random init of `model`)
-    model: str = "vit_tiny_patch16_224"  # used without `init`
-    model_kwargs: dict = field(default_factory=lambda: {"img_size": 32, "patch_size": 4, "depth": 6})
     views: int = 8  # fixed view sets (teacher passes: views x train images, once)
     min_scale: float = 0.35
     mix: float = 0.5
     cache: str | None = None  # None: $PROMPTSERVE_CACHE/teacher/<teacher>-<recipe>
     epochs: int = 24
-    batch_size: int = 128
     lr: float = 5e-4
-    weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     ce_weight: float = 0.3
-    drop_path: float = 0.1
-    seed: int = 0
     amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
-    threads: int = 0  # 0: torch's default; may change on --resume
     probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
     probe_train_size: int = 1000
-    limit_train: int = 0  # 0: all (a small number makes a smoke run)
-    resume: bool = False
 
-    def __post_init__(self):
-        problems = []
-        if self.epochs < 1 or self.batch_size < 1 or self.views < 1:
-            problems.append("--epochs, --batch-size and --views must be >= 1")
-        if not 0 < self.lr < 1:
-            problems.append(f"--lr {self.lr} is outside (0, 1)")
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.views < 1:
+            problems.append("--views must be >= 1")
         if not 0 < self.min_scale <= 1:
             problems.append(f"--min-scale {self.min_scale} must be in (0, 1]")
         if not 0 <= self.mix <= 1:
@@ -82,8 +72,7 @@ class DistillConfig:
             problems.append(f"--ce-weight {self.ce_weight} must be >= 0")
         if self.amp not in AMP_CHOICES:
             problems.append(f"--amp {self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
-        if problems:
-            raise ValueError("; ".join(problems))
+        return problems
 
     @property
     def recipe(self) -> ViewRecipe:
@@ -117,17 +106,10 @@ def distill_loss(out, target, ce_weight: float):
 
 
 def distill(cfg: DistillConfig, log=logger.info) -> dict:
-    import timm
-
     from training.probe import load_probe_data, module_extractor, probe_all
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    backbone_training.start(cfg)
     out = Path(cfg.out)
-    ckpt_path = out.with_suffix(".ckpt.pt")
-    if ckpt_path.exists() and not cfg.resume:
-        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or delete it to start over")
     amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_native_bf16())
 
     if cfg.init:
@@ -138,16 +120,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
         state = {k: v.float() for k, v in init.model.state_dict().items()}
     else:
         name, kwargs, state = cfg.model, dict(cfg.model_kwargs), None
-    vit = timm.create_model(name, pretrained=False, drop_path_rate=cfg.drop_path, **kwargs)
-    size = vit.patch_embed.img_size[0]
-    dcfg = timm.data.resolve_model_data_config(vit)
-    data_cfg = DataConfig(size, tuple(dcfg["mean"]), tuple(dcfg["std"]), dcfg.get("interpolation", "bicubic"))
-    train = load_split(cfg.data, "train", size, data_cfg.interpolation)
-    test = load_split(cfg.data, "test", size, data_cfg.interpolation, classes=train.classes)
-    if cfg.limit_train:
-        keep = np.sort(torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-                       [:cfg.limit_train].numpy())
-        train.images, train.labels = train.images[keep], train.labels[keep]
+    vit, data_cfg, train, test = backbone_training.vit_and_data(cfg, name, kwargs)
     vit.reset_classifier(len(train.classes))
     if state is not None:
         if state["head.weight"].shape[0] != len(train.classes):  # another label set: keep the features only
@@ -169,10 +142,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
 
     student = Student(vit, teacher.dim)
     params = list(student.parameters())
-    decay = [p for n, p in student.named_parameters() if p.ndim > 1 and "pos_embed" not in n]
-    rest = [p for n, p in student.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=cfg.lr)
+    opt = backbone_training.optimizer(student, cfg)
     steps = len(train) // cfg.batch_size
     total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
     n_train = sum(p.numel() for p in params)
@@ -180,22 +150,18 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
         f"{cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
         f"{'bf16 autocast' if amp else 'float32'}, trainable {n_train:,} params (all)")
 
-    probes = [load_probe_data(d, size, data_cfg.interpolation, cfg.probe_train_size) for d in cfg.probe]
-    history, start = [], 0
-    if cfg.resume and ckpt_path.exists():
-        saved = torch.load(ckpt_path, weights_only=False)
-        check_same_recipe(saved.get("config", {}), asdict(cfg), free={"threads", "resume", "amp", "probe"})
-        student.load_state_dict(saved["student"])
-        opt.load_state_dict(saved["opt"])
-        history, start = saved["history"], saved["epoch"]
-        log(f"[distill] resumed from {ckpt_path} at epoch {start}")
+    probes = [load_probe_data(d, data_cfg.input_size, data_cfg.interpolation, cfg.probe_train_size)
+              for d in cfg.probe]
+    checkpoint = backbone_training.Checkpoint(cfg, "student", student, opt)
+    history, first_epoch = checkpoint.resume()
+    if first_epoch:
+        log(f"[distill] resumed from {cfg.checkpoint} at epoch {first_epoch}")
     elif probes:  # epoch 0 of the curve: the starting point
         history.append({"epoch": 0, "probe": probe_all(module_extractor(vit, name, kwargs), probes)})
         log(json.dumps(history[-1]))
 
     gen = torch.Generator()
-    sample = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:2000].numpy()
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: the order depends on the epoch index only
         views = view_set(epoch % cfg.views)
         emb = (torch.from_numpy(views["embeddings"].astype(np.float32)) - mean) / std  # (N, D_t) standardised
@@ -216,19 +182,17 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              criterion=lambda o, t: distill_loss(o, t, cfg.ce_weight))
         seconds = time.time() - t0
         last = epoch + 1 == cfg.epochs
-        picked = slice(None) if last else sample
-        test_acc = accuracy_module(vit, data_cfg, test.images[picked], test.labels[picked])
+        test_acc, test_images = backbone_training.score_on_test(vit, data_cfg, test, last)
         row = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in result.items()}, "test_acc": round(test_acc, 4),
-               "test_images": len(test.labels[picked]), "seconds": round(seconds, 1),
+               "test_images": test_images, "seconds": round(seconds, 1),
                "threads": torch.get_num_threads(), "amp": amp}
         if probes:
             row["probe"] = probe_all(module_extractor(vit, name, kwargs), probes)
         history.append(row)
         log(json.dumps(row))
-        with atomic_target(ckpt_path) as tmp:  # a kill mid-save keeps the previous checkpoint
-            torch.save({"student": student.state_dict(), "opt": opt.state_dict(), "history": history,
-                        "epoch": epoch + 1, "config": asdict(cfg)}, tmp)
-        export_backbone(vit, name, {**kwargs, "num_classes": len(train.classes)}, train.classes, row["test_acc"],
-                        epoch + 1, out, {"distill_config": json.dumps(asdict(cfg)),
-                                         "teacher": f"{teacher.path.name} sha256 {teacher.sha256}"})
+        checkpoint.save(history, epoch + 1)
+        backbone_training.export_backbone(vit, name, {**kwargs, "num_classes": len(train.classes)}, train.classes,
+                                          row["test_acc"], epoch + 1, out,
+                                          {"distill_config": json.dumps(asdict(cfg)),
+                                           "teacher": f"{teacher.path.name} sha256 {teacher.sha256}"})
     return {"history": history, "out": str(out)}
