@@ -10,13 +10,12 @@ unreachable server, an unreadable file) raises `ClientError`, whose message carr
 `error` code and `detail`.
 
 Tokens: `token=` or the environment: PROMPTSERVE_ADMIN_TOKEN (uploads, rollback, delete; the admin token
-also passes every API check), else PROMPTSERVE_API_TOKEN. PROMPTSERVE_TOKEN is the deprecated old name.
+also passes every API check), else PROMPTSERVE_API_TOKEN.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "PROMPTSERVE_URL"
 ADMIN_TOKEN_ENV = "PROMPTSERVE_ADMIN_TOKEN"
 API_TOKEN_ENV = "PROMPTSERVE_API_TOKEN"
-DEPRECATED_TOKEN_ENV = "PROMPTSERVE_TOKEN"  # train --push's old variable
 FALLBACK_IMAGES_PER_REQUEST = 32  # the server's default, for a server whose /readyz does not say
 
 Image = str | os.PathLike | bytes
@@ -47,16 +45,11 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def resolve_token(token: str | None = None) -> str | None:
-    """`token`, else the admin token, the deprecated PROMPTSERVE_TOKEN (with a warning), the API token."""
+    """`token`, else the admin token, else the API token."""
     if token:
         return token
     if os.environ.get(ADMIN_TOKEN_ENV, "").strip():
         return os.environ[ADMIN_TOKEN_ENV].strip()
-    if os.environ.get(DEPRECATED_TOKEN_ENV, "").strip():
-        # FutureWarning: meant for the person running the command, shown once per process
-        warnings.warn(f"{DEPRECATED_TOKEN_ENV} is deprecated: set {ADMIN_TOKEN_ENV} instead", FutureWarning,
-                      stacklevel=1)
-        return os.environ[DEPRECATED_TOKEN_ENV].strip()
     return os.environ.get(API_TOKEN_ENV, "").strip() or None
 
 

@@ -125,9 +125,8 @@ def train(
     progress: bool = typer.Option(True, help="progress bars on stderr, where it is a terminal"),
     task_name: str = typer.Option("", help="task name for --push", show_default="from --out"),
     push: str = typer.Option("", help="store dir, redis:// URL, or http(s):// server to upload to"),
-    token: str = typer.Option(None, help=f"admin token for an http(s) --push (env {ADMIN_TOKEN_ENV}; the old "
-                              "PROMPTSERVE_TOKEN still works, deprecated); prefer the env or --token-file",
-                              show_default=False),
+    token: str = typer.Option(None, help=f"admin token for an http(s) --push (env {ADMIN_TOKEN_ENV}); prefer the "
+                              "env or --token-file", show_default=False),
     token_file: Path = typer.Option(None, "--token-file", exists=True, dir_okay=False,
                                     help="read the admin token for an http(s) --push from this file"),
 ) -> None:

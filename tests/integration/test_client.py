@@ -116,15 +116,6 @@ def test_cli_errors_are_one_line(live, image_dir, tmp_path):
         assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
-def test_push_takes_the_deprecated_token_variable(live, tmp_path):
-    blob = tmp_path / "t.safetensors"
-    blob.write_bytes(prompt_set_bytes(64))
-    result = promptserve("push", str(blob), "--task", "legacy", "--url", live.url,
-                         env={"PROMPTSERVE_ADMIN_TOKEN": "", "PROMPTSERVE_TOKEN": ADMIN})
-    assert result.returncode == 0 and result.stdout.startswith("legacy -> "), result.stderr
-    assert "PROMPTSERVE_TOKEN is deprecated" in result.stderr
-
-
 def test_a_request_with_too_many_files_is_the_documented_413(live):
     """Starlette's parser stops at max_files with its own 400; the server answers its documented 413."""
     import httpx
