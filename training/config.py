@@ -174,7 +174,4 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        fields = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if fields.get("train_size") == 0:  # reports written before None meant "every image"
-            fields["train_size"] = None
-        return cls(**fields)
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})

@@ -152,7 +152,6 @@ def test_train_size_takes_a_count_or_all_and_refuses_zero():
             parse_train_size(bad)
     with pytest.raises(TrainConfigError, match="--train-size all"):
         TrainConfig(train_size=0)
-    assert TrainConfig.from_dict({"train_size": 0}).train_size is None  # an old report's "every image"
 
 
 def test_help_shows_no_value_hint_on_flags_and_keeps_brackets():
