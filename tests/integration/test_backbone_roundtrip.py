@@ -97,7 +97,7 @@ def test_train_with_weights_then_eval_and_serve_agree(tmp_path, env):
 
 def test_eval_of_a_prompt_set_whose_backbone_file_is_gone_says_what_to_pass(tmp_path, env):
     from promptserve.backbone import load_backbone
-    from tests.helpers import random_prompt_set
+    from promptserve.testing import random_prompt_set
 
     weights = tmp_path / "vit.pth"
     torch.manual_seed(1)

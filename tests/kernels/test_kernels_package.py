@@ -26,11 +26,11 @@ for info in pkgutil.iter_modules(kernels.__path__):
 clashes = [name for name in kernels.__all__ if not callable(getattr(kernels, name))]
 assert not clashes, f"kernels attributes replaced by submodules: {clashes}"
 import torch, promptserve as ps
-from tests.helpers import images, random_prompt_set, tiny_backbone
+from promptserve.testing import random_images, random_prompt_set, tiny_backbone
 bb = tiny_backbone()
 model = ps.PromptedViT(bb)
 model.add_task("a", random_prompt_set(bb))
-print(tuple(model(images(2), ["a", "a"]).shape))
+print(tuple(model(random_images(2), ["a", "a"]).shape))
 """
 
 

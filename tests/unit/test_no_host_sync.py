@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import promptserve as ps
-from tests.helpers import images, random_prompt_set, tiny_backbone
+from promptserve.testing import random_images, random_prompt_set, tiny_backbone
 
 
 class ReadBack(AssertionError):
@@ -35,7 +35,7 @@ def test_a_mixed_all_deep_batch_reads_nothing_back(no_read_back, monkeypatch, vi
     sets = {f"t{i}": random_prompt_set(bb, visual=visual if i else 2, kv=kv if i else 1, seed=i) for i in range(3)}
     for name, s in sets.items():
         model.add_task(name, s)
-    x = images(6)
+    x = random_images(6)
     tasks = ["t0", "t1", "t2", "t1", "t0", "t2"]
     batch = model.bank.gather(tasks)
     assert batch.all_deep and batch.mask_free is not None
@@ -57,4 +57,4 @@ def test_without_the_hints_the_forward_still_reads_back(no_read_back):
     stripped = ps.PromptBatch(**{**batch.__dict__, "all_deep": None, "mask_free": None})
     no_read_back()
     with pytest.raises(ReadBack), torch.inference_mode():
-        model.forward_batch(images(2), stripped)
+        model.forward_batch(random_images(2), stripped)
