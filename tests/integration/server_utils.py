@@ -1,4 +1,4 @@
-"""Helpers for the server tests: the tiny seeded backbone, small prompt sets and images, and a real
+"""Helpers for the server tests: the random-tiny backbone, small prompt sets and images, and a real
 `promptserve serve` process on a free loopback port (bounded start-up, log kept for failures)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from promptserve.backbone import Backbone, random_tiny_backbone
-from server.demo import demo_prompt_set
+from promptserve.testing import random_prompt_set
 from tests.store_utils import free_port
 
 ADMIN = "test-admin-token"
@@ -28,19 +28,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @cache
-def tiny_backbone() -> Backbone:
-    """Shared read-only across tests: the same seeded weights `--backbone random-tiny` builds."""
+def random_tiny() -> Backbone:
+    """The backbone `--backbone random-tiny` builds (weights, fingerprint and spec), built once and shared
+    read-only across tests."""
     return random_tiny_backbone()
 
 
 def prompt_set_bytes(seed: int, classes: int = 3, visual: int = 2, kv: int = 2, backbone: Backbone | None = None,
                      **overrides) -> bytes:
-    """A valid prompt set for the tiny backbone; its own random head so each seed answers differently."""
-    backbone = backbone or tiny_backbone()
-    g = torch.Generator().manual_seed(1000 + seed)
-    head = (torch.randn(classes, backbone.embed_dim, generator=g), torch.randn(classes, generator=g))
-    ps = demo_prompt_set(backbone, [f"s{seed}-c{i}" for i in range(classes)], visual_tokens=visual, kv_tokens=kv,
-                         seed=seed, head=head, metrics={"seed": seed})
+    """A valid prompt set for random-tiny, its prompts and head drawn from `seed` (and its labels named after
+    it), so each seed answers differently."""
+    ps = random_prompt_set(backbone or random_tiny(), visual, kv, classes=[f"s{seed}-c{i}" for i in range(classes)],
+                           seed=seed, metrics={"seed": seed})
     for key, value in overrides.items():
         setattr(ps, key, value)
     return ps.to_bytes()

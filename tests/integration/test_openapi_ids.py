@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -40,7 +40,7 @@ OPERATION_IDS = {
 def client(tmp_path_factory):
     settings = ServerSettings(backbone="random-tiny", store=str(tmp_path_factory.mktemp("registry")),
                               admin_token=ADMIN, max_wait_ms=1)
-    with TestClient(create_app(settings, backbone=tiny_backbone())) as c:
+    with TestClient(create_app(settings, backbone=random_tiny())) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60, what="readyz 200")
         assert c.put("/tasks/shapes", content=prompt_set_bytes(3), headers=AUTH).status_code == 200
         yield c

@@ -20,7 +20,7 @@ import redis
 import test_server_bad_input as one_process
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
 from test_server_bad_input import LIMITS, PNG
 
 from prompt_store import open_store
@@ -148,7 +148,7 @@ def test_classify_across_tasks_matches_one_process(ray_server, tmp_path):
         answers = dict(zip(tasks, pool.map(lambda t: ray_server.classify(t, seed=3), tasks), strict=True))
     replicas = set(ray_server.replicas())
     local = TestClient(create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path / "reg"), **LIMITS),
-                                  backbone=tiny_backbone()))
+                                  backbone=random_tiny()))
     with local:
         wait_until(lambda: local.get("/readyz").status_code == 200, 60)
         for task, body in tasks.items():
@@ -286,7 +286,7 @@ def test_the_pages_say_what_they_show_under_ray(ray_server, tmp_path):
         html = ray_server.client.get(page).text
         assert 'id="remote-engine-notice"' in html and 'data-remote-engine="true"' in html
     one = TestClient(create_app(ServerSettings(backbone="random-tiny", store=str(tmp_path / "r")),
-                                backbone=tiny_backbone()))
+                                backbone=random_tiny()))
     with one:
         wait_until(lambda: one.get("/readyz").status_code == 200, 60)
         assert 'remote-engine-notice' not in one.get("/ui/tasks").text

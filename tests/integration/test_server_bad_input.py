@@ -11,7 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save
-from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import open_store
 from promptserve.promptset import FORMAT, PromptSet
@@ -29,7 +29,7 @@ LIMITS = dict(admin_token=ADMIN, max_upload_mib=0.1, max_image_mib=IMAGE_LIMIT /
 def env(tmp_path_factory):
     store = tmp_path_factory.mktemp("registry")
     settings = ServerSettings(backbone="random-tiny", store=str(store), **LIMITS)
-    client = TestClient(create_app(settings, backbone=tiny_backbone()))
+    client = TestClient(create_app(settings, backbone=random_tiny()))
     with client:
         wait_until(lambda: client.get("/readyz").status_code == 200, 60)
         version = client.put("/tasks/stable", content=prompt_set_bytes(1), headers=AUTH).json()["version"]

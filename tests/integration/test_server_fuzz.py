@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_utils import ADMIN, AUTH, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import InvalidPromptSet, LocalStore, TooLarge
 from promptserve.promptset import PromptSet, PromptSetError
@@ -92,7 +92,7 @@ def test_the_registry_refuses_or_stores_never_crashes(tmp_path_factory, blob):
         assert str(e)
         assert store.list() == [] and list(store.blobs.iterdir()) == []
     try:
-        PromptSet.load(blob).validate(tiny_backbone())
+        PromptSet.load(blob).validate(random_tiny())
     except PromptSetError as e:
         assert 400 <= e.http_status < 500 and str(e)
 
@@ -101,7 +101,7 @@ def test_the_registry_refuses_or_stores_never_crashes(tmp_path_factory, blob):
 def client(tmp_path_factory):
     settings_ = ServerSettings(backbone="random-tiny", store=str(tmp_path_factory.mktemp("registry")),
                                admin_token=ADMIN, max_wait_ms=1)
-    with TestClient(create_app(settings_, backbone=tiny_backbone()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings_, backbone=random_tiny()), raise_server_exceptions=False) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60)
         assert c.put("/tasks/t", content=prompt_set_bytes(0), headers=AUTH).status_code == 200
         yield c

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import StoreUnavailable
 from prompt_store.redis_store import RedisStore
@@ -34,7 +34,7 @@ def started(tmp_path, **overrides) -> TestClient:
     settings = ServerSettings(backbone="random-tiny", store=str(tmp_path / "registry"), admin_token=ADMIN,
                               max_wait_ms=1, **overrides)
     # raise_server_exceptions=False: see the 500 a client would get, not the exception behind it
-    return TestClient(create_app(settings, backbone=tiny_backbone()), raise_server_exceptions=False)
+    return TestClient(create_app(settings, backbone=random_tiny()), raise_server_exceptions=False)
 
 
 def ready(client: TestClient) -> TestClient:
@@ -53,7 +53,7 @@ def client(tmp_path_factory):
 # ---- images ---------------------------------------------------------------------------------------------------
 
 def test_default_limits_follow_the_backbone():
-    backbone = tiny_backbone()
+    backbone = random_tiny()
     limits = resolve_limits(ServerSettings(backbone="random-tiny"), backbone)
     assert limits.max_image_pixels == default_image_pixels(32) == MIN_DEFAULT_IMAGE_PIXELS  # 32 px input: the floor
     assert default_image_pixels(96) == (32 * 96) ** 2 > MIN_DEFAULT_IMAGE_PIXELS
@@ -132,7 +132,7 @@ def test_a_second_file_part_is_refused(client):
 
 def test_prompts_longer_than_the_limit_are_refused_and_nothing_is_stored(client):
     before = client.get("/tasks/stable").json()
-    limit = 2 * sequence_length(tiny_backbone())
+    limit = 2 * sequence_length(random_tiny())
     r = client.put("/tasks/stable", content=prompt_set_bytes(5, visual=limit + 1), headers=AUTH)
     assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
     assert f"at most {limit}" in r.json()["detail"]

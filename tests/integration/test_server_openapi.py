@@ -11,7 +11,7 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, reject, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from server_utils import ADMIN, AUTH, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 from server.app import create_app
 from server.settings import ServerSettings
@@ -24,7 +24,7 @@ BINARY_BODIES = ("/tasks/{task}", "/classify/{task}", "/v2/models/{task}/infer",
 
 _app = create_app(ServerSettings(backbone="random-tiny", store=tempfile.mkdtemp(prefix="promptserve-openapi-"),
                                  admin_token=ADMIN, max_wait_ms=1, request_timeout_s=10),
-                  backbone=tiny_backbone())
+                  backbone=random_tiny())
 # from the app's schema itself: loading it over ASGI would run the app's lifespan in another event loop
 schema = schemathesis.openapi.from_dict(_app.openapi())
 _started: list[TestClient] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 from PIL import Image
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, tiny_backbone, wait_until
+from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from server import precision
 from server.app import create_app
@@ -23,7 +23,7 @@ def test_readyz_reports_the_auto_choice(tmp_path, monkeypatch):
     from prompt_store import LocalStore
 
     LocalStore(tmp_path / "registry").put("t", prompt_set_bytes(1))
-    with TestClient(create_app(settings, backbone=tiny_backbone().clone()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings, backbone=random_tiny().clone()), raise_server_exceptions=False) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60)
         ready = c.get("/readyz").json()
         assert ready["backend"] == "torch" and ready["dtype"] in ("float32", "bfloat16")
@@ -40,7 +40,7 @@ def test_readyz_reports_the_auto_choice(tmp_path, monkeypatch):
 def test_a_set_dtype_reports_no_auto_measurement(tmp_path):
     settings = ServerSettings(backbone="random-tiny", store=str(tmp_path / "registry"), admin_token=ADMIN,
                               dtype="float32")
-    with TestClient(create_app(settings, backbone=tiny_backbone()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(settings, backbone=random_tiny()), raise_server_exceptions=False) as c:
         wait_until(lambda: c.get("/readyz").status_code == 200, 60)
         ready = c.get("/readyz").json()
         assert (ready["dtype"], ready["backend"], ready["precision"]) == ("float32", "torch", None)
