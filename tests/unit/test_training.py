@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from promptserve.backbone import Backbone
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
+from promptserve.testing import random_images, tiny_backbone
 from training.config import TrainConfig, TrainConfigError
 from training.data import balanced_pick, load_task, validation_split
 from training.e2vpt import Importance, apply_pruning, n_pruned, one_pass_importance, prune
@@ -35,10 +35,8 @@ def _isolated_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("PROMPTSERVE_CACHE", str(tmp_path / "cache"))
 
 
-def tiny_backbone(num_classes: int = 3) -> Backbone:
-    torch.manual_seed(0)
-    return Backbone.from_timm("vit_tiny_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=32, num_heads=2,
-                              num_classes=num_classes)
+# 16 px, 2 blocks of 32 dims: a training run takes about a second on a CPU
+SMALL = dict(img_size=16, patch_size=4, depth=2, embed_dim=32, num_classes=3)
 
 
 def make_folder(root: Path, classes=("a", "b", "c"), n_train=20, n_test=8, size=16) -> Path:
@@ -124,11 +122,11 @@ def test_config_validation():
 
 # ---- masks, importance, pruning ---------------------------------------------------------------------------
 def test_masks_and_importance_shapes():
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     params = build_prompt_params(bb, 3, cfg(method="e2vpt"), with_masks=True)
     scorer = Importance(params)
     fwd = PromptForward(bb, params)
-    x = torch.randn(5, 3, 16, 16)
+    x = random_images(5, size=16)
     loss = torch.nn.functional.cross_entropy(fwd(x), torch.tensor([0, 1, 2, 0, 1]))
     loss.backward()
     scorer()
@@ -166,7 +164,7 @@ def test_pruning_removes_exactly_the_asked_fraction(token_prune, segment_prune):
 
 
 def test_apply_pruning_removes_tokens_and_zeroes_segments():
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     params = build_prompt_params(bb, 3, cfg(method="e2vpt"), with_masks=True)
     tok = {i: torch.arange(4.0) for i in range(2)}
     seg = {i: torch.arange(16.0).view(4, 4) for i in range(2)}
@@ -182,7 +180,7 @@ def test_apply_pruning_removes_tokens_and_zeroes_segments():
 # ---- end to end on tiny backbones ---------------------------------------------------------------------------
 def test_hard_pruned_artifact_serves_the_rewound_logits(tmp_path):
     """Invariant 5: the pruned prompt set served by PromptedViT == the rewound model, 1e-5."""
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     root = make_folder(tmp_path / "ds")
     out = train_task(cfg(method="e2vpt", token_prune=0.5, segment_prune=0.25), str(root), bb, **QUIET)
     rewound = out["result"].params
@@ -199,7 +197,7 @@ def test_hard_pruned_artifact_serves_the_rewound_logits(tmp_path):
 
 @pytest.mark.parametrize("method", ["linear", "vpt-deep", "vpt-shallow"])
 def test_prompt_methods_leave_the_backbone_bit_exact(tmp_path, method):
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     before = {k: v.clone() for k, v in bb.model.state_dict().items()}
     root = make_folder(tmp_path / "ds")
     out = train_task(cfg(method=method), str(root), bb, **QUIET)
@@ -211,7 +209,7 @@ def test_prompt_methods_leave_the_backbone_bit_exact(tmp_path, method):
 
 
 def test_repeated_seeded_run_gives_the_same_artifact(tmp_path):
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     root = make_folder(tmp_path / "ds")
     a = PromptSet.load(train_task(cfg(method="e2vpt", search=True), str(root), bb, **QUIET)["artifact"])
     b = PromptSet.load(train_task(cfg(method="e2vpt", search=True), str(root), bb, **QUIET)["artifact"])
@@ -230,7 +228,7 @@ def test_loss_falls_on_a_real_subset(monkeypatch):
         monkeypatch.delenv("PROMPTSERVE_CACHE")
     else:
         monkeypatch.setenv("PROMPTSERVE_CACHE", USER_CACHE)
-    bb = tiny_backbone(10)
+    bb = tiny_backbone(**{**SMALL, "num_classes": 10})
     # a random tiny ViT gives weak features, so the head (trained on cached features) carries the fall
     out = train_task(cfg(method="linear", epochs=15, train_size=200, val_fraction=0, optimizer="adamw", lr=1.0),
                      str(tar), bb, **QUIET)
@@ -299,7 +297,7 @@ def test_config_uses_none_for_defaults_and_hp_search_defaults_on_for_prompts():
 
 
 def test_hp_search_picks_the_best_val_point_then_trains_on_train_plus_val(tmp_path):
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     root = make_folder(tmp_path / "ds")
     out = train_task(cfg(method="vpt-deep", hp_search=True, lr_grid=[0.001, 0.16], wd_grid=[0.0, 0.01],
                          hp_epochs=1), str(root), bb, **QUIET)
@@ -313,7 +311,7 @@ def test_hp_search_picks_the_best_val_point_then_trains_on_train_plus_val(tmp_pa
 
 
 def test_seeds_report_mean_sd_and_save_the_best_on_validation(tmp_path):
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     root = make_folder(tmp_path / "ds")
     out = train_task(cfg(method="vpt-deep", seeds=3, epochs=1), str(root), bb, **QUIET)
     seeds = out["report"]["seeds"]
@@ -332,15 +330,15 @@ def test_seeds_report_mean_sd_and_save_the_best_on_validation(tmp_path):
 def test_no_validation_split_with_tuning_is_a_clear_error(tmp_path):
     root = make_folder(tmp_path / "ds", n_train=4, n_test=1)
     with pytest.raises(TrainConfigError, match="--no-hp-search"):
-        train_task(cfg(method="vpt-deep", hp_search=True, val_fraction=0), str(root), tiny_backbone(), **QUIET)
+        train_task(cfg(method="vpt-deep", hp_search=True, val_fraction=0), str(root), tiny_backbone(**SMALL), **QUIET)
 
 
 # ---- E2VPT faithfulness ---------------------------------------------------------------------------------------
 def test_prompt_dropout_acts_only_while_training():
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     params = build_prompt_params(bb, 3, cfg(method="vpt-deep", prompt_dropout=0.5))
     fwd = PromptForward(bb, params)
-    x = torch.randn(2, 3, 16, 16)
+    x = random_images(2, size=16)
     assert not params.training  # evaluation and the stored tensors never see dropout
     with torch.no_grad():
         served = fwd(x)
@@ -352,7 +350,7 @@ def test_prompt_dropout_acts_only_while_training():
 
 def test_signed_importance_is_the_official_rule():
     """E[dL/drho] (signed, not negated) from one pass after stage 1, and the LOWEST are pruned."""
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     params = build_prompt_params(bb, 3, cfg(method="e2vpt"), with_masks=True)
     images = np.random.default_rng(0).integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)
     labels = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])
@@ -383,7 +381,7 @@ def test_segment_pruning_never_keeps_an_all_zero_token():
 
 @pytest.mark.parametrize("rule", ["global", "per-token"])
 def test_trained_e2vpt_sets_have_no_all_zero_token(tmp_path, rule):
-    bb = tiny_backbone()
+    bb = tiny_backbone(**SMALL)
     root = make_folder(tmp_path / "ds")
     out = train_task(cfg(method="e2vpt", epochs=1, token_prune=0.25, segment_prune=0.75, segment_rule=rule,
                          importance="signed"), str(root), bb, **QUIET)
