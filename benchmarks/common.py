@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import promptserve as ps  # noqa: E402
-from tests.helpers import random_prompt_set  # noqa: E402
+from promptserve.testing import random_backbone, random_images, random_prompt_set  # noqa: E402
 
 # name -> (timm model, timm kwargs, label). Random weights: speed does not depend on them.
 SIZES = {
@@ -41,8 +41,7 @@ SIZES = {
 
 def backbone(size: str, seed: int = 0) -> ps.Backbone:
     name, kwargs, _ = SIZES[size]
-    torch.manual_seed(seed)
-    return ps.Backbone.from_timm(name, **kwargs)
+    return random_backbone(name, seed, **kwargs)
 
 
 def prompt_sets(bb: ps.Backbone, n: int, visual: int | list[int] = 10, kv: int | list[int] = 10,
@@ -61,8 +60,7 @@ def prompted_model(bb: ps.Backbone, sets: list[ps.PromptSet], prefix: str = "tas
 
 
 def images(bb: ps.Backbone, n: int, seed: int = 0) -> torch.Tensor:
-    size = bb.data_config.input_size
-    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return random_images(n, bb.data_config.input_size, seed)
 
 
 # ---- the FLOP model ---------------------------------------------------------------------------------------

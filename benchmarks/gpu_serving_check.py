@@ -38,7 +38,7 @@ def main() -> None:
     for name, s in sets.items():
         model.add_task(name, s)
     size = bb.data_config.input_size
-    x = torch.randn(args.batch, 3, size, size, device=device)
+    x = c.images(bb, args.batch).to(device)
     batch = model.bank.gather([f"t{i % args.tasks}" for i in range(args.batch)])
     print(f"backbone {c.SIZES[args.size][2]}, {args.tasks} tasks with ragged prompt lengths, batch {args.batch}, "
           f"all_deep={batch.all_deep}, mask-free layers {sum(batch.mask_free or [])}/{bb.num_layers}")

@@ -40,18 +40,14 @@ def zipf_stream(n_tasks: int, count: int, exponent: float, seed: int) -> list[st
 
 
 def seed_tasks(store_url: str, n_tasks: int) -> None:
-    import torch
-
     from prompt_store import open_store
     from promptserve.backbone import random_tiny_backbone
-    from server.demo import demo_prompt_set
+    from promptserve.testing import random_prompt_set
 
     bb = random_tiny_backbone()
     with open_store(store_url) as store:
         for i in range(n_tasks):
-            g = torch.Generator().manual_seed(i)
-            head = (torch.randn(10, bb.embed_dim, generator=g), torch.randn(10, generator=g))
-            ps = demo_prompt_set(bb, [f"c{j}" for j in range(10)], visual_tokens=4, kv_tokens=4, seed=i, head=head)
+            ps = random_prompt_set(bb, visual=4, kv=4, classes=10, seed=i)
             store.put(f"task-{i:04d}", ps.to_bytes())
 
 
