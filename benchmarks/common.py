@@ -173,6 +173,15 @@ def engine_setup(args) -> None:
     print(machine(malloc), "\n")
 
 
+def rounds_flags(parser, repeats: int) -> None:
+    """--repeats, --budget and --stat of a script timing interleaved rounds (interleaved, summary), then
+    engine_flags."""
+    parser.add_argument("--repeats", type=int, default=repeats, help="interleaved rounds")
+    parser.add_argument("--budget", type=float, default=90.0, help="seconds after which no new round starts")
+    parser.add_argument("--stat", choices=("best", "median"), default="median")
+    engine_flags(parser)
+
+
 def engine_flags(parser) -> None:
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu", help="see benchmarks/common.py")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
