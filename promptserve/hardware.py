@@ -27,3 +27,8 @@ def native_dtypes(device: torch.device) -> list[str]:
     if device.type == "cpu":
         return ["float32", *(["bfloat16"] if cpu_has_native_bf16() else [])]
     return ["float32"]
+
+
+def bf16_is_native(device: torch.device) -> bool:
+    """bf16 autocast pays off here (training's `amp`): a CPU with AMX/AVX512-BF16, a CUDA GPU of sm80+."""
+    return "bfloat16" in native_dtypes(device)

@@ -102,6 +102,8 @@ def train(
                                          "(official code: 0.1)"),
     seed: int = typer.Option(_D.seed, help="seed of the subset, the split, the inits and the batch order"),
     augment: bool = typer.Option(_D.augment, help="random crop + flip"),
+    amp: bool = typer.Option(_D.amp, help="bf16 autocast where the hardware runs it natively (CUDA; a CPU with "
+                             "AMX or AVX512-BF16); --no-amp: float32 everywhere"),
     token_prune: float = typer.Option(_D.token_prune, help="fraction of visual tokens pruned per layer"),
     segment_prune: float = typer.Option(_D.segment_prune, help="fraction of kept tokens' segments zeroed"),
     segments: int = typer.Option(_D.segments, help="segments per token (paper 8, official code 16)"),
@@ -139,8 +141,9 @@ def train(
     try:
         cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, augment=augment, train_size=parse_train_size(train_size),
-                          val_fraction=val_fraction, val_max=val_max, seeds=seeds, prompt_dropout=prompt_dropout,
+                          warmup_epochs=warmup_epochs, augment=augment, amp=amp,
+                          train_size=parse_train_size(train_size), val_fraction=val_fraction, val_max=val_max,
+                          seeds=seeds, prompt_dropout=prompt_dropout,
                           segment_rule=segment_rule, min_segments_kept=min_segments_kept, hp_epochs=hp_epochs,
                           cache=cache,
                           final_on_all=final_on_all, seed=seed, token_prune=token_prune, segment_prune=segment_prune,

@@ -54,7 +54,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0  # None: no clipping
     augment: bool = False
-    amp: bool = True  # used on CUDA only
+    amp: bool = True  # bf16 autocast where native (CUDA; a CPU with AMX/AVX512-BF16): promptserve.hardware
     # data: a class-balanced seeded subset (VTAB-1k: 1000), a validation split held out of it
     train_size: int | None = 1000  # None: every training image
     val_fraction: float = 0.2  # of the training images, when the data has no val/ split

@@ -1,7 +1,8 @@
 """The training loop shared by every method and stage, and the evaluation every artifact goes through.
 
-Cosine schedule with linear warm-up, SGD (momentum 0.9) or AdamW at lr * batch / 256, bf16 autocast on
-CUDA only, seeded batch order (CPU runs are bit-for-bit repeatable with the same thread count).
+Cosine schedule with linear warm-up, SGD (momentum 0.9) or AdamW at lr * batch / 256, bf16 autocast where the
+hardware runs it natively (promptserve.hardware: CUDA sm80+, a CPU with AMX/AVX512-BF16), seeded batch order
+(CPU runs are bit-for-bit repeatable with the same thread count and precision).
 Ctrl-C propagates as KeyboardInterrupt: nothing is written until a run has finished. Progress bars draw
 only on a terminal (training/progress.py); the per-epoch log lines are the progress in a log file.
 """
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptserve.backbone import Backbone
+from promptserve.hardware import bf16_is_native
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
@@ -153,7 +155,7 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
             stats = train_epoch(forward, opt, params, batch, steps, lambda step: lr_at(step, total, warmup,
                                 cfg.effective_lr), epoch * steps, grad_clip=cfg.grad_clip,
                                 label_smoothing=cfg.label_smoothing, device=device,
-                                amp=cfg.amp and device.type == "cuda", after_backward=after_backward, clock=clock,
+                                amp=cfg.amp and bf16_is_native(device), after_backward=after_backward, clock=clock,
                                 desc=f"{desc} {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
             seconds = time.time() - t0
             history.append({"stage": desc, "epoch": epoch + 1, **stats, "lr_end": opt.param_groups[0]["lr"],
