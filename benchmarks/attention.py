@@ -15,15 +15,13 @@ index checks).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
+import common as c  # puts the repository on sys.path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kernels.reference import prompt_attention_reference  # noqa: E402
+from kernels.reference import prompt_attention_reference
 
 HEADS, HEAD_DIM, PATCHES = 12, 64, 196  # ViT-B/16 at 224 px
 VISUAL, KV = 10, 16  # bank maxima: visual prompt slots in the sequence, key/value prompts per layer
@@ -86,8 +84,7 @@ def cpu_table(batches: list[int], reps: int) -> None:
     print(f"CPU ({torch.get_num_threads()} threads), fp32, ViT-B/16 attention layer: N = 1 + {VISUAL} + {PATCHES}, "
           f"{HEADS} heads, d = {HEAD_DIM}, key/value prompts <= {KV}; best of {reps} interleaved calls")
     print("No GPU here: the Triton kernel's speed is NOT measured; run this script on a CUDA machine for it.\n")
-    print(f"{'batch':>5} {'tasks':>5} {'lengths':>7} | {'reference ms':>12} {'per-task ms':>11} | "
-          f"{'loop/ref':>8} {'max|diff|':>9}")
+    rows = []
     for batch in batches:
         for tasks in sorted({1, min(8, batch)}):
             for ragged in (False, True):
@@ -96,9 +93,9 @@ def cpu_table(batches: list[int], reps: int) -> None:
                     diff = (prompt_attention_reference(**x) - per_task_loop(**x)).abs().max().item()
                     ref, loop = time_cpu([lambda x=x: prompt_attention_reference(**x),
                                           lambda x=x: per_task_loop(**x)], reps)
-                kind = "ragged" if ragged else "equal"
-                print(f"{batch:>5} {tasks:>5} {kind:>7} | {ref:>12.2f} {loop:>11.2f} | {loop / ref:>7.2f}x "
-                      f"{diff:>9.1e}")
+                rows.append([batch, tasks, "ragged" if ragged else "equal", f"{ref:.2f}", f"{loop:.2f}",
+                             f"{loop / ref:.2f}x", f"{diff:.1e}"])
+    c.table(["batch", "tasks", "lengths", "reference ms", "per-task ms", "loop / reference", "max |diff|"], rows)
 
 
 def cuda_table(batches: list[int]) -> None:
@@ -108,8 +105,7 @@ def cuda_table(batches: list[int]) -> None:
 
     print(f"{torch.cuda.get_device_name()}, ViT-B/16 attention layer: N = 1 + {VISUAL} + {PATCHES}, {HEADS} heads, "
           f"d = {HEAD_DIM}, key/value prompts <= {KV}; median ms (triton.testing.do_bench)\n")
-    print(f"{'dtype':>8} {'batch':>5} {'tasks':>5} {'lengths':>7} | {'reference ms':>12} {'kernel ms':>9} | "
-          f"{'speed-up':>8} {'max|diff|':>9}")
+    rows = []
     for dtype in (torch.float16, torch.bfloat16):
         for batch in batches:
             for tasks in sorted({1, min(8, batch)}):
@@ -119,9 +115,9 @@ def cuda_table(batches: list[int]) -> None:
                         diff = (prompt_attention_reference(**x).float() - prompt_attention_triton(**x).float())
                         ref = do_bench(lambda x=x: prompt_attention_reference(**x), return_mode="median")
                         ker = do_bench(lambda x=x: prompt_attention_triton(**x), return_mode="median")
-                    kind = "ragged" if ragged else "equal"
-                    print(f"{str(dtype)[6:]:>8} {batch:>5} {tasks:>5} {kind:>7} | {ref:>12.3f} {ker:>9.3f} | "
-                          f"{ref / ker:>7.2f}x {diff.abs().max().item():>9.1e}")
+                    rows.append([str(dtype)[6:], batch, tasks, "ragged" if ragged else "equal", f"{ref:.3f}",
+                                 f"{ker:.3f}", f"{ref / ker:.2f}x", f"{diff.abs().max().item():.1e}"])
+    c.table(["dtype", "batch", "tasks", "lengths", "reference ms", "kernel ms", "speed-up", "max |diff|"], rows)
 
 
 def main() -> None:
@@ -135,10 +131,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    if torch.cuda.is_available() and not args.cpu:
-        cuda_table(args.batches or [1, 8, 32, 64, 128])
-    else:
-        cpu_table(args.batches or [1, 8, 32], args.reps)
+    on_gpu = torch.cuda.is_available() and not args.cpu
+    with c.recorded("attention_cuda" if on_gpu else "attention"):
+        if on_gpu:
+            cuda_table(args.batches or [1, 8, 32, 64, 128])
+        else:
+            cpu_table(args.batches or [1, 8, 32], args.reps)
 
 
 if __name__ == "__main__":

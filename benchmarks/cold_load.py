@@ -55,7 +55,8 @@ def open_store(kind: str, tmp: Path):
 def settings(**kw):
     from server.settings import ServerSettings
 
-    return ServerSettings(device="cpu", torch_threads=torch.get_num_threads(), admin_token=TOKEN,
+    # float32, named: dtype auto is decided by a server's start-up, which an Engine built here does not run
+    return ServerSettings(device="cpu", dtype="float32", torch_threads=torch.get_num_threads(), admin_token=TOKEN,
                           resident_max_tasks=256, **kw)
 
 
@@ -118,6 +119,7 @@ def app_server(bb, store):
     url = f"http://127.0.0.1:{port}"
     try:
         c.wait_ready(url, alive=thread.is_alive)
+        print(f"the app computes in {c.served_precision(url)}")
         yield url
     finally:
         server.should_exit = True
@@ -156,9 +158,13 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    with c.recorded("cold_load" + ("" if args.size == "b" else f"_{args.size}")):
+        measure(args)
+
+
+def measure(args) -> None:
     c.exit_on_sigterm()
     c.set_threads(args.threads)
-    print(c.machine(), "\n")
     bb = c.backbone(args.size)
     bb.fingerprint  # noqa: B018 - hash the weights once, before anything is timed
     sets = c.prompt_sets(bb, 20, visual=args.visual, kv=args.kv, classes=args.classes)

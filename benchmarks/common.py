@@ -9,16 +9,23 @@ Clock: engine-level scripts default to `cpu`, the CPU time of this process (time
 torch thread it is the compute the call needed, and it does not count the time the scheduler gave the core to
 other jobs, so it stays meaningful on a machine shared with training runs; on an idle core it equals the wall
 time. `--clock wall` measures wall time (use it with --threads > 1, where CPU time adds up the threads).
+
+Record: every script runs inside `recorded(name)`, which writes what it printed, with the command, the date, the
+machine's facts and what else used the CPU, to runs/bench/<name>.md; the docs quote only those files.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -157,20 +164,13 @@ def steady_malloc() -> bool:
         return False
 
 
-def machine(malloc: str = "") -> str:
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} torch thread(s), load average {load}, nice {os.nice(0)}"
-            + (f", malloc: {malloc}" if malloc else ""))
-
-
 def engine_setup(args) -> None:
-    """Threads and allocator for the engine-level scripts (flags --threads, --default-malloc), then the
-    machine line."""
+    """Threads and allocator for the engine-level scripts (flags --threads, --default-malloc); says which
+    allocator setting ran (the record's facts say the rest)."""
     set_threads(args.threads)
     malloc = "glibc default" if args.default_malloc else (
         "pinned thresholds (steady_malloc)" if steady_malloc() else "default (steady_malloc unavailable)")
-    print(machine(malloc), "\n")
+    print(f"malloc: {malloc}\n")
 
 
 def rounds_flags(parser, repeats: int) -> None:
@@ -190,7 +190,7 @@ def engine_flags(parser) -> None:
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:
-    """A GitHub-markdown table (printable as is and pasteable into docs/performance.md)."""
+    """A GitHub-markdown table, printed (and so in the run's record, see `recorded`)."""
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
     lines = [f"| {' | '.join(h.ljust(w) for h, w in zip(headers, widths, strict=True))} |",
@@ -205,6 +205,139 @@ def _fmt(c) -> str:
     if isinstance(c, float):
         return f"{c:.3g}" if abs(c) < 100 else f"{c:,.0f}"
     return str(c)
+
+
+# ---- the record of a run: runs/bench/<name>.md ---------------------------------------------------------------
+BENCH_DIR = ROOT / "runs" / "bench"
+BUSY = 0.05  # another process is named in a record when it used more than this share of one core during the run
+
+
+@contextlib.contextmanager
+def recorded(name: str, out: Path | None = None) -> Iterator[None]:
+    """What the script prints inside this block is also written, when the block ends without an error, to
+    runs/bench/<name>.md (or `out`): the exact command, the date, the machine's facts and what else used the
+    CPU meanwhile, then the output. docs/performance.md and the README quote these files
+    (tools/perf_summary.py), never a table pasted by hand. A run that fails leaves the previous record."""
+    command, started, load_before, cpu_before = run_command(), time.time(), os.getloadavg(), cpu_by_process()
+    print(f"{command}\n(recorded to {(out or BENCH_DIR / f'{name}.md').relative_to(ROOT)} when it ends)\n", flush=True)
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):
+        yield
+    lines = [f"Command: `{command}`", "", *machine_facts(started, load_before, busy_beside(cpu_before, started)),
+             "", "```text", captured.getvalue().strip("\n"), "```", ""]
+    path = out or BENCH_DIR / f"{name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:  # progress bars and libraries that write to the descriptor see the terminal
+        return self.streams[0].isatty()
+
+    def fileno(self) -> int:
+        return self.streams[0].fileno()
+
+
+def run_command() -> str:
+    """This run as one shell line: its niceness, the interpreter and the script relative to the repository, the
+    arguments as given."""
+    def short(path: str) -> str:
+        return str(Path(path).relative_to(ROOT)) if Path(path).is_relative_to(ROOT) else path
+
+    niceness = os.nice(0)
+    return shlex.join([*(["nice", "-n", str(niceness)] if niceness else []), short(sys.executable),
+                       short(str(Path(sys.argv[0]).resolve())), *sys.argv[1:]])
+
+
+def machine_facts(started: float, load_before: tuple[float, ...], beside: list[str]) -> list[str]:
+    """The facts a reader needs to weigh the numbers: the CPU as /proc/cpuinfo names it (platform.processor()
+    says only x86_64) with its vector and matrix flags, the software, the threads, and the load."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+
+    def field(key: str) -> str:
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith(key)), "")
+
+    flags = [f for f in field("flags").split() if f.startswith(("avx", "amx"))]
+    try:
+        openvino = f"OpenVINO {metadata.version('openvino')}"
+    except metadata.PackageNotFoundError:
+        openvino = "no OpenVINO"
+
+    def loads(values) -> str:
+        return " ".join(f"{x:.2f}" for x in values)
+
+    return [f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, {time.time() - started:.0f} s wall",
+            f"- CPU: {field('model name') or platform.machine()}, {os.cpu_count()} cores; flags: "
+            f"{' '.join(flags) or 'no avx/amx'}; torch's CPU capability {torch.backends.cpu.get_cpu_capability()}",
+            f"- torch {torch.__version__}, {torch.get_num_threads()} torch thread(s) in this process, {openvino}, "
+            f"Python {platform.python_version()}, nice {os.nice(0)}",
+            f"- code: {code_version()}",
+            f"- load average (1, 5, 15 min): {loads(load_before)} before, {loads(os.getloadavg())} after",
+            f"- beside it (other processes, share of one core over the run): {'; '.join(beside) or 'none above 5%'}"]
+
+
+def code_version() -> str:
+    """The commit measured, and where the working tree differed from it (a shared checkout often does)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown (no git)"
+    changed = sorted({line[3:].split("/")[0] + ("/" if "/" in line[3:] else "")
+                      for line in git("status", "--porcelain", "--untracked-files=no").splitlines()})
+    return f"commit {commit}" + (f", with uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
+def cpu_by_process() -> dict[int, tuple[str, int, float]]:
+    """pid -> (what it runs, its niceness, CPU seconds so far), for every process that can be read."""
+    import psutil
+
+    out = {}
+    for p in psutil.process_iter(["name", "cmdline", "nice", "cpu_times"]):
+        times = p.info["cpu_times"]
+        if times is not None:
+            out[p.pid] = (_label(p.info["cmdline"] or [p.info["name"] or "?"]), p.info["nice"] or 0,
+                          times.user + times.system)
+    return out
+
+
+def busy_beside(before: dict[int, tuple[str, int, float]], started: float) -> list[str]:
+    """The other processes that used more than BUSY of a core since `before`, busiest first (this process and
+    its children, e.g. a server it started, are not 'beside' it)."""
+    import psutil
+
+    ours = {os.getpid(), *(child.pid for child in psutil.Process().children(recursive=True))}
+    seconds = time.time() - started
+    use: dict[tuple[str, int], float] = {}
+    for pid, (label, niceness, cpu) in cpu_by_process().items():
+        if pid not in ours:
+            use[label, niceness] = use.get((label, niceness), 0.0) + cpu - before.get(pid, (label, 0, 0.0))[2]
+    busy = sorted(((share, key) for key, cpu in use.items() if (share := cpu / seconds) > BUSY), reverse=True)
+    return [f"`{label}` (nice {niceness}) {100 * share:.0f}%" for share, (label, niceness) in busy]
+
+
+def _label(cmdline: list[str]) -> str:
+    """A process's program and its first words, without paths or any flag's value (which may be a secret)."""
+    words = [Path(cmdline[0]).name]
+    for word in cmdline[1:4]:
+        if word.startswith("--"):
+            break
+        words.append(Path(word).name if "/" in word else word)
+    return " ".join(words)[:60]
 
 
 # ---- HTTP helpers (cold_load.py, serve_load.py) -----------------------------------------------------------
@@ -241,6 +374,15 @@ def wait_ready(url: str, timeout_s: float = 180.0, alive: Callable[[], bool] = l
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not become ready within {timeout_s:.0f} s")
+
+
+def served_precision(url: str) -> str:
+    """What a running server computes in, from its /readyz (e.g. 'float32 on torch'): `dtype: auto` may pick
+    bfloat16 where the CPU runs it natively, so a record must say which one was measured."""
+    import httpx
+
+    ready = httpx.get(f"{url}/readyz", timeout=10.0).json()
+    return f"{ready['dtype']} on {ready.get('backend') or 'torch'}"
 
 
 def ms_stats(samples_s: list[float]) -> list[str]:

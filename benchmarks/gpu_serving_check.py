@@ -48,28 +48,29 @@ def main() -> None:
         print("check-args: built and ran on the CPU; nothing measured")
         return
 
-    with torch.inference_mode():
-        model.forward_batch(x, batch)  # warm-up: kernels compiled and autotuned before the check
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            model.forward_batch(x, batch)
-            print("no host-device sync in forward_batch: OK")
-        except RuntimeError as e:
-            print(f"FAILED: forward_batch synchronised with the host: {e}")
-            raise SystemExit(1) from None
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    with c.recorded(f"gpu_serving_check_{args.size}"):
+        with torch.inference_mode():
+            model.forward_batch(x, batch)  # warm-up: kernels compiled and autotuned before the check
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                model.forward_batch(x, batch)
+                print("no host-device sync in forward_batch: OK")
+            except RuntimeError as e:
+                print(f"FAILED: forward_batch synchronised with the host: {e}")
+                raise SystemExit(1) from None
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
 
-    images = probe_images(args.probe, size, bb.data_config.interpolation) if args.probe else \
-        np.random.default_rng(0).integers(0, 256, (256, size, size, 3), dtype=np.uint8)
-    fresh = c.backbone(args.size)  # decide_dtype casts copies; the served backbone stays as trained
-    choice = decide_dtype(fresh, device, sets, images, budget_s=10.0, batch=args.batch)
-    print(f"dtype auto on {torch.cuda.get_device_name(0)}: {choice.dtype} "
-          f"({'real' if args.probe else 'random'} probe images: {len(images)})")
-    for t in choice.trials:
-        print(f"  {t.dtype:9s} speed-up {t.speedup}  agreement {t.agreement}  {'kept' if t.kept else 'dropped'}: "
-              f"{t.why}")
+        images = probe_images(args.probe, size, bb.data_config.interpolation) if args.probe else \
+            np.random.default_rng(0).integers(0, 256, (256, size, size, 3), dtype=np.uint8)
+        fresh = c.backbone(args.size)  # decide_dtype casts copies; the served backbone stays as trained
+        choice = decide_dtype(fresh, device, sets, images, budget_s=10.0, batch=args.batch)
+        print(f"dtype auto on {torch.cuda.get_device_name(0)}: {choice.dtype} "
+              f"({'real' if args.probe else 'random'} probe images: {len(images)})")
+        for t in choice.trials:
+            print(f"  {t.dtype:9s} speed-up {t.speedup}  agreement {t.agreement}  {'kept' if t.kept else 'dropped'}: "
+                  f"{t.why}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import common as c
 import torch
 
 BATCH, VISUAL, KV = 32, 10, 10
+DEFAULT_SIZES = "demo,ti"
 REDUCED = ("bare", "single", "mixed 32", "regroup 32")  # ViT-B/16 rows: seconds per forward on a CPU
 
 
@@ -88,7 +89,7 @@ def run_size(size: str, repeats: int, budget_s: float, stat: str, clock: str, re
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="demo,ti", help="comma list of demo, ti, b (default demo,ti)")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of demo, ti, b (default demo,ti)")
     parser.add_argument("--repeats", type=int, help="interleaved rounds per size (default: demo 25, ti 5, b 1)")
     parser.add_argument("--budget", type=float, default=80.0, help="seconds per size after which no new round "
                                                                    "starts (at least one round always runs)")
@@ -96,17 +97,19 @@ def main() -> None:
     parser.add_argument("--all-variants", action="store_true", help="every variant for ViT-B/16 too")
     c.engine_flags(parser)
     args = parser.parse_args()
-    c.engine_setup(args)
-    summaries = []
-    for size in args.sizes.split(","):
-        repeats = args.repeats or {"demo": 25, "ti": 5, "b": 1}[size]
-        reduced = size == "b" and not args.all_variants
-        summaries.append(run_size(size, repeats, args.budget, args.stat, args.clock, reduced))
-    rows = [[s["size"], s["worst_mixed"], s["mixed32_vs_regroup"], s["overhead"], f"{s['theory']:.3f}",
-             f"{s['measured_vs_flop']:.3f}"] for s in summaries]
-    c.table(["backbone", "worst mixed / single (>= 0.9)", "mixed 32 vs regroup 32 (demo >= 1.5)",
-             "single / bare", "FLOP ratio", "measured / FLOP (0.9..1.1)"], rows,
-            "### Summary (paired ratios: median over rounds, quartiles of the per-round ratios in brackets)")
+    # the default sizes' record is mixed_batch.md; other sizes get their own (ViT-B runs apart: minutes per round)
+    with c.recorded("mixed_batch" + ("" if args.sizes == DEFAULT_SIZES else "_" + args.sizes.replace(",", "_"))):
+        c.engine_setup(args)
+        summaries = []
+        for size in args.sizes.split(","):
+            repeats = args.repeats or {"demo": 25, "ti": 5, "b": 1}[size]
+            reduced = size == "b" and not args.all_variants
+            summaries.append(run_size(size, repeats, args.budget, args.stat, args.clock, reduced))
+        rows = [[s["size"], s["worst_mixed"], s["mixed32_vs_regroup"], s["overhead"], f"{s['theory']:.3f}",
+                 f"{s['measured_vs_flop']:.3f}"] for s in summaries]
+        c.table(["backbone", "worst mixed / single (>= 0.9)", "mixed 32 vs regroup 32 (demo >= 1.5)",
+                 "single / bare", "FLOP ratio", "measured / FLOP (0.9..1.1)"], rows,
+                "### Summary (paired ratios: median over rounds, quartiles of the per-round ratios in brackets)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
 
 It starts a demo server (the demo backbone and tasks, `--grpc-port`) on free loopback ports, sends one real
 gtsrb test image per request (../shared/datasets; a demo example image otherwise) to the gtsrb task, and runs
-perf_analyzer once per protocol over the concurrency levels. The table it prints is also written, with the
-machine's facts, to runs/bench/perf_analyzer.md, from which docs/performance.md's copy is made.
+perf_analyzer once per protocol over the concurrency levels. What it prints is also written, with the machine's
+facts, to runs/bench/perf_analyzer.md (benchmarks/common.py: recorded), which docs/performance.md quotes.
 
 perf_analyzer ships only as a PyPI wheel built for glibc 2.38 (`perf-analyzer` 0.1.0, what pip picks on older
 systems, is an empty placeholder). On an older glibc (Debian 12 has 2.36) the script fetches the wheel for its
@@ -23,27 +23,24 @@ import io
 import json
 import os
 import platform
-import shlex
 import shutil
 import struct
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import common as c  # puts the repository on sys.path
 
-from tests.integration.server_utils import ServerProcess  # noqa: E402
-from tests.store_utils import free_port  # noqa: E402
+from tests.integration.server_utils import ServerProcess
+from tests.store_utils import free_port
 
+ROOT = c.ROOT
 CACHE = ROOT / ".cache" / "perf-analyzer"
 WHEEL = "perf-analyzer==2.60.0"
 DEBIAN_LIBS = ("libc6", "libstdc++6", "libgcc-s1")
-OUT = ROOT / "runs" / "bench" / "perf_analyzer.md"
+OUT = c.BENCH_DIR / "perf_analyzer.md"
 GTSRB = ROOT.parent / "shared" / "datasets" / "gtsrb.tar"
 
 
@@ -123,40 +120,24 @@ def run(command: list[str], protocol: str, url: str, data: Path, levels: list[in
     return rows
 
 
-def machine_facts() -> list[str]:
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    wanted = [f for f in flags if f.startswith(("avx", "amx"))]
-    return [f"- CPU: {cpu}, {os.cpu_count()} cores; flags: {' '.join(wanted) or 'none of avx/amx'}",
-            f"- torch {torch.__version__}, server: 1 torch thread, float32; load average before the run: "
-            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}",
-            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"]
-
-
-def table(rows: list[dict]) -> str:
-    lines = ["| protocol | concurrency | inferences/s | p50 latency (ms) | p99 latency (ms) | errors |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        lines.append(f"| {r['protocol']} | {r['concurrency']} | {r['throughput']:.1f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['errors']} |")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--interval-ms", type=int, default=3000, help="perf_analyzer's measurement window")
     parser.add_argument("--stability", type=int, default=10, help="perf_analyzer's --stability-percentage: windows "
                         "count as stable when within it (raise it on a shared machine)")
-    parser.add_argument("--beside", default="", help="what else ran on the machine meanwhile (written with the table)")
+    parser.add_argument("--beside", default="", help="what else ran on the machine meanwhile, in words (the record "
+                        "names the busy processes itself)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     command = perf_analyzer_command()
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with c.recorded("perf_analyzer", out=args.out), tempfile.TemporaryDirectory() as tmp_name:
+        print(f"One gtsrb test image per request to the `gtsrb` task of a demo server (demo backbone, 4 demo tasks, "
+              f"max batch 32, max wait 5 ms), perf_analyzer {WHEEL.split('==')[1]}, {args.interval_ms} ms measurement "
+              f"windows until 3 agree within {args.stability}% on throughput and mean latency (at most 20), closed "
+              f"loop at each concurrency; the server runs 1 torch thread.\n")
+        if args.beside:
+            print(f"beside it: {args.beside}\n")
         tmp = Path(tmp_name)
         grpc_port = free_port()
         server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(ROOT / "assets" / "tasks"),
@@ -165,7 +146,7 @@ def main() -> None:
                                                             "vit_tiny_p4_32_cifar10_30ep.safetensors")
         server.start().wait_ready()
         try:
-            facts = machine_facts()
+            print(f"the server computes in {c.served_precision(server.url)} (dtype auto picks it)\n")
             data = tmp / "input.json"
             input_data(data, request_image())
             rows = [row for protocol, url in (("http", server.url.removeprefix("http://")),
@@ -174,22 +155,9 @@ def main() -> None:
                                    tmp)]
         finally:
             server.stop()
-    text = "\n".join([
-        "### perf_analyzer: " + shlex.join(["benchmarks/perf_analyzer.py", *sys.argv[1:]]),
-        "",
-        "One gtsrb test image per request to the `gtsrb` task of a demo server (demo backbone, 4 demo tasks, max "
-        f"batch 32, max wait 5 ms), perf_analyzer {WHEEL.split('==')[1]}, {args.interval_ms} ms measurement "
-        f"windows until 3 agree within {args.stability}% on throughput and mean latency (at most 20), closed loop "
-        "at each concurrency.",
-        "",
-        *facts,
-        *([f"- beside it: {args.beside}"] if args.beside else []),
-        "",
-        table(rows),
-        ""])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(text)
+        c.table(["protocol", "concurrency", "inferences/s", "p50 latency (ms)", "p99 latency (ms)", "errors"],
+                [[r["protocol"], r["concurrency"], f"{r['throughput']:.1f}", f"{r['p50_ms']:.1f}",
+                  f"{r['p99_ms']:.1f}", r["errors"]] for r in rows])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,11 @@ def main() -> None:
     parser.add_argument("--kv", type=int, nargs="+", default=[0, 10, 50], help="kept key/value prompts")
     c.rounds_flags(parser, repeats=12)
     args = parser.parse_args()
+    with c.recorded("pruning" + ("" if args.size == "demo" else f"_{args.size}")):
+        measure(args)
+
+
+def measure(args) -> None:
     c.engine_setup(args)
     bb = c.backbone(args.size)
     x = c.images(bb, args.batch)

@@ -104,8 +104,8 @@ def main() -> None:
     from server.settings import ServerSettings
     from tests.store_utils import LocalRedisServer
 
-    print(c.machine(), "\n")
-    with tempfile.TemporaryDirectory() as tmp, LocalRedisServer(Path(tmp) / "redis") as redis_server:
+    with c.recorded("ray_affinity"), tempfile.TemporaryDirectory() as tmp, \
+            LocalRedisServer(Path(tmp) / "redis") as redis_server:
         t0 = time.perf_counter()
         seed_tasks(redis_server.url, args.tasks)
         print(f"seeded {args.tasks} tasks in {time.perf_counter() - t0:.1f} s", flush=True)
@@ -128,7 +128,7 @@ def main() -> None:
         finally:
             serve.shutdown()
             ray.shutdown()
-    report(args, result)
+        report(args, result)
 
 
 async def run_rounds(args, handles: dict, predictors: dict, pixels: np.ndarray) -> dict:

@@ -5,7 +5,7 @@
     python benchmarks/serve_load.py --backbone runs/pretrain/vit_tiny_p4_32_cifar10_30ep.safetensors
 
 The server is a separate process (`promptserve serve` on 127.0.0.1, a LocalStore in a temp dir holding 100
-tasks of 10 visual + 10 kv prompts per layer, all resident, torch threads 1, max batch 32, max wait 5 ms). This
+tasks of 10 visual + 10 kv prompts per layer, all resident, torch threads 1, float32, max batch 32, max wait 5 ms). This
 process is the client (a minimal keep-alive HTTP/1.1 client on asyncio streams, so that the load generator
 stays cheap next to the server on 2 cores): `c` workers each POST one JPEG at a time to /classify/{random task}, until
 `--requests` answers or `--seconds` passed per level. With uploads on, a new version of a random task is PUT
@@ -60,7 +60,9 @@ def start_server(backbone: Path, store: Path, port: int, log: Path, max_batch: i
     cmd += ["serve", "--backbone", str(backbone), "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
             "--resident-max-tasks", str(2 * TASKS), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
             "--log-level", "warning"]
-    env = {**os.environ, "PROMPTSERVE_TORCH_THREADS": "1", "PROMPTSERVE_ADMIN_TOKEN": TOKEN}
+    # float32 as the engine rows measured in this process, so `req/s / engine` compares like with like
+    env = {**os.environ, "PROMPTSERVE_TORCH_THREADS": "1", "PROMPTSERVE_ADMIN_TOKEN": TOKEN,
+           "PROMPTSERVE_DTYPE": "float32"}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -217,9 +219,14 @@ def main() -> None:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--engine-repeats", type=int, default=5)
     args = parser.parse_args()
+    with c.recorded("serve_load"):
+        measure(args)
+
+
+def measure(args) -> None:
     c.exit_on_sigterm()
     torch.set_num_threads(1)
-    print(c.machine(), "(client process; the server runs 1 torch thread)\n")
+    print("this process is the client (its torch thread measures the engine); the server runs 1 torch thread\n")
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp_name:
         tmp = Path(tmp_name)
         backbone = args.backbone
@@ -252,6 +259,7 @@ def main() -> None:
         rows = []
         try:
             c.wait_ready(url, alive=lambda: server.poll() is None)
+            print(f"the server computes in {c.served_precision(url)}, as the engine measured in this process does\n")
             asyncio.run(load(url, 4, 40, 10.0, image, names, None, seed=0))  # warm-up: connections, first batches
             for swaps in (False, True):
                 for conc in args.concurrency:

@@ -122,9 +122,12 @@ def main() -> None:
                      "must be among them)")
     if not args.backbone.is_file():
         parser.error(f"--backbone {args.backbone} does not exist (the demo backbone is in assets/backbones)")
+    with c.recorded("serving_precision"):
+        measure(args, names)
+
+
+def measure(args, names: list[str]) -> None:
     c.engine_setup(args)
-    print(f"cpu capability: {torch.backends.cpu.get_cpu_capability()}, avx512 flags in /proc/cpuinfo: "
-          f"{sorted({f for f in Path('/proc/cpuinfo').read_text().split() if f.startswith('avx512')}) or 'none'}")
 
     sets = {p.stem: ps.PromptSet.load(p) for p in sorted(args.tasks_dir.glob("*.safetensors"))}
     variants, failed = {}, {}

@@ -13,17 +13,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from unittest import mock
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from prompt_store import LocalStore, PromptStore  # noqa: E402
-from prompt_store.redis_store import RedisStore  # noqa: E402
-from tests.store_utils import LocalRedisServer, find_redis_server, make_prompt_set  # noqa: E402
+import common as c  # puts the repository on sys.path
+
+from prompt_store import LocalStore, PromptStore
+from prompt_store.redis_store import RedisStore
+from tests.store_utils import LocalRedisServer, find_redis_server, make_prompt_set
 
 # 100 classes x 768 head + 64 visual prompt tokens x 768, float32: about 0.5 MB, like a ViT-B E2VPT set.
 PROMPT_SET = dict(classes=100, dim=768, visual_tokens=64)
@@ -52,11 +52,6 @@ def timed(fn: Callable[[], object], repeats: int) -> Samples:
         out.append((time.perf_counter() - start) * 1e3)
         out.cpu.append((time.process_time() - start_cpu) * 1e3)
     return out
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def bench_backend(reopen: Callable[[], PromptStore], puts: int, reads: int, tasks: int, list_repeats: int,
@@ -94,21 +89,19 @@ def no_fsync():
         yield
 
 
-def print_table(results: dict[str, list[dict]], load_before: float) -> None:
-    after = os.getloadavg()[0]
-    print(f"\nload average: {load_before:.1f} before the run, {after:.1f} after, on {os.cpu_count()} cores")
-    print(f"\n{'backend':8} {'operation':24} {'n':>5} {'p50 ms':>9} {'p99 ms':>9} {'cpu p50':>8} {'target':>10} "
-          f"{'ratio':>6}  ok")
-    for backend, rows in results.items():
-        for row in rows:
+def print_table(results: dict[str, list[dict]]) -> None:
+    rows = []
+    for backend, measured in results.items():
+        for row in measured:
             samples = row["samples"]
-            p50, p99, cpu = percentile(samples, 50), percentile(samples, 99), percentile(samples.cpu, 50)
+            p50, p99, cpu = c.percentile(samples, 50), c.percentile(samples, 99), c.percentile(samples.cpu, 50)
             target = TARGET_MS.get((backend, row["op"].split()[0]))
-            ratio = f"{p50 / target:.2f}" if target else ""
-            verdict = ("yes" if p50 <= target else "NO") if target else ""
             size = f" ({row['size'] / 1e6:.2f} MB)" if row["size"] else ""
-            print(f"{backend:8} {row['op'] + size:24} {row['n']:>5} {p50:9.3f} {p99:9.3f} {cpu:8.3f} "
-                  f"{f'<= {target:g}' if target else '':>10} {ratio:>6}  {verdict}")
+            rows.append([backend, row["op"] + size, row["n"], f"{p50:.3f}", f"{p99:.3f}", f"{cpu:.3f}",
+                         f"<= {target:g}" if target else "", f"{p50 / target:.2f}" if target else "",
+                         ("yes" if p50 <= target else "NO") if target else ""])
+    c.table(["backend", "operation", "n", "p50 ms", "p99 ms", "cpu p50 ms", "target ms", "ratio", "ok"], rows,
+            "### Registry latency (wall ms unless named)")
     print("ratio = wall p50 / target (below 1 meets it); cpu = this process's CPU time (Redis's own is not in it).\n"
           "put includes validation, sha256 and, locally, 6 fsyncs. list first = a new store object (parses\n"
           "every record); again = the same object, records unchanged since its last list().")
@@ -122,10 +115,9 @@ def main() -> None:
     parser.add_argument("--list-repeats", type=int, default=5)
     parser.add_argument("--backend", choices=["local", "redis", "both"], default="both")
     args = parser.parse_args()
-    load = os.getloadavg()[0]
     sizes = dict(puts=args.puts, reads=args.reads, tasks=args.tasks, list_repeats=args.list_repeats)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
+    with c.recorded("store"), tempfile.TemporaryDirectory(prefix="store-bench-") as tmp:
         if args.backend in ("local", "both"):
             root = Path(tmp) / "registry"
             results["local"] = bench_backend(lambda: LocalStore(root), bulk_fill=no_fsync, **sizes)
@@ -136,7 +128,7 @@ def main() -> None:
                 with LocalRedisServer(Path(tmp) / "redis") as server:
                     results["redis"] = bench_backend(lambda: RedisStore(server.url), bulk_fill=contextlib.nullcontext,
                                                      **sizes)
-    print_table(results, load)
+        print_table(results)
 
 
 if __name__ == "__main__":

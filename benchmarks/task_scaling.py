@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--size", default="demo", choices=sorted(c.SIZES))
     c.rounds_flags(parser, repeats=30)
     args = parser.parse_args()
+    with c.recorded("task_scaling" + ("" if args.size == "demo" else f"_{args.size}")):
+        measure(args)
+
+
+def measure(args) -> None:
     c.engine_setup(args)
     bb = c.backbone(args.size)
     x = c.images(bb, BATCH)

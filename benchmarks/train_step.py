@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import interleaved, machine, paired_spread, set_threads, steady_malloc, table  # puts the repo on sys.path
+from common import interleaved, paired_spread, recorded, set_threads, steady_malloc, table  # puts the repo on sys.path
 
 from training.loop import train_epoch
 from training.pretrain import PretrainConfig
@@ -51,8 +51,13 @@ def main(argv=None) -> None:
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (needs a C++ compiler)")
     p.add_argument("--budget-s", type=float, default=900.0, help="stop after the round that passes this")
     args = p.parse_args(argv)
+    with recorded("train_step"):
+        measure(args)
+
+
+def measure(args) -> None:
     set_threads(args.threads)
-    print(machine("pinned thresholds" if steady_malloc() else "default"), "\n", flush=True)
+    print(f"malloc: {'pinned thresholds' if steady_malloc() else 'default'}\n", flush=True)
     b = args.batch
     variants = {"float32 eager": (b, make_step(b)), "bf16 autocast": (b, make_step(b, amp=True)),
                 "channels-last input": (b, make_step(b, channels_last=True))}

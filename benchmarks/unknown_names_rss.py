@@ -4,7 +4,7 @@ growth < 5 MB; a lock kept per name once cost ~280 bytes each).
     python benchmarks/unknown_names_rss.py [--names 100000]
 
 Starts a random-tiny server on a free loopback port, warms it with 2,000 unknown names, then sends the rest over
-one keep-alive connection and prints one line: RSS before and after, growth per name, seconds.
+one keep-alive connection and prints one table row: RSS before and after, growth per name, seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
+import common as c  # noqa: E402
 import psutil  # noqa: E402
 from server_utils import ServerProcess, image_bytes  # noqa: E402
 
@@ -27,6 +28,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", type=int, default=100_000)
     args = parser.parse_args()
+    with c.recorded("unknown_names_rss"):
+        measure(args)
+
+
+def measure(args) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="unknown-names-"))
     server = ServerProcess(tmp, str(tmp / "registry"), "--max-wait-ms", "1").start().wait_ready()
     try:
@@ -45,9 +51,12 @@ def main() -> None:
         for i in range(args.names):
             ask(f"unknown-{i}")
         after = process.memory_info().rss
-        print(f"RSS before {before / 2**20:.1f} MiB, after {args.names:,} unknown names {after / 2**20:.1f} MiB: "
-              f"growth {(after - before) / 2**20:.2f} MiB ({(after - before) / args.names:.0f} bytes/name), "
-              f"{time.time() - start:.0f} s")
+        c.table(["unknown names", "RSS before MiB", "RSS after MiB", "growth MiB", "bytes per name", "seconds"],
+                [[f"{args.names:,}", f"{before / 2**20:.1f}", f"{after / 2**20:.1f}",
+                  f"{(after - before) / 2**20:.2f}", f"{(after - before) / args.names:.0f}",
+                  f"{time.time() - start:.0f}"]],
+                "### The server's resident memory around classify requests for distinct unknown task names "
+                "(target: growth < 5 MB per 100,000 names)")
     finally:
         server.stop()
 

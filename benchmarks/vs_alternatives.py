@@ -232,6 +232,14 @@ def run_size(size: str, task_levels: list[int], args) -> list[dict]:
     return out
 
 
+def record_name(args) -> str:
+    """vs_alternatives.md for the default run (demo backbone on the CPU); other runs get their own record (a ViT-B
+    run takes minutes, a GPU run another machine), e.g. vs_alternatives_b.md, vs_alternatives_b_cuda_float16.md."""
+    parts = [args.sizes.replace(",", "_")] if args.sizes != "demo" else []
+    parts += [args.device, args.dtype] if args.device != "cpu" or args.dtype != "float32" else []
+    return "_".join(["vs_alternatives", *parts])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="demo", help="comma list of demo, ti, b (default demo; b: ViT-B/16 224)")
@@ -273,6 +281,11 @@ def main() -> None:
         parser.error("--dtype float16 on the CPU is not supported (use float32 or bfloat16)")
     if args.device == "cuda":
         args.clock = "wall"  # CPU time says nothing about GPU work
+    with c.recorded(record_name(args)):
+        measure(args, sizes, levels)
+
+
+def measure(args, sizes: list[str], levels: list[int]) -> None:
     c.engine_setup(args)
     start = time.perf_counter()
     rows = []
