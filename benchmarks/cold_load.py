@@ -55,9 +55,10 @@ def open_store(kind: str, tmp: Path):
 def settings(**kw):
     from server.settings import ServerSettings
 
-    # float32, named: dtype auto is decided by a server's start-up, which an Engine built here does not run
-    return ServerSettings(device="cpu", dtype="float32", torch_threads=torch.get_num_threads(), admin_token=TOKEN,
-                          resident_max_tasks=256, **kw)
+    # float32 on torch, named: dtype and backend auto are decided by a server's start-up, which an Engine built here
+    # does not run (settings ignore a name they do not define, as `backend` was before the OpenVINO backend)
+    return ServerSettings(device="cpu", dtype="float32", backend="torch", torch_threads=torch.get_num_threads(),
+                          admin_token=TOKEN, resident_max_tasks=256, **kw)
 
 
 # ---- 1. cold loads -----------------------------------------------------------------------------------------

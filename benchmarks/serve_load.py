@@ -4,15 +4,15 @@
     python benchmarks/serve_load.py --seconds 30 --concurrency 1 16 64 128
     python benchmarks/serve_load.py --backbone runs/pretrain/vit_tiny_p4_32_cifar10_30ep.safetensors
 
-The server is a separate process (`promptserve serve` on 127.0.0.1, a LocalStore in a temp dir holding 100
-tasks of 10 visual + 10 kv prompts per layer, all resident, torch threads 1, float32, max batch 32, max wait 5 ms). This
-process is the client (a minimal keep-alive HTTP/1.1 client on asyncio streams, so that the load generator
-stays cheap next to the server on 2 cores): `c` workers each POST one JPEG at a time to /classify/{random task}, until
-`--requests` answers or `--seconds` passed per level. With uploads on, a new version of a random task is PUT
-every 0.5 s while the load runs. Errors = any non-200 answer or transport error (uploads included).
-Batch sizes come from the server's /metrics (promptserve_batch_size), as the difference over each level.
-The engine's own batched throughput (PromptedViT, batch 32 over random tasks of the same 100, one thread,
-wall clock) is measured in this process while the server is idle, before, between and after the levels.
+The server is a separate process (`promptserve serve` on 127.0.0.1, a LocalStore in a temp dir holding 100 tasks of
+10 visual + 10 kv prompts per layer, all resident, torch threads 1, float32 on torch, max batch 32, max wait 5 ms).
+This process is the client (a minimal keep-alive HTTP/1.1 client on asyncio streams, so that the load generator
+stays cheap next to the server on 2 cores): `c` workers each POST one JPEG at a time to /classify/{random task},
+until `--requests` answers or `--seconds` passed per level. With uploads on, a new version of a random task is PUT
+every 0.5 s while the load runs. Errors = any non-200 answer or transport error (uploads included). Batch sizes
+come from the server's /metrics (promptserve_batch_size), as the difference over each level. The engine's own
+batched throughput (PromptedViT, batch 32 over random tasks of the same 100, one thread, wall clock) is measured in
+this process while the server is idle, before, between and after the levels.
 Per-request timings the server reports (timing_ms): compute = the forward of the batch the image rode in,
 queue = enqueue -> batch start (includes the batcher's max wait), server total = the route's whole time (decode
 included); latency = what this client measured (HTTP both ways included).
@@ -60,9 +60,9 @@ def start_server(backbone: Path, store: Path, port: int, log: Path, max_batch: i
     cmd += ["serve", "--backbone", str(backbone), "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
             "--resident-max-tasks", str(2 * TASKS), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
             "--log-level", "warning"]
-    # float32 as the engine rows measured in this process, so `req/s / engine` compares like with like
+    # float32 on torch as the engine rows measured in this process, so `req/s / engine` compares like with like
     env = {**os.environ, "PROMPTSERVE_TORCH_THREADS": "1", "PROMPTSERVE_ADMIN_TOKEN": TOKEN,
-           "PROMPTSERVE_DTYPE": "float32"}
+           "PROMPTSERVE_DTYPE": "float32", "PROMPTSERVE_BACKEND": "torch"}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
 
 
@@ -259,7 +259,8 @@ def measure(args) -> None:
         rows = []
         try:
             c.wait_ready(url, alive=lambda: server.poll() is None)
-            print(f"the server computes in {c.served_precision(url)}, as the engine measured in this process does\n")
+            print(f"the server computes in {c.served_precision(url)}; the engine rows, in this process, in float32 on "
+                  "torch\n")
             asyncio.run(load(url, 4, 40, 10.0, image, names, None, seed=0))  # warm-up: connections, first batches
             for swaps in (False, True):
                 for conc in args.concurrency:
