@@ -183,6 +183,8 @@ def evaluate(
     batch_size: int = typer.Option(256),
     dtype: str = typer.Option("float32", help="run in this precision, as `serve --dtype` does: float32, bfloat16 "
                               "(or float16 on a GPU); reports the top-1 agreement with float32 too"),
+    backend: str = typer.Option("torch", help="run on this backend, as `serve --backend` does: torch or openvino "
+                                "(the [openvino] extra); reports the top-1 agreement with float32 torch too"),
     backbone: str = BACKBONE_FLAG, pretrained: bool = PRETRAINED_FLAG, weights: str = WEIGHTS_FLAG,
     random_init: bool = RANDOM_INIT_FLAG, timm_kwargs: str = TIMM_KWARGS_FLAG,
 ) -> float:
@@ -198,6 +200,13 @@ def evaluate(
         fail(f"--dtype {dtype!r}: use float32, bfloat16 or float16")
     if dtype == "float16":
         fail("--dtype float16 runs on a GPU only (the CPU's half type is bfloat16), as `serve` refuses it too")
+    from promptserve.backends import BACKENDS, OPENVINO_EXTRA_MISSING, openvino_installed
+
+    if backend not in BACKENDS:
+        fail(f"--backend {backend!r}: use {' or '.join(BACKENDS)}")
+    if backend == "openvino" and not openvino_installed():
+        fail(OPENVINO_EXTRA_MISSING)
+    reference_only = dtype == "float32" and backend == "torch"
     meta = artifact_metadata(task)
     full = meta.get("method") == "full" and "timm_name" in meta
     if full and (backbone or pretrained or weights or random_init):
@@ -219,8 +228,9 @@ def evaluate(
     y = np.asarray([index[arr.classes[i]] for i in arr.labels], dtype=np.int64)
     agreement = None
     if full:
-        if dtype != "float32":
-            fail("--dtype applies to prompt sets (what the server runs); a `full` model is scored in float32")
+        if not reference_only:
+            fail("--dtype and --backend apply to prompt sets (what the server runs); a `full` model is scored in "
+                 "float32 torch")
         acc = accuracy_module(bb.model, dc, arr.images, y, batch_size, progress=True)
     else:
         import torch
@@ -230,17 +240,17 @@ def evaluate(
 
         ps = PromptSet.load(task)
         reference = predict_prompt_set(bb, ps, arr.images, batch_size, progress=True)
-        pred = reference if dtype == "float32" else predict_prompt_set(bb, ps, arr.images, batch_size,
-                                                                       progress=True, dtype=getattr(torch, dtype))
+        pred = reference if reference_only else predict_prompt_set(bb, ps, arr.images, batch_size, progress=True,
+                                                                   dtype=getattr(torch, dtype), backend=backend)
         acc, agreement = float((pred == y).mean()), float((pred == reference).mean())
     stored = json.loads(meta.get("metrics", "{}")).get(f"{split}_acc")
     line = f"{split} accuracy {acc:.4f} on {len(y)} images of {data}"
-    if dtype != "float32":
-        line += f" in {dtype} (top-1 agreement with float32: {agreement:.4f})"
+    if not reference_only:
+        line += f" in {dtype} on {backend} (top-1 agreement with float32 torch: {agreement:.4f})"
     # the human line on stderr, the JSON alone on stdout: `promptserve eval ... > result.json` is JSON
     typer.echo(line + (f" (stored in the artifact at training: {stored:.4f})" if stored is not None else ""), err=True)
     typer.echo(json.dumps({"task": default_task_name(task), "file": str(task), "split": split, "images": len(y),
-                           "accuracy": acc, "dtype": dtype, "agreement_with_float32": agreement,
+                           "accuracy": acc, "dtype": dtype, "backend": backend, "agreement_with_float32": agreement,
                            "stored_accuracy": stored}))
     return acc
 

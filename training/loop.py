@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from promptserve.backbone import Backbone
+from promptserve.backends import open_backend
 from promptserve.hardware import bf16_is_native
 from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
@@ -202,13 +203,13 @@ class ModuleForward:
 
 # ---- evaluation ---------------------------------------------------------------------------------------
 def predict_prompt_set(backbone: Backbone, ps: PromptSet, images: np.ndarray, batch_size: int = 256,
-                       device: str = "cpu", progress: bool = False, dtype: torch.dtype | None = None) -> np.ndarray:
+                       device: str = "cpu", progress: bool = False, dtype: torch.dtype | None = None,
+                       backend: str = "torch") -> np.ndarray:
     """Predicted class per image exactly as the server computes it: validate + add_task into a
-    PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`. dtype: run in that
-    precision, as a server with that dtype does (on a copy of the weights)."""
-    half = dtype not in (None, torch.float32)
-    model = PromptedViT(backbone.clone() if half else backbone, dtype=dtype if half else None)
-    model.add_task("eval", ps)
+    PromptedViT, normalise with the backbone's statistics, `model(images, task_names)`. dtype, backend: run in
+    that precision on that backend, as a server with them does (a half precision on a copy of the weights)."""
+    model = open_backend(backend, backbone, dtype=dtype or torch.float32)
+    model.model.add_task("eval", ps)
     preds = []
     for i in bar(range(0, len(images), batch_size), desc="evaluate", enabled=progress):
         x = normalise(images[i:i + batch_size], backbone.data_config).to(device)
