@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from promptserve.backends import open_backend
 from promptserve.fileformat import parse_header
-from promptserve.model import PromptedViT
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
 from server.batcher import ItemResult, WorkItem
@@ -41,14 +41,16 @@ log = logging.getLogger("promptserve.server")
 
 class Engine:
     def __init__(self, backbone: Backbone, store, settings: ServerSettings, metrics: Metrics,
-                 limits: Limits | None = None, dtype: str | None = None):
-        """dtype: the precision to run (default settings.dtype; `auto` is decided by the caller first)."""
+                 limits: Limits | None = None, dtype: str | None = None, backend: str | None = None):
+        """dtype, backend: the precision to run and what runs the forward (default the settings'; `auto` is
+        decided by the caller first)."""
         self.backbone, self.store, self.metrics, self.limits = backbone, store, metrics, limits
         self.device = resolve_device(settings.device)
         self.dtype = resolve_dtype(dtype or settings.dtype, self.device)
         # hash the weights as trained before a bf16/fp16 cast rounds them: prompt sets name that fingerprint
         backbone.fingerprint  # noqa: B018 (cached property)
-        self.model = PromptedViT(backbone, device=self.device, dtype=self.dtype)
+        self.backend = open_backend(backend or settings.backend, backbone, self.device, self.dtype, own_weights=True)
+        self.model = self.backend.model
         self.data_config = backbone.data_config
         self.tasks = TaskTable(self.model.bank, settings.resident_max_tasks, settings.resident_max_bytes,
                                settings.pinned_tasks)
@@ -216,7 +218,8 @@ class Engine:
     def _forward(self, items: list[WorkItem], start: float) -> list[ItemResult]:
         t0 = perf_counter()
         x = normalise(np.stack([item.pixels for item in items]), self.data_config)  # (B, 3, S, S)
-        logits, versions, labels = self.model.classify(x, [item.task for item in items])  # (B, C_max), -inf padded
+        batch = self.model.bank.gather([item.task for item in items])  # prompts, versions and labels together
+        logits, versions, labels = self.backend.classify(x, batch), batch.versions, batch.labels  # (B, C_max)
         probs = logits.float().softmax(dim=-1).cpu()  # padded classes get probability 0
         k_max = min(max(item.top_k for item in items), probs.shape[1])
         scores, indices = probs.topk(k_max, dim=1)

@@ -30,7 +30,7 @@ async def readyz(state: ServerState = Depends(get_state)):
     return Readiness(status="ready", backbone=state.backbone.display_name, fingerprint=state.backbone.fingerprint,
                      device=str(engine.device), resident_tasks=len(engine.tasks),
                      max_images_per_request=state.settings.max_images_per_request,
-                     dtype=str(engine.dtype).removeprefix("torch."), backend="torch",
+                     dtype=str(engine.dtype).removeprefix("torch."), backend=engine.backend.name,
                      precision=state.precision.as_dict() if state.precision is not None else None)
 
 

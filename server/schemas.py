@@ -89,10 +89,12 @@ class Readiness(BaseModel):
     max_images_per_request: int | None = Field(None, description=(
         "Images one classify request may carry; clients split longer lists into requests of this size."))
     dtype: str | None = Field(None, description="The precision the engine runs (dtype auto's choice, or the setting).")
-    backend: str | None = Field(None, description="What runs the forward: torch.")
+    backend: str | None = Field(None, description=(
+        "What runs the forward: torch or openvino (backend auto's choice, or the setting)."))
     precision: dict[str, Any] | None = Field(None, description=(
-        "dtype auto's measurements: each candidate's speed-up over float32, top-1 agreement with float32 on the "
-        "probe images, whether it was kept and why. Absent when a dtype was set."))
+        "dtype and backend auto's measurements: each candidate's (dtype and backend) speed-up over float32 torch, "
+        "top-1 agreement with float32 torch on the probe images, whether it was kept and why. Absent when both a "
+        "dtype and a backend were set."))
     detail: str | None = None
 
 

@@ -58,9 +58,14 @@ class ServerSettings(BaseSettings):
         "(bfloat16 on a CPU with AMX or AVX512-BF16 or a GPU of compute capability 8.0+, float16 on a GPU) "
         "against float32 on the registry's tasks and keep the fastest that is >= 1.05x faster and agrees with "
         "float32 on >= 99% of the probe images; otherwise float32 (docs/serving.md)."))
+    backend: Literal["auto", "torch", "openvino"] = Field("auto", description=(
+        "What runs the forward: torch, or openvino (the same forward compiled by OpenVINO for the CPU; the "
+        "[openvino] extra). auto: decided at start with dtype auto's measurement: every precision dtype allows, "
+        "on every backend installed for this device, timed against float32 torch; the fastest that is >= 1.05x "
+        "faster and agrees with float32 torch on >= 99% of the probe images, else torch (docs/serving.md)."))
     probe_dir: str | None = Field(None, description=(
-        "Images (a folder, searched recursively, at most 256) that dtype auto checks half precision against "
-        "float32 on. Unset: the demo tasks' example images when present, else float32 is kept."))
+        "Images (a folder, searched recursively, at most 256) that dtype and backend auto check the candidates "
+        "against float32 torch on. Unset: the demo tasks' example images when present, else the fallback is kept."))
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the engine; 0 keeps torch's default.")
 
     # ---- the registry --------------------------------------------------------------------------------
@@ -166,6 +171,15 @@ class ServerSettings(BaseSettings):
         if value is not None and (importlib.util.find_spec("grpc") is None
                                   or importlib.util.find_spec("tritonclient") is None):
             raise ValueError(GRPC_EXTRA_MISSING)
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _openvino_needs_its_extra(cls, value: str) -> str:
+        if value == "openvino" and importlib.util.find_spec("openvino") is None:
+            from promptserve.backends import OPENVINO_EXTRA_MISSING
+
+            raise ValueError(OPENVINO_EXTRA_MISSING)
         return value
 
     @field_validator("admin_token", "api_token", mode="before")

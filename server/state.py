@@ -47,7 +47,7 @@ class ServerState:
         self.ready = False
         self.error: str | None = None
         self.limits: Limits | None = None  # resolved once the backbone is known
-        self.precision = None  # dtype auto's choice (server/precision.py), None when a dtype was set
+        self.precision = None  # dtype/backend auto's choice (server/precision.py), None when both were set
         self.decoder: FairDecoder | None = None
         self._unsubscribe = None
         if settings.admin_token is not None:
@@ -105,11 +105,12 @@ class ServerState:
 
             labels = backbone_labels(self.backbone)
             await asyncio.to_thread(seed_registry, self.store, self.backbone, s.demo_tasks_dir, labels)
-        dtype = s.dtype
-        if dtype == "auto":
+        dtype, backend = s.dtype, s.backend
+        if "auto" in (dtype, backend):
             self.precision = await asyncio.to_thread(self._choose_dtype)
-            dtype = self.precision.dtype
-        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics, self.limits, dtype=dtype)
+            dtype, backend = self.precision.dtype, self.precision.backend
+        self.engine = engine = Engine(self.backbone, self.store, s, self.metrics, self.limits, dtype=dtype,
+                                      backend=backend)
         self.batcher = Batcher(engine, self.metrics, s.max_batch, s.max_wait_ms, s.queue_limit)
         if self._predictor_factory is not None:
             self.predictor = self._predictor_factory(self)
@@ -129,12 +130,12 @@ class ServerState:
                 await engine.sync(task)
         self.batcher.start()
         self.ready = True
-        log.info("ready: %d tasks resident on %s (%s)", len(engine.tasks), engine.device,
-                 str(engine.dtype).removeprefix("torch."))
+        log.info("ready: %d tasks resident on %s (%s, %s)", len(engine.tasks), engine.device,
+                 str(engine.dtype).removeprefix("torch."), engine.backend.name)
 
     def _choose_dtype(self):
-        """dtype auto on up to 8 of the registry's tasks for this backbone (the backbone's own head when it has
-        none) and the probe images (server/precision.py)."""
+        """dtype/backend auto on up to 8 of the registry's tasks for this backbone (the backbone's own head when it
+        has none) and the probe images (server/precision.py)."""
         from promptserve.promptset import PromptSet, PromptSetError
         from server.loading import backbone_labels, resolve_device
         from server.precision import decide_dtype, probe_images
@@ -159,8 +160,8 @@ class ServerState:
             tasks["backbone-head"] = demo_prompt_set(backbone, backbone_labels(backbone), 0, 0)
         folder = s.probe_dir or examples_dir(s.demo_tasks_dir)
         dc = backbone.data_config
-        return decide_dtype(backbone, resolve_device(s.device), tasks, probe_images(folder, dc.input_size,
-                                                                                    dc.interpolation))
+        images = probe_images(folder, dc.input_size, dc.interpolation)
+        return decide_dtype(backbone, resolve_device(s.device), tasks, images, dtype=s.dtype, backend=s.backend)
 
     async def stop(self) -> None:
         self.ready = False

@@ -13,7 +13,9 @@ if "TRITON_INTERPRET" not in os.environ:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
 
-# Servers started by tests run float32 unless a test asks otherwise: `dtype auto` would time candidates at every
-# start (seconds each) and, on a CPU with AMX, serve bf16, so exact float32 references would stop matching.
-# tests/unit/test_precision.py tests the auto choice itself, and a live server with dtype auto.
+# Servers started by tests run float32 torch unless a test asks otherwise: `dtype auto` and `backend auto` would
+# time candidates at every start (seconds each) and, on a CPU with AMX, serve bf16, so exact float32 references
+# would stop matching. tests/unit/test_precision.py tests the auto choice itself, and
+# tests/integration/test_server_precision.py live servers with dtype and backend auto.
 os.environ.setdefault("PROMPTSERVE_DTYPE", "float32")
+os.environ.setdefault("PROMPTSERVE_BACKEND", "torch")
