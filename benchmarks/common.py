@@ -297,9 +297,12 @@ def code_version() -> str:
         return done.stdout if done.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD").strip() or "unknown (no git)"
-    changed = sorted({line[3:].split("/")[0] + ("/" if "/" in line[3:] else "")
-                      for line in git("status", "--porcelain", "--untracked-files=no").splitlines()})
-    return f"commit {commit}" + (f", with uncommitted changes in {', '.join(changed)}" if changed else "")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    if not status:  # clean, or git could not say (a colleague's commit holding the index lock, say)
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT).returncode == 0
+        return f"commit {commit}" + ("" if clean else ", with uncommitted changes (git status could not list them)")
+    changed = sorted({line[3:].split("/")[0] + ("/" if "/" in line[3:] else "") for line in status.splitlines()})
+    return f"commit {commit}, with uncommitted changes in {', '.join(changed)}"
 
 
 def cpu_by_process() -> dict[int, tuple[str, int, float]]:
