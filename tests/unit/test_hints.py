@@ -62,8 +62,30 @@ def string_constants(path: Path) -> list[str]:
 
 @cache
 def defined_flags(path: Path) -> frozenset[str]:
-    """Flags a script defines: string constants that are exactly one flag (argparse's add_argument("--x"))."""
-    return frozenset(s for s in string_constants(path) if re.fullmatch(r"--[a-z][a-z0-9-]*", s))
+    """Flags a script defines: string constants that are exactly one flag (argparse's add_argument("--x")), and
+    for a benchmark those that the helpers of benchmarks/common.py it calls add (c.rounds_flags(parser), ...)."""
+    own = frozenset(s for s in string_constants(path) if re.fullmatch(r"--[a-z][a-z0-9-]*", s))
+    if path.parent != REPO / "benchmarks":
+        return own
+    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+              for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)}
+    return own.union(*(flags for helper, flags in benchmark_helper_flags().items() if helper in called))
+
+
+@cache
+def benchmark_helper_flags() -> dict[str, frozenset[str]]:
+    """benchmarks/common.py's functions -> the flags each adds to a parser, with those of the functions it calls."""
+    tree = ast.parse((REPO / "benchmarks" / "common.py").read_text())
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+    def flags(name: str) -> frozenset[str]:
+        body = list(ast.walk(functions[name]))
+        own = {n.value for n in body if isinstance(n, ast.Constant) and isinstance(n.value, str)
+               and re.fullmatch(r"--[a-z][a-z0-9-]*", n.value)}
+        calls = {n.func.id for n in body if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        return frozenset(own.union(*(flags(c) for c in calls & functions.keys() - {name})))
+
+    return {name: flags(name) for name in functions}
 
 
 @cache
