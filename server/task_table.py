@@ -118,8 +118,8 @@ class TaskTable:
 
     # ---- changes (the caller holds the task's lock) -----------------------------------------------------
     async def install(self, task: str, version: str, ps: PromptSet) -> list[str]:
-        """Write the task's row (a new task, or a swap that batches in flight never see half done), make it
-        the most recently used, and evict what no longer fits. `ps` is validated. Returns the evicted tasks."""
+        """Write the task's row (a new task, or a swap that batches in flight never see half done), mark it
+        the most recently used, evicting what no longer fits. `ps` is validated. Returns the evicted tasks."""
         await asyncio.to_thread(self.bank.put, task, ps, version)
         self._entries[task] = _Entry(prompt_set_nbytes(ps))
         self._entries.move_to_end(task)
