@@ -16,6 +16,7 @@ SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 help:
 	@echo "make serve   - set up .venv, seed $(STORE) from assets/tasks, serve on http://$(HOST):$(PORT)"
 	@echo "make test    - set up .venv (+ redis-server), run the whole test suite"
+	@echo "make test-fast - the unit tests alone (tests/unit)"
 	@echo "make lint    - ruff"
 	@echo "make typecheck - mypy on promptserve/, kernels/, prompt_store/ (part of make test)"
 	@echo "make docs-assets - the README's curl answer and docs/img screenshots, from a live demo server"
@@ -53,21 +54,23 @@ system-deps:
 	  else echo "chromium missing: run 'sudo apt-get install -y chromium chromium-driver' (the web page's browser tests skip without it)"; fi; \
 	fi
 
-# tests/kernels run alone in their own process (not twice): import order inside one process once hid a
-# kernels name clash that only a fresh `pytest tests/kernels` showed
-# Ray Serve runs in a process of its own too: its threads and the gevent that tritonclient.http imports (the
-# protocol tests) once crashed one process together (a segfault inside Ray's handle, not reproduced alone)
+# every tier (tests/README.md): tests/unit, tests/integration, tests/e2e, then the two that run in processes of
+# their own. tests/kernels run alone (not twice): import order inside one process once hid a kernels name clash
+# that only a fresh `pytest tests/kernels` showed. Ray Serve runs alone too: its threads and the gevent that
+# tritonclient.http imports (the protocol tests) once crashed one process together (a segfault inside Ray's
+# handle, not reproduced alone)
 test: venv system-deps typecheck
-	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/kernels --ignore=tests/integration/test_ray_serve.py
-	$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_ray_serve.py
+	$(PY) -m pytest -q -p no:cacheprovider --ignore=tests/kernels --ignore=tests/e2e/test_ray_serve.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_ray_serve.py
 	$(PY) -m pytest -q -p no:cacheprovider tests/kernels
 
 # mypy on promptserve/, kernels/, prompt_store/ ([tool.mypy] in pyproject.toml says what is checked and why not more)
 typecheck: venv
 	$(VENV)/bin/mypy
 
+# the unit tier alone: in one process, no servers, no training runs (under a minute on 2 busy cores)
 test-fast: venv
-	$(PY) -m pytest -q -x tests/unit
+	$(PY) -m pytest -q -p no:cacheprovider -x tests/unit
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -7,7 +7,7 @@ Starts `promptserve serve` on the demo backbone and demo tasks (the ones `make s
 ports, with the demo example images made first (`python -m server.web.examples`), runs the README's shell block
 as written (only the port changed) and rewrites the `# ...` answer lines under its curl command from the answer
 it got, then drives Chromium over every page for the screenshots. Needs ../shared/datasets and, for the
-screenshots, Chromium and chromedriver. tests/integration/test_readme.py checks the README's answer against a
+screenshots, Chromium and chromedriver. tests/e2e/test_readme.py checks the README's answer against a
 live one.
 """
 
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
+sys.path.insert(0, str(ROOT))
 
 README = ROOT / "README.md"
 DEMO_BACKBONE = ROOT / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
@@ -56,7 +56,7 @@ def answer_lines(answer: dict) -> str:
 
 
 def demo_server(tmp: Path):
-    from server_utils import ServerProcess
+    from tests.integration.server_utils import ServerProcess
 
     server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(ROOT / "assets" / "tasks"), name="docs")
     server.args[server.args.index("random-tiny")] = str(DEMO_BACKBONE)
@@ -79,7 +79,7 @@ def main() -> None:
             README.write_text(text.replace(commands + old, commands + new, 1))
             print(f"README.md: the curl answer is now\n{new}")
             if not args.no_screenshots:
-                from test_web_ui import capture_screenshots
+                from tests.e2e.test_web_ui import capture_screenshots
 
                 capture_screenshots(server.url, ROOT / "docs" / "img")
                 print("docs/img: web-try.png, web-registry.png, web-task.png, web-live.png, web-try-phone.png")

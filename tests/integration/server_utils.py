@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 from PIL import Image
 
@@ -50,6 +51,16 @@ def image_bytes(seed: int = 0, size: tuple[int, int] = (40, 30), fmt: str = "PNG
     pixels = (torch.rand(size[1], size[0], 3, generator=g) * 255).to(torch.uint8).numpy()
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def phone_photo(seed: int = 0, size: tuple[int, int] = (4032, 3024)) -> bytes:
+    """A 12 MP JPEG with structure at every scale (a smooth field plus edges), like a photo, not noise."""
+    rng = np.random.default_rng(seed)
+    small = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
+    image = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=88)
     return buf.getvalue()
 
 

@@ -13,9 +13,9 @@ import subprocess
 import sys
 
 import pytest
-from server_utils import ADMIN, REPO, ServerProcess, free_port, image_bytes, prompt_set_bytes
 
 import promptserve as ps
+from tests.integration.server_utils import ADMIN, REPO, ServerProcess, free_port, image_bytes, prompt_set_bytes
 
 IMAGES = 50
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from server_utils import ADMIN, AUTH, REPO, ServerProcess, image_bytes, prompt_set_bytes
 
+from tests.integration.server_utils import ADMIN, AUTH, REPO, ServerProcess, image_bytes, prompt_set_bytes
 from tests.store_utils import free_port
 
 th = pytest.importorskip("tritonclient.http", reason="tritonclient[http,grpc] is in the [dev] extra")

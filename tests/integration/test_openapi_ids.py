@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 OPERATION_IDS = {
     ("post", "/classify/{task}"): "classify",

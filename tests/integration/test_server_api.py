@@ -8,7 +8,6 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from promptserve.backbone import random_tiny_backbone
 from promptserve.model import PromptedViT
@@ -16,6 +15,7 @@ from promptserve.preprocess import image_to_uint8, normalise
 from promptserve.promptset import PromptSet
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 PNG = {"content-type": "image/png"}
 

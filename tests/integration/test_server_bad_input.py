@@ -11,12 +11,20 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save
-from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import open_store
 from promptserve.promptset import FORMAT, PromptSet
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import (
+    ADMIN,
+    AUTH,
+    image_bytes,
+    png_header_only,
+    prompt_set_bytes,
+    random_tiny,
+    wait_until,
+)
 
 PNG = {"content-type": "image/png"}
 IMAGE_LIMIT = 20_000  # bytes (max_image_mib below)

@@ -12,12 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import InvalidPromptSet, LocalStore, TooLarge
 from promptserve.promptset import PromptSet, PromptSetError
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 

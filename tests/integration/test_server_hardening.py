@@ -11,7 +11,6 @@ import time
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, image_bytes, png_header_only, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import StoreUnavailable
 from prompt_store.redis_store import RedisStore
@@ -25,6 +24,15 @@ from server.limits import (
     sequence_length,
 )
 from server.settings import ServerSettings
+from tests.integration.server_utils import (
+    ADMIN,
+    AUTH,
+    image_bytes,
+    png_header_only,
+    prompt_set_bytes,
+    random_tiny,
+    wait_until,
+)
 
 PNG = {"content-type": "image/png"}
 API = "test-api-token"

@@ -14,10 +14,10 @@ import pytest
 import typer
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
 from typer.testing import CliRunner
 
 import server.cli
+from tests.integration.server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
 
 PNG = {"content-type": "image/png"}
 FLOOD_IMAGES, FLOOD_SIDE = 32, 6000  # issue 12 point 1: 32 PNGs of 6000x6000 in 1.1 MB

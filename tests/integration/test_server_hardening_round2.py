@@ -1,7 +1,7 @@
 """Issue 23 in process (TestClient), one test per red-team finding fixed here: unknown task names leave no state
 behind (5), 405 names the path's methods (6), the pages' security headers, no directory in a 409, auth before the
 rollback body is read (7), a rollback on a full disk is 507 (2), and blobs a killed upload left are collected at
-start (8). Decode parity (9, 10) is tests/integration/test_decode_parity.py."""
+start (8). Decode parity (9, 10) is tests/e2e/test_decode_parity.py."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import tracemalloc
 
 import pytest
 from fastapi.testclient import TestClient
-from server_utils import ADMIN, AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from prompt_store import LocalStore
 from promptserve.backbone import BackboneSpec
 from server.app import create_app
 from server.demo import demo_prompt_set
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 PNG = {"content-type": "image/png"}
 

@@ -11,7 +11,8 @@ import time
 
 import httpx
 import pytest
-from server_utils import AUTH, ServerProcess, image_bytes, prompt_set_bytes
+
+from tests.integration.server_utils import AUTH, ServerProcess, image_bytes, phone_photo, prompt_set_bytes
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +173,6 @@ def test_a_probe_keeps_p99_under_250_ms_while_abuse_arrives(tmp_path):
     import json
     import subprocess
     import sys
-
-    from test_decode_parity import phone_photo
 
     proc = ServerProcess(tmp_path, str(tmp_path / "registry"), "--max-wait-ms", "1", name="abuse").start()
     proc.wait_ready()

@@ -10,10 +10,10 @@ import httpx
 import pytest
 import typer
 from prometheus_client.parser import text_string_to_metric_families
-from server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
 from typer.testing import CliRunner
 
 import server.cli
+from tests.integration.server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
 
 PNG = {"content-type": "image/png"}
 CLIENTS = 8

@@ -11,10 +11,10 @@ import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, reject, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, prompt_set_bytes, random_tiny, wait_until
 
 EXAMPLES_PER_OPERATION = 25
 # bodies whose schema cannot say what is acceptable: any bytes (a prompt set, an image), or an inference request

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 from server import precision
 from server.app import create_app
 from server.settings import ServerSettings
+from tests.integration.server_utils import ADMIN, AUTH, image_bytes, prompt_set_bytes, random_tiny, wait_until
 
 
 def probe_folder(tmp_path):

@@ -7,7 +7,8 @@ import time
 
 import httpx
 import pytest
-from server_utils import AUTH, ServerProcess, image_bytes, prompt_set_bytes
+
+from tests.integration.server_utils import AUTH, ServerProcess, image_bytes, prompt_set_bytes
 
 pytestmark = pytest.mark.redis
 PNG = {"content-type": "image/png"}

@@ -11,26 +11,16 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from server_utils import REPO, ServerProcess
 
 from promptserve.backbone import Backbone
 from promptserve.preprocess import image_to_uint8, jpeg_draft_scale
 from promptserve.promptset import PromptSet
+from tests.integration.server_utils import REPO, ServerProcess, phone_photo
 from training.loop import predict_prompt_set
 
 DEMO_BACKBONE = REPO / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
 DTD10_TASK = REPO / "assets" / "tasks" / "dtd10.safetensors"
 DTD10 = REPO.parent / "shared" / "datasets" / "dtd10.tar"
-
-
-def phone_photo(seed: int = 0, size: tuple[int, int] = (4032, 3024)) -> bytes:
-    """A 12 MP JPEG with structure at every scale (a smooth field plus edges), like a photo, not noise."""
-    rng = np.random.default_rng(seed)
-    small = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
-    image = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
-    buf = io.BytesIO()
-    image.save(buf, "JPEG", quality=88)
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("side", [20, 63, 64, 127, 128, 300, 513, 4032])

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from promptserve.backbone import Backbone
 
 # the synthetic folder and tiny backbone file, and the per-test decode cache (autouse), as train's tests use them
-from tests.integration.test_train_cli import (  # noqa: F401
+from tests.e2e.test_train_cli import (  # noqa: F401
     TIMM_KWARGS,
     _isolated_cache,
     backbone_file,

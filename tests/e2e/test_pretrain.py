@@ -61,26 +61,3 @@ def test_pretrain_writes_loadable_weights_and_resumes_only_when_asked(app, folde
     assert done.exit_code == 0, done.output
     history = json.loads(done.output.strip().splitlines()[-1])
     assert history["epoch"] == 1 and 0.0 <= history["test_acc"] <= 1.0
-
-
-def test_backbone_runs_exempt_the_position_embedding_from_weight_decay_and_prompt_training_does_not():
-    """One rule (training.loop.make_optimizer) with one parameter: pretraining and distillation also exempt
-    pos_embed, as they always have; their checkpoints' optimizer state fits only these groups, in this order."""
-    import timm
-
-    from training import backbone_training
-    from training.loop import make_optimizer
-    from training.pretrain import PretrainConfig
-
-    model = timm.create_model("vit_tiny_patch16_224", **json.loads(TINY))
-    names = {id(p): n for n, p in model.named_parameters()}
-    cfg = PretrainConfig(data="-", out="-")
-    opt = backbone_training.optimizer(model, cfg)
-    decayed, rest = ([names[id(p)] for p in g["params"]] for g in opt.param_groups)
-    assert [g["weight_decay"] for g in opt.param_groups] == [cfg.weight_decay, 0.0]
-    in_order = [n for n, p in model.named_parameters()]
-    assert decayed == [n for n in in_order if n in decayed] and rest == [n for n in in_order if n in rest]
-    assert "pos_embed" in rest and "cls_token" in decayed and "blocks.0.attn.qkv.weight" in decayed
-    assert all(model.get_parameter(n).ndim <= 1 for n in rest if n != "pos_embed")
-    prompt_rule = make_optimizer(list(model.parameters()), "sgd", 0.1, 1e-4)
-    assert "pos_embed" in [names[id(p)] for p in prompt_rule.param_groups[0]["params"]]

@@ -4,7 +4,7 @@ chromedriver (no browser download), against a real `promptserve serve` process o
 Every answer the page shows is checked against the same request made over HTTP, so a page that showed a
 stale or made-up number would fail. Skips, saying how to install, where chromium or chromedriver is absent.
 
-    python tests/integration/test_web_ui.py URL docs/img   # screenshots of a running server (the README's)
+    python tests/e2e/test_web_ui.py URL docs/img   # screenshots of a running server (the README's)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python tests/integration/test_web_ui.py` too
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `python tests/e2e/test_web_ui.py` too
 
 from tests.integration.server_utils import ADMIN, ServerProcess, image_bytes, prompt_set_bytes  # noqa: E402
 

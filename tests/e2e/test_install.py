@@ -17,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_utils import REPO, ServerProcess, image_bytes
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+from tests.integration.server_utils import REPO, ServerProcess, image_bytes
+
+pytestmark = pytest.mark.timeout(240)
 
 # what a source distribution carries: the build files, the packages, the demo assets (no tests, docs, runs)
 SOURCE_ENTRIES = ["pyproject.toml", "setup.py", "README.md", "promptserve", "promptserve_cli", "kernels",

@@ -17,24 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import redis
-import test_server_bad_input as one_process
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
-from test_server_bad_input import LIMITS, PNG
 
 from prompt_store import open_store
 from server.app import create_app
 from server.classify import REPLICA_HEADER
 from server.ray_settings import ENGINE_DEPLOYMENT, INGRESS_DEPLOYMENT, RaySettings
 from server.settings import ServerSettings
+from tests.integration import test_server_bad_input as one_process
+from tests.integration.server_utils import AUTH, REPO, image_bytes, prompt_set_bytes, random_tiny, wait_until
+from tests.integration.test_server_bad_input import LIMITS, PNG
 from tests.store_utils import free_port
 
 ray = pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
 serve = pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'promptserve[ray]'")
 
 # Ray and three replica processes start once for the module: 1-3 minutes on 2 busy cores, beyond the default timeout
-pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]
 APP = "promptserve-test"
 PINNED = "shared"  # pinned on every replica: the task both replicas hold when an upload lands
 

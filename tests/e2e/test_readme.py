@@ -12,8 +12,8 @@ import sys
 
 import httpx
 
+from tests.e2e.test_backbone_roundtrip import make_image_folder
 from tests.integration.server_utils import ADMIN, AUTH, REPO, ServerProcess
-from tests.integration.test_backbone_roundtrip import make_image_folder
 
 MARKER = "<!-- readme-test"
 
