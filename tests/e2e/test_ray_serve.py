@@ -11,6 +11,7 @@ Skips, with the reason, where Ray cannot start (or redis-server is missing)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,7 +45,7 @@ class RayServer:
         self.url, self.store_url = url, store_url
         self.client = httpx.Client(base_url=url, timeout=60.0)
         self.engine = serve.get_deployment_handle(ENGINE_DEPLOYMENT, app_name=APP)
-        self.killed: tuple[str, list[str]] | None = None  # (replica, its tasks) once a test killed it
+        self._by_task: dict[str, serve.handle.DeploymentHandle] = {}  # one handle (and router) per task
 
     def classify(self, task: str, seed: int = 0) -> httpx.Response:
         return self.client.post(f"/classify/{task}", content=image_bytes(seed), headers=PNG)
@@ -60,6 +61,12 @@ class RayServer:
                 continue
             seen[status["replica"]] = status
         return seen
+
+    def routed_to(self, task: str) -> str:
+        """The replica a call routed by `task` lands on, without loading the task there (status() loads nothing):
+        this process's router hears which replica holds what from Ray's controller, as the ingress's does."""
+        handle = self._by_task.setdefault(task, self.engine.options(multiplexed_model_id=task))
+        return handle.status.remote().result(timeout_s=10.0)["replica"]
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +175,9 @@ def test_same_task_keeps_landing_on_the_replica_holding_it(ray_server):
     ray_server.client.put("/tasks/sticky", content=prompt_set_bytes(40), headers=AUTH)
     first = ray_server.classify("sticky")
     holder = first.headers[REPLICA_HEADER]
-    time.sleep(1.5)  # replicas report the tasks they hold every 0.1 s; the router hears of it within about a second
+    # replicas report the tasks they hold every 0.1 s; Ray's routers hear of it from its controller
+    wait_until(lambda: all(ray_server.routed_to("sticky") == holder for _ in range(5)), 30,
+               what="Ray's routing to learn which replica holds the task")
     landed = [ray_server.classify("sticky", seed=i).headers[REPLICA_HEADER] for i in range(8)]
     assert landed == [holder] * 8
     holding = [name for name, s in ray_server.replicas().items() if "sticky" in s["resident"]]
@@ -194,46 +203,34 @@ def test_upload_reaches_every_replica_within_a_second(ray_server):
     assert ray_server.classify(PINNED).json()["version"] == version
 
 
-def test_replica_loss_loses_no_request_retried_once(ray_server):
+def test_replica_loss_loses_no_request_retried_once_and_ray_replaces_the_replica(ray_server):
     tasks = [f"loss{i}" for i in range(4)]
     for i, task in enumerate(tasks):
         ray_server.client.put(f"/tasks/{task}", content=prompt_set_bytes(50 + i), headers=AUTH)
+    before = wait_until(lambda: len(seen := ray_server.replicas()) == 2 and seen, 120, interval_s=0.5,
+                        what="both engine replicas to run")
     victim_name = ray_server.classify(tasks[0]).headers[REPLICA_HEADER]
-    before = ray_server.replicas()
     victim = ray.get_actor(before[victim_name]["actor_name"], namespace="serve")
+    wait_until(lambda: ray_server.routed_to(tasks[0]) == victim_name, 30, what="Ray's routing to learn the task")
+    victim_answering = threading.Event()
 
     def request_retried_once(i: int) -> tuple[int, int]:
         task = tasks[i % len(tasks)]
         first = ray_server.classify(task, seed=i)
         if first.status_code == 200:
+            if first.headers[REPLICA_HEADER] == victim_name:
+                victim_answering.set()
             return 200, 0
         return ray_server.classify(task, seed=i).status_code, first.status_code
 
     with ThreadPoolExecutor(3) as pool:
         futures = [pool.submit(request_retried_once, i) for i in range(12)]
-        time.sleep(0.2)  # the kill lands while requests are in flight
+        assert victim_answering.wait(60), "no request reached the replica to kill"  # killed while requests flow
         ray.kill(victim, no_restart=True)
         futures += [pool.submit(request_retried_once, i) for i in range(12, 36)]
         outcomes = [f.result(timeout=120) for f in futures]
     assert [final for final, _ in outcomes] == [200] * len(outcomes), outcomes
     assert all(first in (0, 503) for _, first in outcomes), outcomes  # a lost replica is a 503, never a 500
-    ray_server.killed = (victim_name, tasks)  # the replacement is checked last, after the tests below
-
-
-# test_server_bad_input.py's tests, collected again with this module's `env`: the same 4xx from the Ray ingress as
-# from one process. They run while Ray replaces the replica killed above (the other one answers meanwhile).
-test_refused_upload_changes_nothing = one_process.test_refused_upload_changes_nothing
-test_bad_task_name_is_refused = one_process.test_bad_task_name_is_refused
-test_bad_classify_request = one_process.test_bad_classify_request
-test_bad_admin_requests_change_nothing = one_process.test_bad_admin_requests_change_nothing
-test_store_change_that_does_not_validate_is_not_served = (
-    one_process.test_store_change_that_does_not_validate_is_not_served)
-
-
-def test_ray_replaces_the_lost_replica(ray_server):
-    if ray_server.killed is None:
-        pytest.skip("runs after test_replica_loss_loses_no_request_retried_once, which kills a replica")
-    victim_name, tasks = ray_server.killed
 
     def replaced() -> bool:
         names = set(ray_server.replicas(timeout_s=5.0))
@@ -241,6 +238,16 @@ def test_ray_replaces_the_lost_replica(ray_server):
 
     wait_until(replaced, 120, interval_s=0.5, what="Ray to replace the killed replica")
     assert all(ray_server.classify(t).status_code == 200 for t in tasks)
+
+
+# test_server_bad_input.py's tests, collected again with this module's `env`: the same 4xx from the Ray ingress as
+# from one process.
+test_refused_upload_changes_nothing = one_process.test_refused_upload_changes_nothing
+test_bad_task_name_is_refused = one_process.test_bad_task_name_is_refused
+test_bad_classify_request = one_process.test_bad_classify_request
+test_bad_admin_requests_change_nothing = one_process.test_bad_admin_requests_change_nothing
+test_store_change_that_does_not_validate_is_not_served = (
+    one_process.test_store_change_that_does_not_validate_is_not_served)
 
 
 @pytest.fixture(scope="module")

@@ -480,7 +480,10 @@ def test_an_upload_refused_for_its_token_says_so_and_stays_said(web_server, driv
     wait_for(driver, lambda d: by_css(d, "#new-task-error").is_displayed(), "the upload's error")
     expected = "enter the admin token first" if not token else "neither the API token nor the admin token"
     assert expected in by_css(driver, "#new-task-error").text
-    time.sleep(6)  # the table refreshes every 5 s: the upload's error must outlive it
+    from selenium.webdriver.support.expected_conditions import staleness_of
+
+    # the table is rendered anew after the upload and every 5 s: the upload's error must outlive a rendering
+    wait_for(driver, staleness_of(by_css(driver, "#tasks-table tbody tr")), "the task table rendered anew")
     assert by_css(driver, "#new-task-error").is_displayed() and expected in by_css(driver, "#new-task-error").text
     assert httpx.get(f"{web_server.url}/tasks/delta", headers=API_AUTH).status_code == 404
 

@@ -131,14 +131,17 @@ def test_a_server_stopped_while_loading_prints_no_loading_lines_after(tmp_path, 
     import asyncio
     import contextlib
     import logging
+    import threading
     import time
 
     from promptserve import backbone as core
     from server.state import ServerState
 
     ready_made = random_tiny()  # built before build_backbone is replaced below (it is what builds it)
+    loading = threading.Event()
 
     def slow_build(spec):  # the load goes on in its thread after the shutdown, as a real one does
+        loading.set()
         time.sleep(1.0)
         logging.getLogger("timm.models._builder").info("Loading pretrained weights from file (after the shutdown)")
         return ready_made
@@ -150,7 +153,7 @@ def test_a_server_stopped_while_loading_prints_no_loading_lines_after(tmp_path, 
 
     async def interrupted_start():
         starting = asyncio.create_task(state.start())
-        await asyncio.sleep(0.2)  # the backbone is loading
+        assert await asyncio.to_thread(loading.wait, 30), "the backbone never started loading"
         starting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await starting

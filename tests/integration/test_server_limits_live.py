@@ -12,7 +12,14 @@ import time
 import httpx
 import pytest
 
-from tests.integration.server_utils import AUTH, ServerProcess, image_bytes, phone_photo, prompt_set_bytes
+from tests.integration.server_utils import (
+    AUTH,
+    ServerProcess,
+    image_bytes,
+    phone_photo,
+    prompt_set_bytes,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -86,19 +93,21 @@ def test_headers_that_never_finish_and_idle_connections_are_closed(server):
 
 
 def test_bodies_in_flight_are_capped_with_503_and_retry_after(server):
+    def one_mib() -> httpx.Response:
+        return httpx.post(f"{server.url}/classify/t", content=b"\0" * (1 << 20), headers={"content-type": "image/png"},
+                          timeout=30)
+
     first = connect(server)  # declares 1.5 MiB and sends it slowly: it holds its share of the cap
     first.sendall(b"POST /classify/t HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                  b"Content-Length: 1572864\r\n\r\n" + b"\0" * 1024)
-    time.sleep(0.3)
-    r = httpx.post(f"{server.url}/classify/t", content=b"\0" * (1 << 20), headers={"content-type": "image/png"},
-                   timeout=30)
+                  b"Content-Length: 1572864\r\nExpect: 100-continue\r\n\r\n" + b"\0" * 1024)
+    # uvicorn answers 100 Continue when the app first reads the body, after its declared bytes were counted
+    assert first.recv(64).startswith(b"HTTP/1.1 100 Continue")
+    r = one_mib()
     assert r.status_code == 503 and r.json()["error"] == "busy" and r.headers["retry-after"] == "1", r.text
     assert probe(server) < 2.0  # small requests still pass: the cap counts bytes, and one image is small
     first.close()
-    time.sleep(0.3)
-    r = httpx.post(f"{server.url}/classify/t", content=b"\0" * (1 << 20), headers={"content-type": "image/png"},
-                   timeout=30)
-    assert r.status_code != 503  # the first request's share was given back when it ended
+    # the first request's share is given back when the server sees it end
+    wait_until(lambda: one_mib().status_code != 503, 10, what="the closed request's share to be given back")
 
 
 def test_a_probe_stays_fast_while_large_headers_arrive(server):
@@ -159,6 +168,7 @@ def photos():
 threads = [threading.Thread(target=f, daemon=True) for f in (huge_headers, huge_bodies, photos)]
 for t in threads:
     t.start()
+print("started", flush=True)
 time.sleep(seconds)
 stop.set()
 for t in threads:
@@ -171,6 +181,7 @@ def test_a_probe_keeps_p99_under_250_ms_while_abuse_arrives(tmp_path):
     """The red team's bar: a classify every 200 ms keeps p99 < 250 ms while 64 MB headers, 300 MB bodies and
     12 MP photos arrive (default limits; the abuse comes from another process, for about 8 s)."""
     import json
+    import select
     import subprocess
     import sys
 
@@ -182,7 +193,8 @@ def test_a_probe_keeps_p99_under_250_ms_while_abuse_arrives(tmp_path):
         (tmp_path / "photo.jpg").write_bytes(phone_photo())
         abuse = subprocess.Popen([sys.executable, "-c", ABUSE, str(proc.port), str(tmp_path / "photo.jpg"), "8"],
                                  stdout=subprocess.PIPE, text=True)
-        time.sleep(0.5)
+        started, _, _ = select.select([abuse.stdout], [], [], 60)  # its first line, once its threads run
+        assert started and abuse.stdout.readline() == "started\n", "the abuse never started"
         latencies = []
         while abuse.poll() is None and len(latencies) < 60:
             latencies.append(probe(proc))

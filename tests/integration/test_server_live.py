@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
 import server.cli
-from tests.integration.server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes
+from tests.integration.server_utils import ADMIN, AUTH, ServerProcess, image_bytes, prompt_set_bytes, wait_until
 
 PNG = {"content-type": "image/png"}
 CLIENTS = 8
@@ -119,13 +119,13 @@ def test_upload_while_eight_clients_classify(live):
         t.start()
     try:
         hot_answers = lambda: sum(1 for log in logs for e in log if e[0] == "hot")  # noqa: E731
-        _wait(lambda: hot_answers() >= 3 * CLIENTS, 30)
+        wait_until(lambda: hot_answers() >= 3 * CLIENTS, 30, what="every client's answers")
         v2 = httpx.put(f"{live.url}/tasks/hot", content=prompt_set_bytes(62), headers=AUTH, timeout=30)
         upload_done[0] = time.monotonic()
         assert v2.status_code == 200, v2.text
         v2 = v2.json()["version"]
         after = lambda: min(sum(1 for e in log if e[0] == "hot" and e[3] > upload_done[0]) for log in logs)  # noqa: E731
-        _wait(lambda: after() >= 3, 30)
+        wait_until(lambda: after() >= 3, 30, what="answers after the upload")
     finally:
         stop.set()
         for t in threads:
@@ -164,11 +164,3 @@ def _samples(live, family_name: str) -> dict[str, float]:
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
-
-
-def _wait(predicate, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the load test did not make progress in time")
-        time.sleep(0.02)

@@ -67,8 +67,12 @@ def test_upload_to_one_replica_is_served_by_the_other(replicas):
 def test_refused_upload_on_one_replica_changes_nothing_on_either(replicas):
     a, b = replicas
     v1 = httpx.put(f"{b.url}/tasks/kept", content=prompt_set_bytes(90), headers=AUTH).json()["version"]
+    first = httpx.put(f"{b.url}/tasks/later", content=prompt_set_bytes(91), headers=AUTH).json()["version"]
+    assert version_on(b, "later") == first  # resident on B: a newer version reaches it only by a change event
     bad = httpx.put(f"{a.url}/tasks/kept", content=b"\x00" * 64, headers=AUTH)
     assert bad.status_code == 422
-    time.sleep(0.3)  # long enough for a (wrong) change event to have arrived
+    # a write through A after the refused one: once B serves it, B has had every change event A sent before it
+    later = httpx.put(f"{a.url}/tasks/later", content=prompt_set_bytes(92), headers=AUTH).json()["version"]
+    seconds_until(b, "later", later)
     assert version_on(a, "kept") == version_on(b, "kept") == v1
     assert [h["version"] for h in httpx.get(f"{a.url}/tasks/kept").json()["history"]] == [v1]
