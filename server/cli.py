@@ -116,7 +116,7 @@ def serve(**flags) -> None:
     from promptserve.backbone import BackboneError
     from promptserve.logs import setup_logging
     from server.app import create_app
-    from server.loading import backbone_spec
+    from server.backbone_setup import backbone_spec
 
     ray, replicas, ray_address = flags.pop("ray"), flags.pop("replicas"), flags.pop("ray_address")
     log_level = flags.pop("log_level")

@@ -26,8 +26,8 @@ from promptserve.backends import open_backend
 from promptserve.fileformat import parse_header
 from promptserve.preprocess import normalise
 from promptserve.promptset import PromptSet
+from server.backbone_setup import resolve_device, resolve_dtype
 from server.batcher import ItemResult, WorkItem
-from server.loading import resolve_device, resolve_dtype
 from server.task_table import TaskTable
 
 if TYPE_CHECKING:

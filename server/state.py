@@ -71,9 +71,9 @@ class ServerState:
 
     async def _start(self) -> None:
         from promptserve.backbone import build_backbone
+        from server.backbone_setup import backbone_labels, backbone_spec
         from server.batcher import Batcher
         from server.engine import Engine
-        from server.loading import backbone_labels, backbone_spec
 
         s = self.settings
         if s.torch_threads:
@@ -137,7 +137,7 @@ class ServerState:
         """dtype/backend auto on up to 8 of the registry's tasks for this backbone (the backbone's own head when it
         has none) and the probe images (server/precision.py)."""
         from promptserve.promptset import PromptSet, PromptSetError
-        from server.loading import backbone_labels, resolve_device
+        from server.backbone_setup import backbone_labels, resolve_device
         from server.precision import decide_dtype, probe_images
         from server.web.examples import examples_dir
 

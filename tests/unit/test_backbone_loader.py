@@ -135,7 +135,7 @@ def test_a_fingerprint_mismatch_names_the_backbone_the_set_was_trained_on(zoo):
 
 
 def test_serve_settings_keep_their_env_names(monkeypatch, zoo):
-    from server.loading import backbone_spec
+    from server.backbone_setup import backbone_spec
     from server.settings import ServerSettings
 
     monkeypatch.setenv("PROMPTSERVE_BACKBONE", NAME)
