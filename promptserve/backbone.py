@@ -388,7 +388,7 @@ HUB_PROBE_S = 3.0
 
 def _hub_reachable(host: str = "huggingface.co", port: int = 443) -> bool:
     """Whether the model hub answers a TCP connect within HUB_PROBE_S (name lookup included, in a thread: a
-    resolver with no network can hang far longer). Offline, the hub client's own retries took 55 s to fail."""
+    resolver with no network can hang far longer). Offline, the hub client's own retries take about 55 s to fail."""
     import socket
     from concurrent.futures import ThreadPoolExecutor
     from concurrent.futures import TimeoutError as FutureTimeout

@@ -1,6 +1,7 @@
 """What the hardware runs natively: the precisions worth timing on this device (the server's dtype auto,
-distillation's bf16 autocast). bf16 on a CPU without AMX or AVX512-BF16 ran at 0.07-0.13x of float32 here, so
-it is never a candidate there."""
+distillation's bf16 autocast). A CPU without AMX or AVX512-BF16 has no native bf16 matmuls: there bf16 runs at
+0.07-0.13x of float32 (measured on an AVX2-only AMD EPYC; docs/performance.md keeps the 0.13x of
+benchmarks/serving_precision.py), so it is never a candidate."""
 
 from __future__ import annotations
 
