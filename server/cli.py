@@ -23,8 +23,9 @@ CLASSIFY_GROUP = 64  # images per Client.classify call from the CLI (it splits t
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-# Every ServerSettings field is a `serve` flag: --field-name, except where an older or shorter name is kept
-# (the README and scripts use them) or the value is a secret (read from a file, never put on the command line).
+# Every ServerSettings field is a `serve` flag: --field-name, except where the field also or only answers to the
+# shorter name the other commands, the README and scripts use (--weights, --pin), or the value is a secret (read
+# from a file, never put on the command line).
 FLAG_NAMES: dict[str, tuple[str, ...]] = {
     "backbone_weights": ("--weights", "--backbone-weights"),
     "backbone_pretrained": ("--pretrained/--no-pretrained",),

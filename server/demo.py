@@ -38,9 +38,9 @@ def demo_prompt_set(backbone: Backbone, labels: list[str] | None = None, visual_
 def seed_registry(store, backbone: Backbone, tasks_dir: str | Path = DEMO_TASKS_DIR,
                   labels: list[str] | None = None) -> list[str]:
     """Fill a store that has no task for this backbone (one that has any is left alone); returns the task
-    names it added. "For this backbone" rather than "empty": a registry seeded for an earlier backbone
-    (say random-tiny, before the demo backbone was trained) gets this backbone's demo tasks as new versions,
-    its old versions stay in each task's history."""
+    names it added. "For this backbone" rather than "empty": a registry seeded for another backbone
+    (say random-tiny, where the demo backbone file is missing) gets this backbone's demo tasks as new versions,
+    and the other backbone's versions stay in each task's history."""
     if any(r.backbone_fingerprint == backbone.fingerprint for r in store.list()):
         return []
     files = sorted(Path(tasks_dir).glob("*.safetensors")) if Path(tasks_dir).is_dir() else []

@@ -1,7 +1,7 @@
 """uvicorn's HTTP/1.1 protocol (httptools) with the bounds it lacks, applied before any request reaches the app:
 
-- header bytes per request (`max_header_kib`): beyond them 431, and the connection is closed. Without it a 64 MB
-  header was read and parsed whole on the event loop, holding every other request for seconds;
+- header bytes per request (`max_header_kib`): beyond them 431, and the connection is closed. Without it uvicorn
+  reads and parses a 64 MB header whole on the event loop, holding every other request for seconds;
 - the time a request's headers may take to arrive (`header_timeout_s`), counted from the connection's start or
   the end of its previous response: a connection that sends nothing, or its headers a byte at a time (slowloris),
   is closed then (408 when part of a request had arrived).
