@@ -120,8 +120,8 @@ def score_on_test(model: nn.Module, data_cfg: DataConfig, test: ImageArray, last
 
 class Checkpoint:
     """<out>.ckpt.pt: the module's weights under `key` ("model" for pretraining, "student" for distillation),
-    the optimizer, the history, the epochs done and the whole config. Runs resume from checkpoints written
-    before today's code: keep this layout."""
+    the optimizer, the history, the epochs done and the whole config. `--resume` must read the checkpoints that
+    runs in progress wrote with earlier code, so this layout stays as it is."""
 
     def __init__(self, cfg: Config, key: str, module: nn.Module, opt: torch.optim.Optimizer):
         self.cfg, self.key, self.module, self.opt = cfg, key, module, opt

@@ -25,7 +25,8 @@ from training.loop import lr_at, train_epoch
 
 logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
-# pretraining has always scored in batches of 512 (distillation: 256); kept, so a rerun logs the same numbers
+# images per scoring forward (distillation's: 256): the batch size can move float rounding, and with it a
+# borderline prediction, so it stays what the recorded pretraining runs used and a rerun logs their numbers
 EVAL_BATCH = 512
 
 
