@@ -204,7 +204,8 @@ PERF_ANALYZER = REPO / ".cache" / "perf-analyzer" / "perf_analyzer" / "bin" / "p
 @pytest.mark.skipif(not (PERF_ANALYZER.exists() or os.environ.get("PERF_ANALYZER")),
                     reason="perf_analyzer is not installed: `python benchmarks/perf_analyzer.py` installs it into "
                            ".cache/perf-analyzer/ (a 7 MB wheel, and Debian 13's C runtime where glibc < 2.38)")
-def test_perf_analyzer_drives_both_protocols_without_errors(demo, tmp_path):
+def test_perf_analyzer_drives_both_protocols_without_errors(demo, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # the benchmarks run as scripts: `import common`
     from benchmarks.perf_analyzer import input_data, perf_analyzer_command, request_image, run
 
     data = tmp_path / "input.json"
