@@ -8,8 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors}
 OUT=${OUT:-runs/vtab}
+PLOTS=${PLOTS:-docs/img/results}  # where the figures of $OUT go
 .venv/bin/python -m training.experiments.vtab --backbone "$BACKBONE" --out "$OUT" \
     --epochs "${EPOCHS:-12}" --hp-epochs "${HP_EPOCHS:-4}" --seeds "${SEEDS:-3}" --workers "${WORKERS:-2}" "$@"
 case " $* " in *" --dry-run "* | *" --grid-check "*) exit 0 ;; esac
 .venv/bin/python -m training.experiments.summarize "$OUT" > "$OUT/tables.md"
-.venv/bin/python -m training.experiments.plots "$OUT" docs/img/results
+.venv/bin/python -m training.experiments.plots "$OUT" "$PLOTS"
