@@ -1,0 +1,45 @@
+"""The distilled backbone's card: its tables are generated from the committed run (tools/backbone_card.py) and
+must match it, so a number on the card can never drift from the log and files it came from."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CARD = REPO / "assets" / "backbones" / "vit_tiny_p4_32_distill_mnv1.md"
+
+
+@pytest.fixture(scope="module")
+def backbone_card():
+    sys.path.insert(0, str(REPO / "tools"))
+    import backbone_card
+
+    return backbone_card
+
+
+@pytest.mark.skipif(not CARD.exists(), reason="no distilled backbone card in this checkout")
+def test_card_tables_match_the_run(backbone_card):
+    assert backbone_card.regenerated(CARD) == CARD.read_text(), \
+        f"stale: python tools/backbone_card.py {CARD.relative_to(REPO)}"
+
+
+def test_card_tables_show_every_stage_and_the_probes(backbone_card, tmp_path):
+
+    run = tmp_path / "run"
+    (run / "stage2").mkdir(parents=True)
+    rows = ", ".join(f'{{"task": "{t}", "train": 10, "test": 10, "accuracy": {a}}}'
+                     for t, a in zip(backbone_card.TASKS, (0.3, 0.4, 0.6, 0.7), strict=True))
+    probe = f'{{"tasks": [{rows}], "mean": 0.5}}'
+    (run / "distill.log").write_text(f'noise\n{{"epoch": 0, "probe": {probe}}}\n')
+    (run / "stage2" / "distill.log").write_text(
+        f'{{"epoch": 1, "test_acc": 0.75, "test_images": 2000, "distill_mse": 0.5, "probe": {probe}}}\n')
+    (run / "probe-teacher.json").write_text(probe)
+    text = backbone_card.tables(run)
+    assert "| 1.0 | 30.0 | 40.0 | 60.0 | 70.0 | **43.3** | - | - |" in text
+    assert "| 2.1 | 30.0 | 40.0 | 60.0 | 70.0 | **43.3** | 75.00% (2,000) | 0.500 |" in text
+    assert "| teacher: MobileNet V1" in text and "previous demo backbone" not in text  # only the probes there
+    card = f"intro\n{backbone_card.BEGIN}\nold\n{backbone_card.END}\nrest\n"
+    assert backbone_card.render(card, "new") == f"intro\n{backbone_card.BEGIN}\nnew\n{backbone_card.END}\nrest\n"
