@@ -33,6 +33,7 @@ from pathlib import Path
 
 import common as c  # puts the repository on sys.path
 
+from server.settings import DEMO_BACKBONE
 from tests.integration.server_utils import ServerProcess
 from tests.store_utils import free_port
 
@@ -142,8 +143,7 @@ def main() -> None:
         grpc_port = free_port()
         server = ServerProcess(tmp, str(tmp / "registry"), "--seed-from", str(ROOT / "assets" / "tasks"),
                                "--grpc-port", str(grpc_port), name="perf")
-        server.args[server.args.index("random-tiny")] = str(ROOT / "assets" / "backbones" /
-                                                            "vit_tiny_p4_32_cifar10_30ep.safetensors")
+        server.args[server.args.index("random-tiny")] = DEMO_BACKBONE
         server.start().wait_ready()
         try:
             print(f"the server computes in {c.served_precision(server.url)} (dtype auto picks it)\n")

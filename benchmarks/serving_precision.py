@@ -29,9 +29,10 @@ import torch
 
 import promptserve as ps
 from promptserve.preprocess import normalise
+from server.settings import DEMO_BACKBONE
 
 BATCH = 32
-BACKBONE = c.ROOT / "assets/backbones/vit_tiny_p4_32_cifar10_30ep.safetensors"
+BACKBONE = Path(DEMO_BACKBONE)
 DATASETS = c.ROOT.parent / "shared/datasets"
 # demo task -> its data (what `promptserve eval --data` takes)
 TASK_DATA = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),

@@ -22,9 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from server.settings import DEMO_BACKBONE  # noqa: E402 (the repository is on sys.path from here)
 
 README = ROOT / "README.md"
-DEMO_BACKBONE = ROOT / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
 CURL_BLOCK = re.compile(r"(```bash\n)(tar -xf [^\n]+\ncurl [^\n]+\n)((?:# [^\n]*\n)+)(```)")
 
 

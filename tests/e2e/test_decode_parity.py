@@ -15,10 +15,10 @@ from PIL import Image
 from promptserve.backbone import Backbone
 from promptserve.preprocess import image_to_uint8, jpeg_draft_scale
 from promptserve.promptset import PromptSet
+from server.settings import DEMO_BACKBONE
 from tests.integration.server_utils import REPO, ServerProcess, phone_photo
 from training.loop import predict_prompt_set
 
-DEMO_BACKBONE = REPO / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
 DTD10_TASK = REPO / "assets" / "tasks" / "dtd10.safetensors"
 DTD10 = REPO.parent / "shared" / "datasets" / "dtd10.tar"
 

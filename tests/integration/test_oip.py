@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from server.settings import DEMO_BACKBONE
 from tests.integration.server_utils import ADMIN, AUTH, REPO, ServerProcess, image_bytes, prompt_set_bytes
 from tests.store_utils import free_port
 
@@ -21,7 +22,6 @@ th = pytest.importorskip("tritonclient.http", reason="tritonclient[http,grpc] is
 tg = pytest.importorskip("tritonclient.grpc", reason="tritonclient[http,grpc] is in the [dev] extra")
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-DEMO_BACKBONE = REPO / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
 GTSRB = REPO.parent / "shared" / "datasets" / "gtsrb.tar"
 
 

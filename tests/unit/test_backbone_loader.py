@@ -22,6 +22,7 @@ from promptserve.backbone import (
     resolve_backbone,
 )
 from promptserve.testing import random_prompt_set
+from server.settings import DEMO_BACKBONE
 
 NAME = "vit_tiny_patch16_224"
 KWARGS = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2, num_classes=5)
@@ -150,10 +151,10 @@ def test_serve_settings_keep_their_env_names(monkeypatch, zoo):
 
 def test_a_backbone_is_named_for_people_by_its_file(tmp_path):
     """Issue 24 item 9: /readyz and the log called the 32-px, patch-4, 6-layer demo file `vit_tiny_patch16_224`."""
-    demo = Path(__file__).resolve().parents[2] / "assets" / "backbones" / "vit_tiny_p4_32_cifar10_30ep.safetensors"
+    demo = Path(DEMO_BACKBONE)
     if demo.is_file():
         assert ps.Backbone.from_file(demo).display_name == (
-            "vit_tiny_p4_32_cifar10_30ep (vit_tiny_patch16_224, img_size 32, patch_size 4, depth 6)")
+            f"{demo.stem} (vit_tiny_patch16_224, img_size 32, patch_size 4, depth 6)")
     assert ps.load_backbone("random-tiny").display_name.startswith("random-tiny (vit_tiny_patch16_224, img_size 32")
 
 
