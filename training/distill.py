@@ -133,9 +133,14 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     log(f"[distill] teacher {teacher.path.name} ({teacher.dim}-d, input {teacher.input_size}px); view cache {cache}")
     check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
 
+    held: dict[int, dict[str, np.ndarray]] = {}  # the view set last read (~250 MB for CIFAR-10): one at a time
+
     def view_set(k: int) -> dict[str, np.ndarray]:
-        ensure_view_set(cache, teacher, train.images, train.labels, k, cfg.recipe, log=log)
-        return load_views(cache, k)
+        if k not in held:  # the statistics and epoch 0 share view set 0; --views 1 reads it once per run
+            ensure_view_set(cache, teacher, train.images, train.labels, k, cfg.recipe, log=log)
+            held.clear()
+            held[k] = load_views(cache, k)
+        return held[k]
 
     stats = view_set(0)["embeddings"].astype(np.float32)  # (N, D_t): the standardisation of every target
     mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
