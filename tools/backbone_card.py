@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def file_facts(weights: Path) -> str:
 
     with safe_open(str(weights), "pt") as f:
         meta = f.metadata() or {}
-        params = sum(_numel(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not a dict)
+        params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (not a dict)
     bb = Backbone.from_file(weights)
     rows = [("file", f"`{weights.name}` ({weights.stat().st_size:,} bytes, fp16)"),
             ("parameters", f"{params:,} (timm `{meta.get('timm_name')}`, `{meta.get('timm_kwargs')}`)"),
@@ -52,13 +53,6 @@ def file_facts(weights: Path) -> str:
              f"**{100 * float(meta.get('test_acc', 'nan')):.2f}%**"),
             ("teacher (metadata `teacher`)", meta.get("teacher", "-"))]
     return "\n".join(["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
-def _numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
 
 
 def tables(run: Path = RUN) -> str:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from promptserve.hardware import cpu_has_native_bf16
+from promptserve.hardware import bf16_is_native
 from promptserve.preprocess import normalise
 from training import backbone_training
 from training.imagefolder import cache_dir
@@ -110,7 +110,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
 
     backbone_training.start(cfg)
     out = Path(cfg.out)
-    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and cpu_has_native_bf16())
+    amp = cfg.amp == "bf16" or (cfg.amp == "auto" and bf16_is_native(torch.device("cpu")))  # trains on the CPU
 
     if cfg.init:
         from promptserve.backbone import Backbone

@@ -131,6 +131,7 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
     steps = math.ceil(n / bs)
     total, warmup = steps * cfg.epochs, round(cfg.warmup_epochs * steps)
     opt = make_optimizer(params, cfg.optimizer, cfg.effective_lr, cfg.weight_decay)
+    amp = cfg.amp and bf16_is_native(device)  # the hardware does not change between epochs
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + salt)
     y_all = torch.as_tensor(labels)
     n_params = sum(p.numel() for p in params)
@@ -156,7 +157,7 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
             stats = train_epoch(forward, opt, params, batch, steps, lambda step: lr_at(step, total, warmup,
                                 cfg.effective_lr), epoch * steps, grad_clip=cfg.grad_clip,
                                 label_smoothing=cfg.label_smoothing, device=device,
-                                amp=cfg.amp and bf16_is_native(device), after_backward=after_backward, clock=clock,
+                                amp=amp, after_backward=after_backward, clock=clock,
                                 desc=f"{desc} {epoch + 1}/{cfg.epochs}", progress=cfg.progress)
             seconds = time.time() - t0
             history.append({"stage": desc, "epoch": epoch + 1, **stats, "lr_end": opt.param_groups[0]["lr"],
