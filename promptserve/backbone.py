@@ -19,7 +19,7 @@ import copy
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -45,8 +45,9 @@ RANDOM_INIT, UNRECORDED = "random-init", "unrecorded"
 HOW_TO_GET_WEIGHTS = ("give --pretrained (timm's weights from the hub, needs a network) or --weights FILE (a local "
                       ".safetensors/.pth/.bin state dict, e.g. copied from a model zoo); --random-init trains on "
                       f"random weights on purpose, and --backbone {RANDOM_TINY} is a small seeded test ViT")
-DEMO_BACKBONE_HINT = ("the demo backbone is built with `promptserve pretrain --data cifar10.tar --out FILE` "
-                      "(see assets/backbones/vit_tiny_p4_32_cifar10_30ep.md)")
+DEMO_BACKBONE_HINT = ("the demo backbone is built with `promptserve pretrain` then `promptserve distill` "
+                      "(see assets/backbones/vit_tiny_p4_32_distill_mnv1.md)")
+RETIRED_DIR = "retired"  # a replaced demo backbone moves to assets/backbones/retired/: its prompt sets still load
 
 
 class BackboneError(ValueError):
@@ -335,6 +336,9 @@ def load_recorded_backbone(record: str, fingerprint: str, artifact: str = "the a
     if spec.source == UNRECORDED:
         raise BackboneError(f"{artifact} was trained on {spec.describe()}: {redo}")
     if spec.path and not Path(spec.path).is_file():
+        retired = Path(spec.path).parent / RETIRED_DIR / Path(spec.path).name
+        if retired.is_file():  # the demo backbone it was trained on was replaced since; the fingerprint still guards
+            return load_recorded_backbone(replace(spec, path=str(retired)).to_json(), fingerprint, artifact)
         raise BackboneError(f"{artifact} was trained on {spec.describe()}, which is not here: pass --backbone "
                             f"(and --weights) with where that file is now (fingerprint {fingerprint[:12]})")
     backbone = build_backbone(spec)

@@ -5,6 +5,7 @@ timm model here is built locally and saved to a temp file."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -125,6 +126,19 @@ def test_a_recorded_spec_rebuilds_the_backbone_and_checks_its_fingerprint(zoo, t
     no_source = json.dumps({"name": NAME, **KWARGS})  # what the weights were is not said: nothing to rebuild
     with pytest.raises(ps.BackboneError, match="needs a timm name and a source"):
         load_recorded_backbone(no_source, bb.fingerprint, "old.safetensors")
+
+
+def test_a_set_pinned_to_a_retired_backbone_finds_it_under_retired(zoo, tmp_path):
+    """A replaced demo backbone moves to backbones/retired/: the prompt sets that record its old path still
+    rebuild it without flags, and the fingerprint still decides."""
+    bb = ps.load_backbone(NAME, weights=zoo["root"] / "model.safetensors", timm_kwargs=KWARGS)
+    (tmp_path / "retired").mkdir()
+    shutil.copy(zoo["root"] / "model.safetensors", tmp_path / "retired" / "old.safetensors")
+    recorded = BackboneSpec(NAME, "weights-file", str(tmp_path / "old.safetensors"), KWARGS).to_json()
+    rebuilt = load_recorded_backbone(recorded, bb.fingerprint, "set.safetensors")
+    assert rebuilt.fingerprint == bb.fingerprint and rebuilt.source.path.endswith("retired/old.safetensors")
+    with pytest.raises(ps.BackboneError, match="now has"):  # other weights under the same name are refused
+        load_recorded_backbone(recorded, "0" * 64, "set.safetensors")
 
 
 def test_a_fingerprint_mismatch_names_the_backbone_the_set_was_trained_on(zoo):
