@@ -130,6 +130,15 @@ def runs_table(reports: dict) -> str:
     return "\n".join(lines)
 
 
+def tables(reports: dict, level: str = "##") -> str:
+    """Every table, each under a heading of this markdown level."""
+    parts = [("Test accuracy (%), mean +- sd over seeds", main_table),
+             ("Differences against the seed noise", noise_table),
+             ("What the validation grid chose", hp_table), ("E2VPT details", e2vpt_table),
+             ("Ablation (Table 4)", ablation_table), ("Pruning curve", curve_table)]
+    return "\n\n".join(f"{level} {title}\n\n{table(reports)}" for title, table in parts)
+
+
 def main(argv=None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
     root = Path(args[0] if args and not args[0].startswith("--") else "runs/vtab")
@@ -139,13 +148,7 @@ def main(argv=None) -> None:
     if "--runs" in args:
         print(runs_table(reports))
         return
-    print("## Test accuracy (%), mean +- sd over seeds\n\n" + main_table(reports)
-          + "\n\n## Differences against the seed noise\n\n" + noise_table(reports)
-          + "\n\n## What the validation grid chose\n\n" + hp_table(reports)
-          + "\n\n## E2VPT details\n\n" + e2vpt_table(reports)
-          + "\n\n## Ablation (Table 4)\n\n" + ablation_table(reports)
-          + "\n\n## Pruning curve\n\n" + curve_table(reports))
-
+    print(tables(reports))
 
 if __name__ == "__main__":
     main()

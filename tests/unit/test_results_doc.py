@@ -1,0 +1,46 @@
+"""The accuracy figures docs/results*.md and the README quote are the committed sweep reports', as
+training/experiments/results_doc.py makes them (`python -m training.experiments.results_doc` rewrites them); the
+test fails while a doc and the reports disagree."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from training.experiments import results_doc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", results_doc.DOCS)
+def test_the_docs_quote_the_committed_sweeps(name):
+    text = (REPO / name).read_text()
+    assert "<!-- results: " in text, f"{name} lost its generated parts"
+    assert results_doc.rendered(text) == text, f"{name} differs from the sweeps' reports: " \
+                                               "python -m training.experiments.results_doc"
+
+
+def test_the_demo_tasks_are_the_e2vpt_runs_of_the_sweep_the_docs_quote():
+    for task in ("gtsrb", "dtd10", "sign-digits", "fashion-mnist"):
+        shipped = (REPO / "assets" / "tasks" / f"{task}.safetensors").read_bytes()
+        assert shipped == (REPO / "runs" / "vtab-distill" / task / "e2vpt.safetensors").read_bytes(), task
+
+
+def test_a_changed_report_changes_the_figures(tmp_path):
+    """The check can fail: one report's test accuracy moved by a point moves the quoted means and goals."""
+    root = tmp_path / "sweep"
+    shutil.copytree(REPO / "runs" / "vtab-distill", root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
+    doc = "<!-- results: sweep means -->\n<!-- end results: sweep means -->"
+    before = results_doc.rendered(doc, tmp_path)
+    report = root / "gtsrb" / "e2vpt.report.json"
+    data = json.loads(report.read_text())
+    data["metrics"]["test_acc_mean"] += 0.04
+    report.write_text(json.dumps(data))
+    after = results_doc.rendered(doc, tmp_path)
+    assert "e2vpt" in before and before != after
+    assert results_doc.rendered(before, tmp_path) == after  # rewriting a stale doc gives the new figures
+    with pytest.raises(LookupError, match="unknown generated part"):
+        results_doc.rendered("<!-- results: sweep nope --><!-- end results: sweep nope -->", tmp_path)
