@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from promptserve.backends import open_backend
 from promptserve.fileformat import parse_header
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from server.settings import ServerSettings
 
 log = logging.getLogger("promptserve.server")
+COMPILING_BACKENDS = {"openvino"}  # backends that compile a variant per batch shape on its first use
+WARM_BUDGET_S = 60.0
 
 
 class Engine:
@@ -187,6 +190,34 @@ class Engine:
                 await self.sync(task)
             except Exception as e:
                 log.warning("task %s is not served: %s", task, e)
+
+    # ---- warming compiled shapes ---------------------------------------------------------------------------
+    async def warm(self, max_batch: int, budget_s: float = WARM_BUDGET_S) -> int:
+        """Before the server says ready, run the batch shapes it will serve once each, so that no request waits
+        for a backend that compiles a variant per shape (openvino: seconds for a new graph) on first use: every
+        batch size bucket up to `max_batch` with the resident tasks mixed, then each task alone at `max_batch`
+        (a request of many images). Bounded by `budget_s` and by the variants the backend keeps. Returns the
+        shapes run."""
+        if self.backend.name not in COMPILING_BACKENDS or not self.model.bank.tasks:
+            return 0
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._warm, max_batch, budget_s)
+
+    def _warm(self, max_batch: int, budget_s: float) -> int:
+        tasks = self.model.bank.tasks
+        sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch] + [max_batch]
+        batches = [[tasks[i % len(tasks)] for i in range(b)] for b in sizes]
+        batches += [[task] * max_batch for task in tasks if len(tasks) > 1]  # one task: the mixed batch was it
+        batches = batches[:getattr(self.backend, "max_variants", len(batches))]
+        side, start = self.data_config.input_size, perf_counter()
+        for n, batch in enumerate(batches):
+            if perf_counter() - start > budget_s:
+                log.warning("warmed %d of %d batch shapes within %.0f s; the others compile on first use", n,
+                            len(batches), budget_s)
+                return n
+            self.backend.classify(torch.zeros(len(batch), 3, side, side), self.model.bank.gather(batch))
+        log.info("warmed %d batch shapes on %s in %.1f s", len(batches), self.backend.name, perf_counter() - start)
+        return len(batches)
 
     # ---- the forward (engine thread) -----------------------------------------------------------------
     def _forward_isolated(self, items: list[WorkItem]):

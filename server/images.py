@@ -83,7 +83,8 @@ class FairDecoder:
     """A decode thread pool shared fairly by the requests in flight, within a budget of pixels in flight.
 
     Each request (`owner`) has its own queue; a free thread takes the next job round-robin across owners, so
-    a request with 32 large images delays another request by at most one decode per thread, not 32. A job
+    a request with 32 large images delays another request by at most one job per thread, not 32 (a job is one
+    image, or a few small ones: server/inference.py's DECODE_JOB_PIXELS). A job
     also waits while the pixels being decoded would exceed `max_pixels` (one job always fits), which bounds
     the decode memory of the whole server. Lives on the event loop; only the decoding runs in threads.
     """

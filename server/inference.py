@@ -77,5 +77,29 @@ async def _decode(blobs: list[tuple[str, bytes]], state: ServerState) -> list:
                                                f"limit of {limits.max_request_pixels} per request: send fewer "
                                                "or smaller images")
     owner, dcfg = object(), state.engine.data_config  # one owner per request: the pool is fair across them
-    return list(await asyncio.gather(*[state.decoder.run(owner, p.decode_pixels, decode_probed, p, dcfg)
-                                       for p in probes]))
+    jobs = decode_jobs(probes)
+    decoded = await asyncio.gather(*[state.decoder.run(owner, sum(p.decode_pixels for p in job), _decode_all, job,
+                                                       dcfg) for job in jobs])
+    return [pixels for job in decoded for pixels in job]
+
+
+# A pool job decodes a run of images up to this many pixels (or one image): a hop to a decode thread and back costs
+# about what decoding a small image does, and a 32-image request of thumbnails took 32 hops
+DECODE_JOB_PIXELS = 1 << 16
+
+
+def decode_jobs(probes: list[ImageProbe]) -> list[list[ImageProbe]]:
+    """The images in order, cut into runs of at most DECODE_JOB_PIXELS decoded pixels (an image over it alone)."""
+    jobs: list[list[ImageProbe]] = []
+    pixels = DECODE_JOB_PIXELS
+    for probe in probes:
+        if pixels + probe.decode_pixels > DECODE_JOB_PIXELS:
+            jobs.append([])
+            pixels = 0
+        jobs[-1].append(probe)
+        pixels += probe.decode_pixels
+    return jobs
+
+
+def _decode_all(probes: list[ImageProbe], data_config) -> list:
+    return [decode_probed(p, data_config) for p in probes]

@@ -128,6 +128,7 @@ class ServerState:
         else:
             for task in s.pinned_tasks:
                 await engine.sync(task)
+        await engine.warm(s.max_batch)
         self.batcher.start()
         self.ready = True
         log.info("ready: %d tasks resident on %s (%s, %s)", len(engine.tasks), engine.device,
@@ -198,11 +199,13 @@ def _public_reason(error: Exception) -> str:
 
 
 # ---- dependencies ---------------------------------------------------------------------------------------
-def get_state(request: Request) -> ServerState:
+# async although they never wait: FastAPI runs a plain-def dependency in its worker threads, a thread hop (and GIL
+# hand-offs) on every request for an attribute read
+async def get_state(request: Request) -> ServerState:
     return request.app.state.server
 
 
-def ready_state(request: Request) -> ServerState:
+async def ready_state(request: Request) -> ServerState:
     """The state, or 503 while the server is still loading (or failed to)."""
     state: ServerState = request.app.state.server
     if not state.ready:
