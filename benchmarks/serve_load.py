@@ -54,16 +54,27 @@ def write_backbone(path: Path, size: str) -> None:
     save_file(state, str(path), metadata={"timm_name": name, "timm_kwargs": json.dumps(kwargs)})
 
 
-def start_server(backbone: Path, store: Path, port: int, log: Path, max_batch: int, max_wait_ms: float):
+def start_server(backbone: Path, store: Path, port: int, log: Path, max_batch: int, max_wait_ms: float,
+                 dtype: str = "float32", backend: str = "torch", torch_threads: int = 1, extra: tuple[str, ...] = ()):
+    """`promptserve serve` on 127.0.0.1:port, 1 torch thread, in float32 on torch unless told (serve_load's engine
+    rows, measured in this process, run float32 torch, so `req/s / engine` compares like with like)."""
     exe = Path(sys.executable).with_name("promptserve")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "promptserve_cli"]
     cmd += ["serve", "--backbone", str(backbone), "--store", str(store), "--host", "127.0.0.1", "--port", str(port),
             "--resident-max-tasks", str(2 * TASKS), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
-            "--log-level", "warning"]
-    # float32 on torch as the engine rows measured in this process, so `req/s / engine` compares like with like
-    env = {**os.environ, "PROMPTSERVE_TORCH_THREADS": "1", "PROMPTSERVE_ADMIN_TOKEN": TOKEN,
-           "PROMPTSERVE_DTYPE": "float32", "PROMPTSERVE_BACKEND": "torch"}
+            "--log-level", "warning", *extra]
+    env = {**os.environ, "PROMPTSERVE_TORCH_THREADS": str(torch_threads), "PROMPTSERVE_ADMIN_TOKEN": TOKEN,
+           "PROMPTSERVE_DTYPE": dtype, "PROMPTSERVE_BACKEND": backend}
     return subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,7 +146,9 @@ TRANSPORT_ERRORS = (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunEr
 
 
 async def load(url: str, concurrency: int, requests: int, seconds: float, image: bytes, tasks: list[str],
-               uploads: list[tuple[str, bytes]] | None, seed: int) -> dict:
+               uploads: list[tuple[str, bytes]] | None, seed: int, content_type: str = "image/jpeg") -> dict:
+    """`concurrency` workers POST `image` (a body of `content_type`: one image, or a multipart body of several,
+    answered with a list) to /classify/{random task}; the timings are per image answered."""
     host, port = url.rsplit("/", 1)[1].split(":")
     rng = random.Random(seed)
     latencies, computes, queues, server_totals, statuses = [], [], [], [], Counter()
@@ -151,18 +164,19 @@ async def load(url: str, concurrency: int, requests: int, seconds: float, image:
             task = rng.choice(tasks)
             t0 = time.perf_counter()
             try:
-                status, body = await conn.request("POST", f"/classify/{task}", image, {"Content-Type": "image/jpeg"})
+                status, body = await conn.request("POST", f"/classify/{task}", image, {"Content-Type": content_type})
             except TRANSPORT_ERRORS as e:
                 statuses[type(e).__name__] += 1
                 continue
             dt = time.perf_counter() - t0
             statuses[status] += 1
             if status == 200:
-                timing = json.loads(body)["timing_ms"]
-                latencies.append(dt)
-                computes.append(timing["compute"] / 1e3)
-                queues.append(timing["queue"] / 1e3)
-                server_totals.append(timing["total"] / 1e3)
+                answer = json.loads(body)
+                for timing in (a["timing_ms"] for a in (answer if isinstance(answer, list) else [answer])):
+                    latencies.append(dt)
+                    computes.append(timing["compute"] / 1e3)
+                    queues.append(timing["queue"] / 1e3)
+                    server_totals.append(timing["total"] / 1e3)
         conn.close()
 
     async def uploader() -> None:
@@ -285,12 +299,7 @@ def measure(args) -> None:
                     print(f"  c={conc} swaps={swaps}: {ok} ok, statuses {dict(r['statuses'])}, uploads "
                           f"{dict(r['upload_statuses'])}", flush=True)
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_server(server)
             if server.returncode not in (0, -15) or any(r[12] for r in rows):
                 print("server log (tail):\n" + log.read_text()[-3000:])
     label = str(args.backbone) if args.backbone else c.SIZES[args.size][2] + " (random weights)"

@@ -75,3 +75,45 @@ def test_gpu_only_and_stale_records_are_labelled():
 def test_a_missing_record_is_named():
     with pytest.raises(LookupError, match="runs/bench/nothing.md is missing"):
         perf_summary.read("nothing")
+
+
+def test_the_alternatives_accuracy_is_the_sweeps(tmp_path):
+    """The README's accuracy column is the results sweep's 'Test accuracy' means, full fine-tuning's for both kinds of
+    model per task, with the backbone's card named; a sweep without that table is refused."""
+    results = tmp_path / "results"
+    shutil.copytree(perf_summary.RESULTS, results, ignore=shutil.ignore_patterns("*.safetensors", "*.log"))
+    tables = results / "tables.md"
+    text = tables.read_text()
+    full = next(line for line in text.splitlines() if line.startswith("| full |"))
+    cells = full.split("|")
+    cells[6] = " 12.3 "  # the mean column
+    tables.write_text(text.replace(full, "|".join(cells)))
+    readme = perf_summary.readme_alternatives(results=results)
+    model_rows = [line for line in readme.splitlines() if line.startswith("| a fine-tuned model per task")]
+    assert model_rows and all(line.endswith("| 12.3% (full) |") for line in model_rows)
+    card = perf_summary.results_backbone(results).with_suffix(".md")
+    assert f"]({card})" in readme and (REPO / card).is_file()
+    tables.write_text(text.replace("## Test accuracy", "## Something else"))
+    with pytest.raises(LookupError, match="no 'Test accuracy' table"):
+        perf_summary.readme_alternatives(results=results)
+
+
+def test_the_issue_22_goals_are_read_from_their_records(tmp_path):
+    """The HTTP precision row and the OpenVINO-per-task goal follow their records, and say 'no' when missed."""
+    bench = tmp_path / "bench"
+    shutil.copytree(perf_summary.BENCH, bench)
+    edits = {"http_precision": ("1", 10, "1.500 (1.40-1.60)"),  # 1 image per request: default / float32
+             "vs_alternatives": ("1,000", 8, "0.800 (0.70-0.90)")}  # the goal table: speed ratio
+    for name, (first, width, value) in edits.items():
+        record = bench / f"{name}.md"
+        text = record.read_text()
+        row = next(line for line in text.splitlines() if line.startswith("|") and len(line.split("|")) == width + 2
+                   and first in (line.split("|")[1].strip(), line.split("|")[2].strip()))
+        cells = row.split("|")
+        cells[5] = cells[5].replace(cells[5].strip(), value)
+        record.write_text(text.replace(row, "|".join(cells)))
+    text = perf_summary.summary(bench)
+    http = next(line for line in text.splitlines() if line.startswith("| HTTP images/s, the default path"))
+    assert "/ 1.50x" in http and "| **no** |" in http
+    goal = next(line for line in text.splitlines() if "vs a compiled OpenVINO model per task" in line)
+    assert "0.80x (0.70-0.90)" in goal and "| **no** |" in goal
