@@ -209,15 +209,19 @@ class Engine:
         batches = [[tasks[i % len(tasks)] for i in range(b)] for b in sizes]
         batches += [[task] * max_batch for task in tasks if len(tasks) > 1]  # one task: the mixed batch was it
         batches = batches[:getattr(self.backend, "max_variants", len(batches))]
-        side, start = self.data_config.input_size, perf_counter()
+        side, start, warmed = self.data_config.input_size, perf_counter(), 0
         for n, batch in enumerate(batches):
             if perf_counter() - start > budget_s:
                 log.warning("warmed %d of %d batch shapes within %.0f s; the others compile on first use", n,
                             len(batches), budget_s)
-                return n
-            self.backend.classify(torch.zeros(len(batch), 3, side, side), self.model.bank.gather(batch))
-        log.info("warmed %d batch shapes on %s in %.1f s", len(batches), self.backend.name, perf_counter() - start)
-        return len(batches)
+                return warmed
+            try:
+                self.backend.classify(torch.zeros(len(batch), 3, side, side), self.model.bank.gather(batch))
+                warmed += 1
+            except Exception as e:  # a start-up must not fail on a warm-up: the batch's own forward will say why
+                log.warning("warming a batch of %d over %d task(s) failed: %s", len(batch), len(set(batch)), e)
+        log.info("warmed %d batch shapes on %s in %.1f s", warmed, self.backend.name, perf_counter() - start)
+        return warmed
 
     # ---- the forward (engine thread) -----------------------------------------------------------------
     def _forward_isolated(self, items: list[WorkItem]):

@@ -33,11 +33,13 @@ class CompilingBackend:
 
     name = "openvino"
 
-    def __init__(self, max_variants: int):
-        self.max_variants, self.batches = max_variants, []
+    def __init__(self, max_variants: int, fails_at: int = 0):
+        self.max_variants, self.fails_at, self.batches = max_variants, fails_at, []
 
     def classify(self, images: torch.Tensor, batch) -> torch.Tensor:
         self.batches.append((images.shape[0], sorted(set(batch.task_index.tolist())), len(batch.head_weight)))
+        if images.shape[0] == self.fails_at:
+            raise RuntimeError("this shape does not compile")
         return torch.zeros(images.shape[0], 2)
 
 
@@ -68,3 +70,9 @@ def test_warm_is_bounded_in_time_and_skips_backends_that_do_not_compile(engine):
     engine.backend = fake = CompilingBackend(max_variants=8)
     assert asyncio.run(engine.warm(max_batch=32, budget_s=0.0)) == 0
     assert fake.batches == []
+
+
+def test_a_shape_that_fails_to_warm_does_not_stop_the_others(engine):
+    engine.backend = fake = CompilingBackend(max_variants=8, fails_at=4)
+    assert asyncio.run(engine.warm(max_batch=24)) == 7  # the start-up goes on; that batch's forward will say why
+    assert len(fake.batches) == 8
