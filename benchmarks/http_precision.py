@@ -15,11 +15,11 @@ of the images answered per second; the table gives the median and quartiles over
 engine-only ratio of the same two paths (the forward of a batch of 32 over the demo tasks in this process, 1
 thread, paired rounds between the HTTP rounds), i.e. what the request path could carry at most.
 CPU ms per image: the server process's CPU time over the images it answered (what the request path costs beside
-the forward). With `--profile-seconds`, py-spy samples the default server under each load
-and the kernel's CPU time of each server thread is split in the proportions of that thread's samples (py-spy cannot
-always tell a thread waiting in C, a pool thread on its queue or uvloop polling, from one that works, so its counts
-alone overstate busy threads): CPU ms per image by where it went (the forward, assembling batches, decoding, multipart
-parsing, responses, routes and middleware, the event loop).
+the forward). With `--profile-seconds`, py-spy samples the default server under each load, and the kernel's CPU time
+of each server thread is split in the proportions of that thread's samples (py-spy cannot always tell a thread
+waiting in C, a pool thread on its queue or uvloop polling, from one that works, so its counts alone overstate busy
+threads; a thread waiting for the GIL is sampled where it waits): CPU ms per image by where it went (the forward,
+assembling batches, decoding, multipart parsing, responses, routes and middleware, the event loop).
 Target (issue 22): default / float32 >= 1.8 over HTTP on a CPU with native bf16.
 """
 
