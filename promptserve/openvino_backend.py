@@ -4,9 +4,11 @@ The graph is PromptedViT.forward_batch itself, traced with every prompt tensor a
 visual and key/value prompts, their lengths, its deep flag and its head are gathered from the bank in torch and
 fed to the compiled model, so an upload or a hot swap changes inputs, never the graph. Shapes are bucketed so a
 few compiled variants serve every batch: the batch padded to a power of two; the visual slots of every layer to
-one power of two (the longest in the batch, at least one) and the key/value slots to another, padded slots
+one power of two (the longest served so far, at least one) and the key/value slots to another, padded slots
 masked as keys as the reference masks a ragged batch's; the classes to a power of two. With them goes which of
 the reference's paths the rows take (all deep, all shallow, or mixed), since tracing records the branch it took.
+Slots, classes and path only grow ("so far"): once the resident tasks have been served together (the server's
+warm-up does that before it says ready), every later batch, of any mix, runs on one graph per batch size.
 
 Tracing is the slow step (seconds), compiling a traced graph for another batch size a fraction of that: a graph
 is traced once per (slots, classes, rows) with the batch left free, then compiled per batch size. At most
@@ -100,6 +102,7 @@ class OpenVINOBackend(Backend):
                         "INFERENCE_NUM_THREADS": torch.get_num_threads()}
         self._graphs: OrderedDict[tuple, ov.Model] = OrderedDict()
         self._variants: OrderedDict[Shape, ov.InferRequest] = OrderedDict()
+        self._widest: Shape | None = None  # the widest shape served so far (batch size aside): see _widened
         self._lock = threading.Lock()
 
     @property
@@ -123,7 +126,8 @@ class OpenVINOBackend(Backend):
         widest_visual = max((v.shape[1] for v in batch.visual if v is not None), default=0)
         widest_kv = max((k.shape[2] for k in batch.key if k is not None), default=0)
         classes = batch.head_weight.shape[1]
-        shape = Shape(bucket(n), max(1, bucket(widest_visual)), bucket(widest_kv), bucket(classes), rows)
+        shape = self._widened(Shape(bucket(n), max(1, bucket(widest_visual)), bucket(widest_kv), bucket(classes),
+                                    rows))
         B = shape.batch
 
         def padded(t: torch.Tensor | None, *size: int, fill=0) -> torch.Tensor:
@@ -147,6 +151,19 @@ class OpenVINOBackend(Backend):
             inputs["key"] = torch.stack([padded(k, bank.H, shape.kv, bank.d) for k in batch.key])  # (L, B, H, P, d)
             inputs["value"] = torch.stack([padded(v, bank.H, shape.kv, bank.d) for v in batch.value])
         return shape, inputs
+
+    def _widened(self, shape: Shape) -> Shape:
+        """`shape` padded to the widest slots, classes and path this backend has served: a batch of narrower
+        tasks then runs on the graph already compiled for its batch size instead of tracing one of its own, so
+        traffic over tasks of many prompt lengths needs one graph and a variant per batch size, not one per
+        mix (which would outgrow `max_variants` and recompile on the request path). The widths only grow;
+        padded slots are masked, so the logits are the same."""
+        with self._lock:
+            seen = self._widest or shape
+            rows = shape.rows if seen.rows == shape.rows else "mixed"
+            self._widest = Shape(0, max(seen.visual, shape.visual), max(seen.kv, shape.kv),
+                                 max(seen.classes, shape.classes), rows)
+            return self._widest._replace(batch=shape.batch)
 
     def _variant(self, shape: Shape, inputs: dict[str, torch.Tensor]) -> ov.InferRequest:
         request = self._variants.get(shape)

@@ -195,9 +195,9 @@ class Engine:
     async def warm(self, max_batch: int, budget_s: float = WARM_BUDGET_S) -> int:
         """Before the server says ready, run the batch shapes it will serve once each, so that no request waits
         for a backend that compiles a variant per shape (openvino: seconds for a new graph) on first use: every
-        batch size bucket up to `max_batch` with the resident tasks mixed, then each task alone at `max_batch`
-        (a request of many images). Bounded by `budget_s` and by the variants the backend keeps. Returns the
-        shapes run."""
+        batch size bucket up to `max_batch` with the resident tasks mixed, the largest first, so that the backend
+        widens its graph to all of them at once (OpenVINOBackend._widened: a batch of any mix of these tasks
+        then runs on it). Bounded by `budget_s` and by the variants the backend keeps. Returns the shapes run."""
         if self.backend.name not in COMPILING_BACKENDS or not self.model.bank.tasks:
             return 0
         loop = asyncio.get_running_loop()
@@ -205,9 +205,8 @@ class Engine:
 
     def _warm(self, max_batch: int, budget_s: float) -> int:
         tasks = self.model.bank.tasks
-        sizes = [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch] + [max_batch]
+        sizes = [max_batch] + [1 << i for i in range(max_batch.bit_length()) if 1 << i < max_batch]
         batches = [[tasks[i % len(tasks)] for i in range(b)] for b in sizes]
-        batches += [[task] * max_batch for task in tasks if len(tasks) > 1]  # one task: the mixed batch was it
         batches = batches[:getattr(self.backend, "max_variants", len(batches))]
         side, start, warmed = self.data_config.input_size, perf_counter(), 0
         for n, batch in enumerate(batches):

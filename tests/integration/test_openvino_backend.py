@@ -50,11 +50,6 @@ def bb():
     return tiny_backbone()
 
 
-@pytest.fixture(scope="module")
-def pair(bb):
-    return backends(bb)
-
-
 @pytest.mark.parametrize("names", [
     ["ragged", "long", "plain", "kv", "visual", "shallow", "shallow-bare"],  # one row per task, every kind
     ["shallow", "ragged", "shallow", "long", "ragged"],  # deep and shallow mixed, 5 rows padded to 8
@@ -64,8 +59,8 @@ def pair(bb):
     ["visual"],  # a batch of one
     ["long"] * 9 + ["plain"] * 4,  # 13 rows, two tasks, padded to 16
 ])
-def test_openvino_float32_matches_torch(pair, names):
-    torch_backend, openvino = pair
+def test_openvino_float32_matches_torch(bb, names):
+    torch_backend, openvino = backends(bb)  # fresh: the shapes are this batch's own, not widened by earlier ones
     x = random_images(len(names), seed=len(names))
     assert_same_logits(torch_backend(x, names), openvino(x, names))
 
@@ -104,6 +99,18 @@ def test_one_trace_serves_every_batch_size(bb, tasks):
         x = random_images(n, seed=n)
         assert_same_logits(torch_backend(x, names), openvino(x, names))
     assert openvino.compiled == 4 and openvino.traced == len({v.graph for v in openvino.variants}) < 4
+
+
+def test_narrower_mixes_reuse_the_widest_graph(bb):
+    """Once the widest tasks were served together, a batch of narrower ones (fewer slots, fewer classes, another
+    path) of a batch size seen before compiles nothing: traffic over many tasks must not recompile per mix."""
+    torch_backend, openvino = backends(bb, {name: AWKWARD[name] for name in ("long", "shallow", "plain", "kv")})
+    openvino(random_images(4), ["long", "shallow", "plain", "kv"])  # what the server's warm-up does
+    assert openvino.compiled == 1
+    for names in (["plain"] * 3, ["kv", "plain", "kv", "kv"], ["shallow"] * 4, ["long", "kv"] * 2):
+        x = random_images(len(names), seed=len(names))
+        assert_same_logits(torch_backend(x, names), openvino(x, names))
+    assert openvino.compiled == 1 and openvino.traced == 1
 
 
 def test_the_compiled_variants_are_bounded(bb):

@@ -56,13 +56,15 @@ def engine():
     engine.close()
 
 
-def test_warm_runs_each_batch_bucket_mixed_then_each_task_alone(engine):
+def test_warm_runs_each_batch_bucket_mixed_the_largest_first(engine):
     engine.backend = fake = CompilingBackend(max_variants=8)
-    assert asyncio.run(engine.warm(max_batch=24)) == 8
+    assert asyncio.run(engine.warm(max_batch=24)) == 6
     sizes_and_tasks = [(size, tasks) for size, _, tasks in fake.batches]
-    # the buckets below 24, then 24 itself, the tasks cycled (all three from 4 rows on); then one task at a time
-    assert sizes_and_tasks == [(1, 1), (2, 2), (4, 3), (8, 3), (16, 3), (24, 3), (24, 1), (24, 1)]
-    assert len(fake.batches) == fake.max_variants  # never more shapes than the backend keeps
+    # 24 first, every task in it (the backend widens its graph to all of them), then the buckets below 24
+    assert sizes_and_tasks == [(24, 3), (1, 1), (2, 2), (4, 3), (8, 3), (16, 3)]
+    engine.backend = fake = CompilingBackend(max_variants=3)
+    assert asyncio.run(engine.warm(max_batch=24)) == 3  # never more shapes than the backend keeps
+    assert [size for size, _, _ in fake.batches] == [24, 1, 2]
 
 
 def test_warm_is_bounded_in_time_and_skips_backends_that_do_not_compile(engine):
@@ -74,5 +76,5 @@ def test_warm_is_bounded_in_time_and_skips_backends_that_do_not_compile(engine):
 
 def test_a_shape_that_fails_to_warm_does_not_stop_the_others(engine):
     engine.backend = fake = CompilingBackend(max_variants=8, fails_at=4)
-    assert asyncio.run(engine.warm(max_batch=24)) == 7  # the start-up goes on; that batch's forward will say why
-    assert len(fake.batches) == 8
+    assert asyncio.run(engine.warm(max_batch=24)) == 5  # the start-up goes on; that batch's forward will say why
+    assert len(fake.batches) == 6
