@@ -2,8 +2,9 @@
 # The result runs behind docs/results.md: 4 tasks x {e2vpt, vpt-deep, vpt-shallow, linear, full}, each with its
 # lr x wd grid on validation and 3 seeds of the chosen configuration, then the Table-4 ablation (gtsrb, dtd10)
 # and the pruning curve (dtd10). Finished runs are skipped: rerun the same command to continue a stopped sweep.
-# Run it alone on the machine (2 single-thread runs at once); `--dry-run` as an extra argument lists what is left,
-# `--grid-check DIR` (with --dry-run or not) checks the grids that chose their top lr instead (see vtab.py).
+# Run it alone on the machine (2 single-thread runs at once), and never edit this file while it runs (bash reads
+# it as it goes); `--dry-run` as an extra argument lists what is left,
+# `--grid-check DIR` (with --dry-run or not) checks the grids that chose an end of their lr grid instead (see vtab.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # defaults: the demo backbone's sweep (docs/results.md); the retired CIFAR-10 one's is OUT=runs/vtab
@@ -15,3 +16,4 @@ PLOTS=${PLOTS:-docs/img/results-distill}  # where the figures of $OUT go
 case " $* " in *" --dry-run "* | *" --grid-check "*) exit 0 ;; esac
 .venv/bin/python -m training.experiments.summarize "$OUT" > "$OUT/tables.md"
 .venv/bin/python -m training.experiments.plots "$OUT" "$PLOTS"
+.venv/bin/python -m training.experiments.results_doc  # the figures docs/results*.md and the README quote
