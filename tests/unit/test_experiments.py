@@ -116,10 +116,10 @@ def test_a_sweep_with_missing_data_stops_before_any_run_with_one_line(tmp_path, 
     assert "fashion-mnist: fmnist:" in err and "apt-get install dataset-fashion-mnist" in err
 
 
-def test_grid_check_searches_above_each_top_pick_and_skips_the_picks_its_logs_show(tmp_path, monkeypatch, capsys):
+def test_grid_check_searches_past_each_edge_pick_and_skips_the_picks_its_logs_show(tmp_path, monkeypatch, capsys):
     grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64) for wd in (0.01, 0.1)]
     for task, method, lr in [("gtsrb", "e2vpt", 0.64), ("dtd10", "e2vpt", 0.16), ("dtd10", "vpt-deep", 0.64),
-                             ("gtsrb", "linear", 0.64)]:
+                             ("gtsrb", "linear", 0.64), ("sign-digits", "e2vpt", 0.04)]:
         (tmp_path / "sweep" / task).mkdir(parents=True, exist_ok=True)
         reports.report_path(tmp_path / "sweep", task, method).write_text(json.dumps(
             {"hp_search": {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}},
@@ -129,12 +129,14 @@ def test_grid_check_searches_above_each_top_pick_and_skips_the_picks_its_logs_sh
             "--methods", "e2vpt", "vpt-deep"]
     vtab.main([*args, "--dry-run"])
     out = capsys.readouterr().out
-    assert out.startswith("grid check: 2 runs chose their grid's top lr, 0 already checked")
-    assert "  gtsrb e2vpt (lr grid centred on 2.56)" in out and "  dtd10 vpt-deep" in out
+    assert out.startswith("grid check: 3 runs chose the lr at an end of their grid, 0 already checked")
+    assert "  gtsrb e2vpt (chose its grid's top; lr grid centred on 2.56)" in out and "  dtd10 vpt-deep" in out
+    assert "  sign-digits e2vpt (chose its grid's bottom; lr grid centred on 0.01)" in out
     assert "dtd10 e2vpt" not in out and "linear" not in out  # a pick inside its grid; a method not asked for
     check.mkdir()
     (check / "dtd10-vpt-deep.log").write_text("...\n[hp-search] chose lr 0.64 wd 0.1 (val acc 0.5)\n")
     (check / "gtsrb-e2vpt.log").write_text("a check cut short before its pick\n")
+    (check / "sign-digits-e2vpt.log").write_text("...\n[hp-search] chose lr 0.01 wd 0.1 (val acc 0.5)\n")
     monkeypatch.setitem(sweep.TASKS, "gtsrb", str(tmp_path))  # data that exists: the check starts
     calls = []
     monkeypatch.setattr(vtab.subprocess, "call", lambda cmd, **_: calls.append(cmd) or 0)
@@ -148,6 +150,7 @@ def test_grid_check_searches_above_each_top_pick_and_skips_the_picks_its_logs_sh
     assert flag["--out"] == str(check / "gtsrb-e2vpt.safetensors") and flag["--data"] == str(tmp_path)
     assert "[hp-search]" not in (check / "gtsrb-e2vpt.log").read_text()  # rewritten by the new attempt
     assert sweep.grid_check_centre([0.04, 0.16, 0.64]) == 2.56  # the new grid's lowest point is the old top
+    assert sweep.grid_check_centre([0.04, 0.16, 0.64], "bottom") == 0.01  # its highest point the old bottom
 
 
 def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():

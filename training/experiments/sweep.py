@@ -56,8 +56,11 @@ def curve_run(fraction: float) -> tuple[str, list[str]]:
                                                          "--segment-prune", "0"]
 
 
-def grid_check_centre(lr_grid: list[float]) -> float:
-    """The grid check's lr centre for a run whose grid chose its top rate: the trainer's factors around it put the
-    new grid's lowest point on the old top (0.04 / 0.16 / 0.64 -> 0.64 / 2.56 / 10.24), so the check also
-    reproduces the old pick's score."""
+def grid_check_centre(lr_grid: list[float], edge: str = "top") -> float:
+    """The grid check's lr centre for a run whose grid chose the rate at its `edge`: the trainer's factors around
+    it put the new grid's end on the old pick, so the check also reproduces the old pick's score. Top: the new
+    grid's lowest point is the old top (0.04 / 0.16 / 0.64 -> 0.64 / 2.56 / 10.24); bottom: its highest point
+    is the old bottom (-> 0.0025 / 0.01 / 0.04)."""
+    if edge == "bottom":
+        return round(min(lr_grid) / max(LR_FACTORS), 6)
     return round(max(lr_grid) / min(LR_FACTORS), 6)

@@ -13,7 +13,8 @@ beginning). Logs land in OUT/<task>/<run>.log, artifacts and reports beside them
 run in OUT/runs.jsonl.
 
 The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods whose
-grid chose its top learning rate searches again on a grid whose lowest point is that top (sweep.grid_check_centre),
+grid chose the learning rate at its top (or bottom) searches again on a grid whose lowest (highest) point is that
+pick (sweep.grid_check_centre),
 with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
 point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done.
 
@@ -60,13 +61,13 @@ def jobs(args) -> list[tuple[str, str, list[str], bool]]:
 
 
 def grid_check_jobs(args) -> list[tuple[str, str, dict]]:
-    """(task, method, its report) of every main run whose validation grid chose its top learning rate."""
+    """(task, method, its report) of every main run whose validation grid chose the learning rate at an end."""
     out = []
     for method in [m for m in RUN_ORDER if m in args.methods]:
         for task in args.tasks:
             path = report_path(args.out, task, method)
             report = json.loads(path.read_text()) if path.exists() else {}
-            if report.get("hp_search") and lr_grid_edge(report["hp_search"]) == "top":
+            if report.get("hp_search") and lr_grid_edge(report["hp_search"]):
                 out.append((task, method, report))
     return out
 
@@ -146,13 +147,13 @@ def grid_checked(args, task: str, method: str) -> bool:
 
 
 def run_grid_check(args, task: str, method: str, report: dict) -> dict:
-    """The run's grid again, moved up (grid-point epochs and warm-up from its report; no --weight-decay, like the
-    sweep's runs, so the same decays), one seed; the method's own extras (e2vpt's pruning search) are left out,
-    since only the lr pick is asked."""
-    config = report["config"]
+    """The run's grid again, moved past the end it chose (grid-point epochs and warm-up from its report; no
+    --weight-decay, like the sweep's runs, so the same decays), one seed; the method's own extras (e2vpt's pruning
+    search) are left out, since only the lr pick is asked."""
+    config, edge = report["config"], lr_grid_edge(report["hp_search"]) or "top"
     grid_epochs = config["hp_epochs"]
     flags = ["--warmup-epochs", str(config["warmup_epochs"] * grid_epochs / config["epochs"]),
-             "--hp-search", "--hp-epochs", str(grid_epochs), "--lr", str(grid_check_centre(config["lr_grid"])),
+             "--hp-search", "--hp-epochs", str(grid_epochs), "--lr", str(grid_check_centre(config["lr_grid"], edge)),
              "--method", method]
     log = grid_check_log(args, task, method)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -166,11 +167,13 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
     todo = grid_check_jobs(args)
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     stop_on_missing_data(p, args, {task for task, *_ in left})
-    print(f"grid check: {len(todo)} runs chose their grid's top lr, {len(todo) - len(left)} already checked, "
-          f"{args.workers} at a time", flush=True)
+    print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
+          f"checked, {args.workers} at a time", flush=True)
     if args.dry_run:
         for task, method, report in left:
-            print(f"  {task} {method} (lr grid centred on {grid_check_centre(report['config']['lr_grid']):g})")
+            edge = lr_grid_edge(report["hp_search"]) or "top"
+            print(f"  {task} {method} (chose its grid's {edge}; lr grid centred on "
+                  f"{grid_check_centre(report['config']['lr_grid'], edge):g})")
         return
     with ThreadPoolExecutor(args.workers) as pool:
         for f in [pool.submit(run_grid_check, args, *job) for job in left]:
@@ -199,7 +202,7 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen configuration (mean +- sd)")
     p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
     p.add_argument("--grid-check", metavar="DIR", help="instead of the sweep: check, into DIR, the grids of the "
-                   "main runs of --tasks x --methods under --out that chose their top learning rate")
+                   "main runs of --tasks x --methods under --out that chose the learning rate at an end of their grid")
     args = p.parse_args(argv)
     if args.curve_task and args.curve_task not in TASKS:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
