@@ -44,3 +44,17 @@ def test_a_changed_report_changes_the_figures(tmp_path):
     assert results_doc.rendered(before, tmp_path) == after  # rewriting a stale doc gives the new figures
     with pytest.raises(LookupError, match="unknown generated part"):
         results_doc.rendered("<!-- results: sweep nope --><!-- end results: sweep nope -->", tmp_path)
+
+
+def test_a_grid_check_that_picks_another_rate_says_so(tmp_path):
+    root = tmp_path / "sweep"
+    shutil.copytree(REPO / "runs" / "vtab-distill", root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
+    sweep_pick = json.loads((root / "dtd10" / "e2vpt.report.json").read_text())["hp_search"]
+    grid = [{"lr": lr, "weight_decay": 0.01, "val_acc": acc} for lr, acc in ((0.0025, 0.3), (0.01, 0.55), (0.04, 0.5))]
+    (tmp_path / "check").mkdir()
+    (tmp_path / "check" / "dtd10-e2vpt.report.json").write_text(json.dumps({"hp_search": {
+        "grid": grid, "chosen": {"lr": 0.01, "weight_decay": 0.01}, "best_val_acc": 0.55}}))
+    table = results_doc.rendered("<!-- results: sweep gridcheck:check --><!-- end results: sweep gridcheck:check -->",
+                                 tmp_path)
+    assert (f"| dtd10 | e2vpt | {sweep_pick['chosen']['lr']:g} ({100 * sweep_pick['best_val_acc']:.1f}) | "
+            "0.0025, 0.01, 0.04 | 0.01 (55.0) | **no** |") in table

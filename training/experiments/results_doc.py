@@ -7,17 +7,19 @@ plots.py read), so that docs/results*.md and the README cannot drift from the ru
 A generated part sits between `<!-- results: ROOT PART -->` and `<!-- end results: ROOT PART -->`, ROOT being a
 sweep's directory (e.g. runs/vtab-distill) and PART one of MADE's keys: `tables` (summarize's tables), `means`
 (each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and
-linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's).
+linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
+`gridcheck:CHECK_DIR` (a grid check's picks against the sweep's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
 
-from training.experiments.reports import load, scores
+from training.experiments.reports import REPORT_SUFFIX, load, scores
 from training.experiments.summarize import tables
 from training.experiments.sweep import METHODS, TASKS
 
@@ -61,6 +63,22 @@ def gains(reports: dict, before: dict) -> str:
                      if m in now and m in then)
 
 
+def grid_check(reports: dict, check_dir: Path) -> str:
+    """The grid check's picks (vtab.py --grid-check: each run whose grid chose an end, searched again past it)
+    against the sweep's, from the check's own reports (check_dir/<task>-<method>.report.json)."""
+    lines = ["| task | method | sweep's grid: pick (val acc) | check's grid | check's pick (val acc) | same pick |",
+             "|---|---|---|---|---|---|"]
+    for path in sorted(check_dir.glob(f"*{REPORT_SUFFIX}")):
+        task, method = next((t, path.name.removesuffix(REPORT_SUFFIX).removeprefix(f"{t}-"))
+                            for t in TASKS if path.name.startswith(f"{t}-"))
+        check, sweep = json.loads(path.read_text())["hp_search"], reports[(task, method)]["hp_search"]
+        lrs = ", ".join(f"{lr:g}" for lr in sorted({row["lr"] for row in check["grid"]}))
+        same = check["chosen"]["lr"] == sweep["chosen"]["lr"]
+        lines.append(f"| {task} | {method} | {sweep['chosen']['lr']:g} ({100 * sweep['best_val_acc']:.1f}) | {lrs} | "
+                     f"{check['chosen']['lr']:g} ({100 * check['best_val_acc']:.1f}) | {'yes' if same else '**no**'} |")
+    return "\n".join(lines)
+
+
 MADE = {"tables": lambda reports: tables(reports, level="###"), "means": means, "demo-tasks": demo_tasks,
         "goals": goals}
 
@@ -69,18 +87,24 @@ def rendered(doc: str, repo: Path = REPO) -> str:
     """`doc` with every generated part made anew from the reports under repo/ROOT."""
     loaded: dict[str, dict] = {}
 
+    def reports_of(root: str) -> dict:
+        if root not in loaded:
+            loaded[root] = load(repo / root)
+        return loaded[root]
+
     def fill(m: re.Match) -> str:
         key, body = m.group("key"), m.group("body")
         root, part = key.split(" ")
-        for r in (root, *part.split(":")[1:]):
-            if r not in loaded:
-                loaded[r] = load(repo / r)
-        if part.startswith("gains:"):  # gains:OTHER_ROOT
-            text = gains(loaded[root], loaded[part.split(":", 1)[1]])
+        kind, _, other = part.partition(":")
+        if kind == "gains":  # gains:OTHER_ROOT
+            text = gains(reports_of(root), reports_of(other))
+        elif kind == "gridcheck":  # gridcheck:CHECK_DIR
+            text = grid_check(reports_of(root), repo / other)
         elif part in MADE:
-            text = MADE[part](loaded[root])
+            text = MADE[part](reports_of(root))
         else:
-            raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT)")
+            raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
+                              "gridcheck:DIR)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 
