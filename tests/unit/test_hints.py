@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("promptserve", "promptserve_cli", "server", "training", "prompt_store", "kernels")
 SCRIPT_DIRS = ("benchmarks", "training", "server")  # where `x.py --flag` and `-m pkg.mod --flag` scripts live
 EXTERNAL_PROGRAMS = ("curl", "docker", "uvicorn", "pip", "pytest", "serve", "ray", "ruff", "nice", "python",
-                     "apt-get", "redis-server", "git")
+                     "apt-get", "redis-server", "git", "opt_in_out")
 # other programs' flags that docs name without the program in the same code span
 EXTERNAL_FLAGS = {"--build-arg"}  # docker build
 # separators of one command line inside a text: a pipe, a sequence, a comment, the end of an inline code span
