@@ -21,6 +21,11 @@ def report_path(out: str | Path, task: str, run: str) -> Path:
     return Path(out) / task / f"{run}{REPORT_SUFFIX}"
 
 
+def grid_check_stem(check_dir: str | Path, task: str, method: str) -> Path:
+    """Where the grid check of (task, method) writes: <stem>.log, <stem>.safetensors, <stem>.report.json."""
+    return Path(check_dir) / f"{task}-{method}"
+
+
 def load(root: Path) -> dict[tuple[str, str], dict]:
     """{(task, run): report} of every finished run under root; exits with one line when there is none."""
     out = {}

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from training.experiments.reports import REPORT_SUFFIX, load, scores
+from training.experiments.reports import REPORT_SUFFIX, grid_check_stem, load, scores
 from training.experiments.summarize import tables
 from training.experiments.sweep import METHODS, TASKS
 
@@ -68,10 +68,11 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     against the sweep's, from the check's own reports (check_dir/<task>-<method>.report.json)."""
     lines = ["| task | method | sweep's grid: pick (val acc) | check's grid | check's pick (val acc) | same pick |",
              "|---|---|---|---|---|---|"]
-    for path in sorted(check_dir.glob(f"*{REPORT_SUFFIX}")):
-        task, method = next((t, path.name.removesuffix(REPORT_SUFFIX).removeprefix(f"{t}-"))
-                            for t in TASKS if path.name.startswith(f"{t}-"))
-        check, sweep = json.loads(path.read_text())["hp_search"], reports[(task, method)]["hp_search"]
+    for (task, method), report in sorted(reports.items()):
+        path = Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
+        if not path.exists():
+            continue
+        check, sweep = json.loads(path.read_text())["hp_search"], report["hp_search"]
         lrs = ", ".join(f"{lr:g}" for lr in sorted({row["lr"] for row in check["grid"]}))
         same = check["chosen"]["lr"] == sweep["chosen"]["lr"]
         lines.append(f"| {task} | {method} | {sweep['chosen']['lr']:g} ({100 * sweep['best_val_acc']:.1f}) | {lrs} | "

@@ -4,8 +4,8 @@ Every accuracy is the mean +- sd over the seeds of the configuration the run cho
 (`--seeds`; a run with one seed shows no sd). A difference between two methods is marked `*` when it is larger
 than twice its standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b): with 3 seeds a rough screen, not a test.
 
-    python -m training.experiments.summarize runs/vtab            # tables (markdown)
-    python -m training.experiments.summarize runs/vtab --runs     # one row per run found
+    python -m training.experiments.summarize runs/vtab-distill    # tables (markdown)
+    python -m training.experiments.summarize runs/vtab-distill --runs   # one row per run found
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from training.experiments.reports import Score, curve_points, load, lr_grid_edge, scores
-from training.experiments.sweep import ABLATION_ROWS, METHODS, TASKS
+from training.experiments.sweep import ABLATION_ROWS, DEFAULT_OUT, METHODS, TASKS
 
 # pairs whose difference the main table screens against the seed noise
 COMPARISONS = [("e2vpt", "vpt-deep"), ("vpt-deep", "linear"), ("e2vpt", "full")]
@@ -141,7 +141,7 @@ def tables(reports: dict, level: str = "##") -> str:
 
 def main(argv=None) -> None:
     args = list(argv if argv is not None else sys.argv[1:])
-    root = Path(args[0] if args and not args[0].startswith("--") else "runs/vtab")
+    root = Path(args[0] if args and not args[0].startswith("--") else DEFAULT_OUT)
     if "--plots" in args:  # not printed as tables: the figures have their own command
         raise SystemExit(f"error: the figures: python -m training.experiments.plots {root} DIR")
     reports = load(root)
@@ -149,6 +149,7 @@ def main(argv=None) -> None:
         print(runs_table(reports))
         return
     print(tables(reports))
+
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ Table-4 ablation, the pruning curve, and how its learning-rate grid check moves 
 The tasks are four small stand-ins for VTAB-1k, not VTAB itself: as in VTAB-1k, each run trains on a
 class-balanced subset of 1000 training images and chooses its lr x weight decay on a validation split held out
 of them (at most 200), but the datasets are the ones this machine holds, seen at the backbone's 32x32. The runner
-is named `vtab` (and writes runs/vtab) after that protocol. The runner (vtab.py: the sweep and its grid check),
+is named `vtab` (and writes runs/vtab-*) after that protocol. The runner (vtab.py: the sweep and its grid check),
 the tables (summarize.py) and the figures (plots.py) all read these names from here. The grid itself is the
 trainer's (training/config.py: LR_FACTORS around a method's DEFAULT_LR, WD_GRID), so nothing here repeats it.
 """
@@ -27,6 +27,8 @@ METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-sh
 # the order the sweep starts the main runs: the demo's prompt sets (e2vpt) first
 RUN_ORDER = ("e2vpt", "vpt-deep", "vpt-shallow", "linear", "full")
 HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
+
+DEFAULT_OUT = "runs/vtab-distill"  # the demo backbone's sweep (docs/results.md); the retired one's is runs/vtab
 
 
 class AblationRow(NamedTuple):

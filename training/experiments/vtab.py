@@ -32,10 +32,11 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from training.experiments.reports import lr_grid_edge, report_path
+from training.experiments.reports import grid_check_stem, lr_grid_edge, report_path
 from training.experiments.sweep import (
     ABLATION_ROWS,
     CURVE_FRACTIONS,
+    DEFAULT_OUT,
     HP_SOURCE,
     METHODS,
     RUN_ORDER,
@@ -138,7 +139,7 @@ def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for
 
 
 def grid_check_log(args, task: str, method: str) -> Path:
-    return Path(args.grid_check) / f"{task}-{method}.log"
+    return grid_check_stem(args.grid_check, task, method).with_suffix(".log")
 
 
 def grid_checked(args, task: str, method: str) -> bool:
@@ -183,7 +184,7 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", required=True)
-    p.add_argument("--out", default="runs/vtab")
+    p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--full-epochs", type=int, default=0, help="epochs for `full` (0: --epochs); an epoch of "
                    "full fine-tuning costs about 3x a prompt epoch on CPU")
