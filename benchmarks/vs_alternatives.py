@@ -45,7 +45,9 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import common as c
 import numpy as np
@@ -93,8 +95,6 @@ STATE = {"per-task models": "models", "per-model batched": "models", "linear hea
 def best_path() -> tuple[str, str]:
     """(dtype, backend) that `serve --demo` with dtype and backend auto runs on this machine, decided as its start-up
     decides (server/precision.py): the demo backbone, the demo tasks, their example images as the probe."""
-    from pathlib import Path
-
     import promptserve as ps
     from server.precision import decide_dtype, probe_images
     from server.settings import DEMO_BACKBONE, DEMO_TASKS_DIR
@@ -112,9 +112,6 @@ class OpenVINOModels:
     precision: bf16 where the CPU runs it natively, else f32. `built` models; task i runs model i % built."""
 
     def __init__(self, bb, built: int):
-        import tempfile
-        from pathlib import Path
-
         import openvino as ov
 
         self.precision = "bf16" if native_bf16() else "f32"
