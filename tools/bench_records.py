@@ -1,6 +1,7 @@
 """Reading what the benchmarks and the results sweep wrote, for tools/perf_summary.py: a benchmark's record
-(runs/bench/<name>.md, benchmarks/common.py: recorded) as its facts and markdown tables, the sweep's mean test
-accuracies (runs/vtab-distill/tables.md) and the backbone it trained on, and the text of their cells.
+(runs/bench/<name>.md, benchmarks/common.py: recorded) as its facts and markdown tables, the mean test accuracies
+of the demo backbone's sweep (<sweep.DEFAULT_OUT>/tables.md) and the backbone it trained on, and the text of
+their cells.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from training.experiments.sweep import DEFAULT_OUT
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "runs" / "bench"
 # the results sweep whose mean test accuracies the README's alternatives table quotes (docs/results.md)
-RESULTS = REPO / "runs" / "vtab-distill"
+RESULTS = REPO / DEFAULT_OUT
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from server.settings import DEMO_BACKBONE_FILE
 from training.experiments import results_doc
+from training.experiments.sweep import DEFAULT_OUT
 
 REPO = Path(__file__).resolve().parents[2]
+SWEEP = REPO / DEFAULT_OUT  # the demo backbone's sweep: docs/results.md, the demo tasks
 
 
 @pytest.mark.parametrize("name", results_doc.DOCS)
@@ -26,13 +29,26 @@ def test_the_docs_quote_the_committed_sweeps(name):
 def test_the_demo_tasks_are_the_e2vpt_runs_of_the_sweep_the_docs_quote():
     for task in ("gtsrb", "dtd10", "sign-digits", "fashion-mnist"):
         shipped = (REPO / "assets" / "tasks" / f"{task}.safetensors").read_bytes()
-        assert shipped == (REPO / "runs" / "vtab-distill" / task / "e2vpt.safetensors").read_bytes(), task
+        assert shipped == (SWEEP / task / "e2vpt.safetensors").read_bytes(), task
+
+
+def test_one_demo_backbone_everywhere():
+    """The server's demo backbone is the one `make serve` names, the one run_all.sh sweeps by default, and the one
+    the default sweep's reports trained on: switching the demo backbone is one change in each, caught here."""
+    demo = f"assets/{DEMO_BACKBONE_FILE}"
+    assert f"BACKBONE    ?= {demo}\n" in (REPO / "Makefile").read_text()
+    run_all = (REPO / "training" / "experiments" / "run_all.sh").read_text()
+    assert f"BACKBONE=${{BACKBONE:-{demo}}}\n" in run_all and f"OUT=${{OUT:-{DEFAULT_OUT}}}\n" in run_all
+    from promptserve.backbone import Backbone
+
+    report = json.loads((SWEEP / "gtsrb" / "e2vpt.report.json").read_text())
+    assert report["backbone_fingerprint"] == Backbone.from_file(REPO / demo).fingerprint, report["backbone"]
 
 
 def test_a_changed_report_changes_the_figures(tmp_path):
     """The check can fail: one report's test accuracy moved by a point moves the quoted means and goals."""
     root = tmp_path / "sweep"
-    shutil.copytree(REPO / "runs" / "vtab-distill", root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
+    shutil.copytree(SWEEP, root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
     doc = "<!-- results: sweep means -->\n<!-- end results: sweep means -->"
     before = results_doc.rendered(doc, tmp_path)
     report = root / "gtsrb" / "e2vpt.report.json"
@@ -48,7 +64,7 @@ def test_a_changed_report_changes_the_figures(tmp_path):
 
 def test_a_grid_check_that_picks_another_rate_says_so(tmp_path):
     root = tmp_path / "sweep"
-    shutil.copytree(REPO / "runs" / "vtab-distill", root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
+    shutil.copytree(SWEEP, root, ignore=shutil.ignore_patterns("*.safetensors", "*.png"))
     sweep_pick = json.loads((root / "dtd10" / "e2vpt.report.json").read_text())["hp_search"]
     grid = [{"lr": lr, "weight_decay": 0.01, "val_acc": acc} for lr, acc in ((0.0025, 0.3), (0.01, 0.55), (0.04, 0.5))]
     (tmp_path / "check").mkdir()
