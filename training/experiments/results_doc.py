@@ -126,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             stale.append(name)
             if not args.check:
                 doc.write_text(new)
-    print(("differ from the sweeps' reports: " if args.check else "rewrote: ") + (", ".join(stale) or "nothing"))
+    if args.check:
+        print(f"differ from the sweeps' reports: {', '.join(stale)}" if stale
+              else "every doc matches the sweeps' reports")
+    else:
+        print(f"rewrote: {', '.join(stale) or 'nothing'}")
     return 1 if args.check and stale else 0
 
 
