@@ -26,7 +26,7 @@ TRANSFER = ("gtsrb", "dtd10", "sign_digits")  # the issue's bar is on the mean o
 TASKS = (*TRANSFER, "fashion-mnist")
 BAR = 10.0  # points of probe mean over the CIFAR-10-only backbone the issue asks of a distilled one
 PROBE_NAMES = {"demo-backbone": "CIFAR-10-only backbone (`retired/vit_tiny_p4_32_cifar10_30ep`)",
-               "distilled": "two-stage distilled backbone (`vit_tiny_p4_32_distill_mnv1`)",
+               "distilled": "two-stage distilled backbone (`retired/vit_tiny_p4_32_distill_mnv1`)",
                "distilled-s3": "three-stage distilled backbone (`vit_tiny_p4_32_distill_mnv1_s3`)",
                "teacher": "teacher: MobileNet V1 embedding (1,024-d, image upsampled to 224)"}
 
