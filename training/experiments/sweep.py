@@ -24,9 +24,8 @@ TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.ta
 METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-shallow"],
            "vpt-deep": ["--method", "vpt-deep"], "e2vpt": ["--method", "e2vpt", "--search"],
            "full": ["--method", "full"]}
-# the order the sweep starts the main runs: the demo's prompt sets (e2vpt) first
-# the runs the demo tasks and the issue's goals (e2vpt against full and linear) need come first: a sweep stopped
-# early has measured what its page leads with
+# the order the sweep starts the main runs: what the demo tasks and the issue's goals (e2vpt against full and
+# linear) need first, so a sweep stopped early has measured what its page leads with
 RUN_ORDER = ("e2vpt", "linear", "full", "vpt-deep", "vpt-shallow")
 HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
 
