@@ -294,6 +294,8 @@ def distill(
     model: str = typer.Option("vit_tiny_patch16_224", help="timm model name, without --init"),
     model_kwargs: str = typer.Option('{"img_size": 32, "patch_size": 4, "depth": 6}',
                                      help="JSON timm kwargs, without --init"),
+    depth: int = typer.Option(None, help="with --init: grow it to this many blocks (new ones start as "
+                              "identities: the start computes what --init does)", show_default="--init's depth"),
     views: int = typer.Option(8, help="fixed view sets: the teacher embeds views x train images, once"),
     min_scale: float = typer.Option(0.35, help="random-resized crop: smallest area kept"),
     mix: float = typer.Option(0.5, help="fraction of views mixed (mixup) with another image's view"),
@@ -316,7 +318,7 @@ def distill(
     from training.teacher import TeacherError
 
     try:
-        cfg = DistillConfig(data=data, teacher=str(teacher), out=str(out), init=init, model=model,
+        cfg = DistillConfig(data=data, teacher=str(teacher), out=str(out), init=init, depth=depth, model=model,
                             model_kwargs=json.loads(model_kwargs), views=views, min_scale=min_scale, mix=mix,
                             cache=None if cache is None else str(cache), epochs=epochs, batch_size=batch_size,
                             lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, amp=amp, probe=list(probe),

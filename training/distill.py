@@ -48,6 +48,7 @@ class DistillConfig(backbone_training.Config):
 
     teacher: str  # a TFLite embedding model (../shared/teachers/mobilenet_v1_..._embedding_extractor.tflite)
     init: str | None = None  # a project backbone file to start from (None: timm's random init of `model`)
+    depth: int | None = None  # with `init`: grow its blocks to this depth (new blocks start as identities)
     views: int = 8  # fixed view sets (teacher passes: views x train images, once)
     min_scale: float = 0.35
     mix: float = 0.5
@@ -70,6 +71,8 @@ class DistillConfig(backbone_training.Config):
             problems.append(f"--mix {self.mix} must be in [0, 1]")
         if self.ce_weight < 0:
             problems.append(f"--ce-weight {self.ce_weight} must be >= 0")
+        if self.depth is not None and not self.init:
+            problems.append("--depth grows an --init backbone; without --init set the depth in --model-kwargs")
         if self.amp not in AMP_CHOICES:
             problems.append(f"--amp {self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
         return problems
@@ -105,6 +108,31 @@ def distill_loss(out, target, ce_weight: float):
     return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item()}
 
 
+def grow_blocks(state: dict[str, torch.Tensor], depth: int, new_depth: int) -> dict[str, torch.Tensor]:
+    """A depth-`depth` timm ViT state dict -> one of `new_depth` blocks that computes the same function.
+
+    Old block i keeps its weights and order; each new block is a copy of the old block before it (spread
+    evenly: 6 -> 9 gives 0 0' 1 2 2' 3 4 4' 5) whose residual branches end in zeroed projections (attn.proj,
+    mlp.fc2), so it starts as the identity but with trained query/key/value and fc1 weights to learn from.
+    """
+    if new_depth < depth:
+        raise ValueError(f"--depth {new_depth} is below the --init backbone's depth {depth}: blocks are only added")
+    blocks = [k for k in state if k.startswith("blocks.")]
+    grown = {k: v for k, v in state.items() if k not in blocks}
+    seen = set()
+    for j in range(new_depth):
+        i = j * depth // new_depth  # (j: 0..new_depth-1) -> old block, non-decreasing, each old block hit
+        copy = i in seen
+        seen.add(i)
+        for key in (k for k in blocks if k.split(".")[1] == str(i)):
+            rest = key.split(".", 2)[2]
+            value = state[key].clone()
+            if copy and rest.startswith(("attn.proj.", "mlp.fc2.")):
+                value.zero_()
+            grown[f"blocks.{j}.{rest}"] = value
+    return grown
+
+
 def distill(cfg: DistillConfig, log=logger.info) -> dict:
     from training.probe import load_probe_data, module_extractor, probe_all
 
@@ -118,6 +146,10 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
         init = Backbone.from_file(cfg.init)
         name, kwargs = init.name, {k: v for k, v in init.timm_kwargs.items() if k != "num_classes"}
         state = {k: v.float() for k, v in init.model.state_dict().items()}
+        if cfg.depth is not None and cfg.depth != len(init.model.blocks):
+            state = grow_blocks(state, len(init.model.blocks), cfg.depth)
+            log(f"[distill] grew {cfg.init} from {len(init.model.blocks)} to {cfg.depth} blocks")
+            kwargs["depth"] = cfg.depth
     else:
         name, kwargs, state = cfg.model, dict(cfg.model_kwargs), None
     vit, data_cfg, train, test = backbone_training.vit_and_data(cfg, name, kwargs)

@@ -107,6 +107,19 @@ def test_distill_cli_trains_resumes_and_exports_a_backbone(app, tmp_path, backbo
 
 
 @needs_teacher
+def test_distill_depth_grows_the_init_backbone(app, tmp_path, backbone_file, folder):  # noqa: F811
+    pytest.importorskip("ai_edge_litert", reason="the [distill] extra is not installed")
+    base = ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init", str(backbone_file),
+            "--epochs", "1", "--views", "1", "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v")]
+    out = tmp_path / "deeper.safetensors"
+    grown = CliRunner().invoke(app, [*base, "--out", str(out), "--depth", "3"])
+    assert grown.exit_code == 0, grown.output + repr(grown.exception)
+    assert "from 2 to 3 blocks" in grown.output and Backbone.from_file(out).num_layers == 3
+    shrink = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "s.safetensors"), "--depth", "1"])
+    assert shrink.exit_code == 2 and "blocks are only added" in shrink.output
+
+
+@needs_teacher
 def test_a_cache_of_another_recipe_is_refused(app, tmp_path, backbone_file, folder):  # noqa: F811
     pytest.importorskip("ai_edge_litert", reason="the [distill] extra is not installed")
     base = ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init", str(backbone_file),

@@ -308,3 +308,33 @@ def test_backbone_runs_exempt_the_position_embedding_from_weight_decay_and_promp
     assert all(model.get_parameter(n).ndim <= 1 for n in rest if n != "pos_embed")
     prompt_rule = make_optimizer(list(model.parameters()), "sgd", 0.1, 1e-4)
     assert "pos_embed" in [names[id(p)] for p in prompt_rule.param_groups[0]["params"]]
+
+
+# ---- growing a backbone (distill --depth) -------------------------------------------------------------------
+def test_grown_blocks_compute_what_the_shallower_backbone_computes_and_then_learn():
+    """distill --depth: the deeper student starts exactly where --init is (new blocks are identities), every
+    old block keeps its weights in order, and the new blocks' zeroed projections still receive gradients."""
+    import timm
+
+    from training.distill import DistillConfig, grow_blocks
+
+    kwargs = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, num_classes=3)
+    torch.manual_seed(0)
+    shallow = timm.create_model("vit_tiny_patch16_224", depth=2, **kwargs).eval()
+    deep = timm.create_model("vit_tiny_patch16_224", depth=5, **kwargs).eval()
+    state = grow_blocks(shallow.state_dict(), 2, 5)
+    deep.load_state_dict(state)  # strict: every key of a depth-5 ViT, nothing else
+    x = torch.randn(3, 3, 16, 16)
+    assert torch.allclose(deep(x), shallow(x), atol=1e-6)
+    # 2 -> 5 spreads copies evenly: 0 0' 0' 1 1'; the originals keep their weights and order
+    assert torch.equal(state["blocks.0.attn.qkv.weight"], shallow.state_dict()["blocks.0.attn.qkv.weight"])
+    assert torch.equal(state["blocks.3.mlp.fc2.weight"], shallow.state_dict()["blocks.1.mlp.fc2.weight"])
+    assert torch.equal(state["blocks.4.attn.qkv.weight"], shallow.state_dict()["blocks.1.attn.qkv.weight"])
+    assert not state["blocks.4.mlp.fc2.weight"].any() and not state["blocks.1.attn.proj.weight"].any()
+    deep.train()
+    deep(x).sum().backward()
+    assert deep.blocks[4].mlp.fc2.weight.grad.abs().sum() > 0  # identities that can learn
+    with pytest.raises(ValueError, match="below the --init backbone's depth 5"):
+        grow_blocks(deep.state_dict(), 5, 2)
+    with pytest.raises(ValueError, match="--depth grows an --init backbone"):
+        DistillConfig(data="-", out="-", teacher="-", depth=9)
