@@ -33,6 +33,7 @@ from promptserve.preprocess import normalise
 from training import backbone_training
 from training.imagefolder import cache_dir
 from training.loop import lr_at, train_epoch
+from training.progress import EpochClock
 from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_set, load_views
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
         history.append({"epoch": 0, "probe": probe_all(module_extractor(vit, name, kwargs), probes)})
         log(json.dumps(history[-1]))
 
-    gen = torch.Generator()
+    gen, clock = torch.Generator(), EpochClock(first_epoch, cfg.epochs, log, "distill")
     for epoch in range(first_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: the order depends on the epoch index only
         views = view_set(epoch % cfg.views)
@@ -232,4 +233,5 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                                           row["test_acc"], epoch + 1, out,
                                           {"distill_config": json.dumps(asdict(cfg)),
                                            "teacher": f"{teacher.path.name} sha256 {teacher.sha256}"})
+        clock.epoch_done(epoch + 1)
     return {"history": history, "out": str(out)}

@@ -22,6 +22,7 @@ from promptserve.preprocess import normalise
 from training import backbone_training
 from training.data import augment
 from training.loop import lr_at, train_epoch
+from training.progress import EpochClock
 
 logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
@@ -58,7 +59,7 @@ def pretrain(cfg: PretrainConfig, log=logger.info) -> dict:
     if start_epoch:
         log(f"resumed from {cfg.checkpoint} at epoch {start_epoch}")
 
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen, clock = torch.Generator().manual_seed(cfg.seed), EpochClock(start_epoch, cfg.epochs, log, "pretrain")
     for epoch in range(start_epoch, cfg.epochs):
         gen.manual_seed(cfg.seed * 1000 + epoch)  # resume-safe: each epoch's order depends on its index only
         model.train()
@@ -82,4 +83,5 @@ def pretrain(cfg: PretrainConfig, log=logger.info) -> dict:
         backbone_training.export_backbone(model, cfg.model, {**cfg.model_kwargs, "num_classes": len(train.classes)},
                                           train.classes, test_acc, epoch + 1, out,
                                           {"pretrain_config": json.dumps(asdict(cfg))})
+        clock.epoch_done(epoch + 1)
     return {"history": history, "out": str(out)}

@@ -8,7 +8,7 @@ import time
 
 from promptserve.progress import bar, interactive
 
-__all__ = ["StepClock", "bar", "interactive"]
+__all__ = ["EpochClock", "StepClock", "bar", "interactive"]
 
 logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
 
@@ -45,6 +45,22 @@ class StepClock:
             left = elapsed / self.done * (self.planned - self.done)
             self.log(f"[plan] revised estimate at {fraction:.0%} of the steps: ~{_duration(left)} left, "
                      f"~{_duration(elapsed + left)} in all (from the {_duration(elapsed)} so far, evaluation included)")
+
+
+class EpochClock:
+    """The time left of a backbone run (pretrain, distill), logged after every epoch, since a log file shows no
+    progress bar: the mean wall time of the epochs this process has run (evaluation and probes included) times
+    the epochs left. `first_epoch`: where this process started (a resumed run counts its own epochs only)."""
+
+    def __init__(self, first_epoch: int, epochs: int, log=logger.info, tag: str = "time", clock=time.perf_counter):
+        self.first, self.epochs, self.log, self.tag, self.clock = first_epoch, epochs, log, tag, clock
+        self.started = clock()
+
+    def epoch_done(self, done: int) -> None:
+        per_epoch = (self.clock() - self.started) / max(done - self.first, 1)
+        left = (f"~{_duration(per_epoch * (self.epochs - done))} left" if done < self.epochs else "finished")
+        self.log(f"[{self.tag}] epoch {done}/{self.epochs}: {_duration(per_epoch)} per epoch in this process "
+                 f"(evaluation included), {left}")
 
 
 def _duration(seconds: float) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from training.progress import StepClock
+from training.progress import EpochClock, StepClock
 
 
 class FakeClock:
@@ -43,3 +43,15 @@ def test_a_short_run_gets_no_revisions_it_could_not_measure():
         clock.now += 1
         steps.step()
     assert len(lines) == 1
+
+
+def test_backbone_runs_log_the_time_left_after_every_epoch_from_this_process_epochs_only():
+    """pretrain / distill in a log file (no bar): a resumed run at epoch 5 of 8 counts its own epochs."""
+    clock, lines = FakeClock(), []
+    epochs = EpochClock(5, 8, lines.append, "distill", clock=clock)
+    for done in (6, 7, 8):
+        clock.now += 300.0
+        epochs.epoch_done(done)
+    assert lines == ["[distill] epoch 6/8: 5.0 min per epoch in this process (evaluation included), ~10.0 min left",
+                     "[distill] epoch 7/8: 5.0 min per epoch in this process (evaluation included), ~5.0 min left",
+                     "[distill] epoch 8/8: 5.0 min per epoch in this process (evaluation included), finished"]
