@@ -28,6 +28,7 @@ BAR = 10.0  # points of probe mean over the CIFAR-10-only backbone the issue ask
 PROBE_NAMES = {"demo-backbone": "CIFAR-10-only backbone (`retired/vit_tiny_p4_32_cifar10_30ep`)",
                "distilled": "two-stage distilled backbone (`retired/vit_tiny_p4_32_distill_mnv1`)",
                "distilled-s3": "three-stage distilled backbone (`vit_tiny_p4_32_distill_mnv1_s3`)",
+               "grown-d8": "depth-8 student grown from this file (run 4d8 below; not shipped)",
                "teacher": "teacher: MobileNet V1 embedding (1,024-d, image upsampled to 224)"}
 
 
@@ -39,7 +40,8 @@ class CardRun:
     probes: tuple[str, ...]  # probe-<name>.json rows, in order; `this` is the card's own backbone
     this: str
     cifar10_probe: str | None = None  # probe-<name>.json: the linear probe on CIFAR-10's full train split
-    continued: tuple[str, ...] = ()  # logs of stages run on from this file afterwards: in the history, not the file
+    # (label, log) of runs started from this file afterwards: in the history, not in the file
+    continued: tuple[tuple[str, str], ...] = ()
 
 
 CARDS = {
@@ -47,8 +49,8 @@ CARDS = {
                                            ("demo-backbone", "distilled", "teacher"), "distilled"),
     "vit_tiny_p4_32_distill_mnv1_s3": CardRun(
         ("distill.log", "stage2/distill.log", "stage3/distill.log"),
-        ("demo-backbone", "distilled", "distilled-s3", "teacher"), "distilled-s3", "cifar10-s3",
-        continued=("stage4/distill.log",)),
+        ("demo-backbone", "distilled", "distilled-s3", "grown-d8", "teacher"), "distilled-s3", "cifar10-s3",
+        continued=(("4", "stage4/distill.log"), ("4d8", "grow8/distill.log"))),
 }
 
 
@@ -96,8 +98,8 @@ def file_facts(weights: Path, card_run: CardRun, run: Path = RUN) -> str:
 
 
 def tables(card_run: CardRun, run: Path = RUN) -> str:
-    logs = (*card_run.stages, *card_run.continued)
-    history = [(stage, json.loads(line)) for stage, name in enumerate(logs, 1) if (run / name).exists()
+    logs = (*((str(i), name) for i, name in enumerate(card_run.stages, 1)), *card_run.continued)
+    history = [(stage, json.loads(line)) for stage, name in logs if (run / name).exists()
                for line in dict.fromkeys((run / name).read_text().splitlines()) if line.startswith("{")]
     # dict.fromkeys: a finished run prints its last epoch's line once more as its result
     probes = {name: p for name in card_run.probes if (p := _probe(run, name)) is not None}
@@ -114,8 +116,8 @@ def tables(card_run: CardRun, run: Path = RUN) -> str:
     out += ["", "The probe after every epoch of the run (the in-memory float32 student; epoch 0 is the starting "
             "point), with the CIFAR-10 test accuracy of its head (2,000 fixed test images; the last epoch all "
             "10,000) and the distillation loss (MSE to the standardised teacher embedding)"
-            + (f"; stage {len(card_run.stages) + 1} on continued from this file and is not in it"
-               if card_run.continued else "") + ":", "",
+            + (f"; rows {' and '.join(f'{label}.*' for label, _ in card_run.continued)} are runs started from this "
+               "file afterwards, not in it" if card_run.continued else "") + ":", "",
             f"| stage.epoch | {' | '.join(TASKS)} | mean of 3 | CIFAR-10 test | distill MSE |",
             "|---" * (len(TASKS) + 4) + "|"]
     for stage, row in history:

@@ -49,5 +49,11 @@ def test_card_tables_show_every_stage_and_the_probes(backbone_card, tmp_path):
     assert "| 2.1 | 30.0 | 40.0 | 60.0 | 70.0 | **43.3** | 75.00% (2,000) | 0.500 |" in text
     assert "| teacher: MobileNet V1" in text and "| **this backbone** (the file) |" in text
     assert "CIFAR-10-only" not in text  # only the probes there
+    assert "runs started from this file" not in text
+    branch = backbone_card.CardRun(("distill.log",), ("teacher",), "teacher",
+                                   continued=(("1d8", "stage2/distill.log"),))
+    text = backbone_card.tables(branch, run)  # a run from the file afterwards: its own label, said to be outside it
+    assert "| 1d8.1 | 30.0 | 40.0 | 60.0 | 70.0 | **43.3** | 75.00% (2,000) | 0.500 |" in text
+    assert "rows 1d8.* are runs started from this file afterwards, not in it" in text
     card = f"intro\n{backbone_card.BEGIN}\nold\n{backbone_card.END}\nrest\n"
     assert backbone_card.render(card, "new") == f"intro\n{backbone_card.BEGIN}\nnew\n{backbone_card.END}\nrest\n"
