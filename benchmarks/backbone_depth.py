@@ -6,7 +6,8 @@
 Issue 21 allows a deeper student only if serving stays within 1.5x of today's cost per image. Each depth is the
 demo architecture (ViT-Ti width, 32 px, patch 4) with random weights (speed does not depend on them) and four
 tasks of 10 visual + 10 key/value prompts per layer, as the demo tasks are before pruning; each timed call is
-one batch that mixes the four tasks (the engine's PromptedViT forward). Cost ratios are medians over rounds of
+one batch that mixes the four tasks (the engine's PromptedViT forward in torch float32; the server's default
+backend scales with depth the same way, since every block costs the same). Cost ratios are medians over rounds of
 calls made back to back (common.paired_ratio), beside the FLOP model's ratio (common.vit_flops).
 """
 

@@ -5,8 +5,9 @@
 
 Reads runs/distill/, as CARDS says for the card's backbone: the stage logs that made it (distill.log,
 stage2/distill.log, ...: one JSON object per epoch with the losses, the CIFAR-10 test accuracy of the head and the
-probe of the demo tasks, each stage starting from the previous one's last student), and the `promptserve probe
---json` outputs it compares (probe-<name>.json). Writes the tables between the card's `<!-- generated -->` and
+probe of the demo tasks, each stage starting from the previous one's last student; runs started from the card's
+own file afterwards are listed apart, each with its label), and the `promptserve probe --json` outputs it
+compares (probe-<name>.json). Writes the tables between the card's `<!-- generated -->` and
 `<!-- end generated -->` lines.
 """
 

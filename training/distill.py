@@ -158,7 +158,10 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     if state is not None:
         if state["head.weight"].shape[0] != len(train.classes):  # another label set: keep the features only
             state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        vit.load_state_dict(state, strict=False)
+        missing, unexpected = vit.load_state_dict(state, strict=False)  # only a dropped head may be missing
+        if unexpected or any(not k.startswith("head.") for k in missing):
+            raise ValueError(f"--init {cfg.init} does not fit {name} {kwargs}: missing {missing}, "
+                             f"unexpected {unexpected}")
 
     teacher = Teacher(cfg.teacher, threads=torch.get_num_threads())
     cache = Path(cfg.cache) if cfg.cache else (cache_dir().parent / "teacher" /
