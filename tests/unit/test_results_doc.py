@@ -74,3 +74,12 @@ def test_a_grid_check_that_picks_another_rate_says_so(tmp_path):
                                  tmp_path)
     assert (f"| dtd10 | e2vpt | {sweep_pick['chosen']['lr']:g} ({100 * sweep_pick['best_val_acc']:.1f}) | "
             "0.0025, 0.01, 0.04 | 0.01 (55.0) | **no** |") in table
+    assert "test at the check's pick" not in table  # no rerun at a new pick: no test column
+
+    (tmp_path / "check" / "final").mkdir()  # the sweep's protocol rerun at the check's pick: its test figure
+    (tmp_path / "check" / "final" / "dtd10-e2vpt.report.json").write_text(json.dumps({"metrics": {
+        "test_acc": 0.5, "test_acc_mean": 0.512, "test_acc_sd": 0.004}, "seeds": {"runs": [{}, {}, {}]}}))
+    table = results_doc.rendered("<!-- results: sweep gridcheck:check --><!-- end results: sweep gridcheck:check -->",
+                                 tmp_path)
+    sweep_test = results_doc.Score.of(json.loads((root / "dtd10" / "e2vpt.report.json").read_text()))
+    assert f"| **no** | 51.2 +- 0.4 ({sweep_test}) |" in table and "same pick | test at the check's pick" in table

@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from training.experiments.reports import REPORT_SUFFIX, grid_check_stem, load, scores
+from training.experiments.reports import REPORT_SUFFIX, Score, grid_check_stem, load, scores
 from training.experiments.summarize import tables
 from training.experiments.sweep import METHODS, TASKS
 
@@ -66,9 +66,14 @@ def gains(reports: dict, before: dict) -> str:
 
 def grid_check(reports: dict, check_dir: Path) -> str:
     """The grid check's picks (vtab.py --grid-check: each run whose grid chose an end, searched again past it)
-    against the sweep's, from the check's own reports (check_dir/<task>-<method>.report.json)."""
-    lines = ["| task | method | sweep's grid: pick (val acc) | check's grid | check's pick (val acc) | same pick |",
-             "|---|---|---|---|---|---|"]
+    against the sweep's, from the check's own reports (check_dir/<task>-<method>.report.json). Where a pick
+    changed and the sweep's protocol was rerun at the new pick (check_dir/final/<task>-<method>.report.json: 3
+    seeds, 12 epochs), a last column gives its test accuracy beside the sweep's."""
+    finals = {p.name.removesuffix(REPORT_SUFFIX): Score.of(json.loads(p.read_text()))
+              for p in sorted((check_dir / "final").glob(f"*{REPORT_SUFFIX}"))}
+    head = ["task", "method", "sweep's grid: pick (val acc)", "check's grid", "check's pick (val acc)", "same pick"]
+    head += ["test at the check's pick (sweep's)"] if finals else []
+    lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     for (task, method), report in sorted(reports.items()):
         path = Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
         if not path.exists():
@@ -76,8 +81,11 @@ def grid_check(reports: dict, check_dir: Path) -> str:
         check, sweep = json.loads(path.read_text())["hp_search"], report["hp_search"]
         lrs = ", ".join(f"{lr:g}" for lr in sorted({row["lr"] for row in check["grid"]}))
         same = check["chosen"]["lr"] == sweep["chosen"]["lr"]
+        final = finals.get(grid_check_stem(check_dir, task, method).name)
+        test = (f" {final} ({Score.of(report)}) |" if final else " - |") if finals else ""
         lines.append(f"| {task} | {method} | {sweep['chosen']['lr']:g} ({100 * sweep['best_val_acc']:.1f}) | {lrs} | "
-                     f"{check['chosen']['lr']:g} ({100 * check['best_val_acc']:.1f}) | {'yes' if same else '**no**'} |")
+                     f"{check['chosen']['lr']:g} ({100 * check['best_val_acc']:.1f}) | {'yes' if same else '**no**'} |"
+                     f"{test}")
     return "\n".join(lines)
 
 
