@@ -118,16 +118,12 @@ def grow_blocks(state: dict[str, torch.Tensor], depth: int, new_depth: int) -> d
     """
     if new_depth < depth:
         raise ValueError(f"--depth {new_depth} is below the --init backbone's depth {depth}: blocks are only added")
-    blocks = [k for k in state if k.startswith("blocks.")]
-    grown = {k: v for k, v in state.items() if k not in blocks}
-    seen = set()
+    grown = {k: v for k, v in state.items() if not k.startswith("blocks.")}
     for j in range(new_depth):
         i = j * depth // new_depth  # (j: 0..new_depth-1) -> old block, non-decreasing, each old block hit
-        copy = i in seen
-        seen.add(i)
-        for key in (k for k in blocks if k.split(".")[1] == str(i)):
-            rest = key.split(".", 2)[2]
-            value = state[key].clone()
+        copy = j > 0 and i == (j - 1) * depth // new_depth  # the block before it came from the same old block
+        for rest in (k.split(".", 2)[2] for k in state if k.startswith(f"blocks.{i}.")):
+            value = state[f"blocks.{i}.{rest}"].clone()
             if copy and rest.startswith(("attn.proj.", "mlp.fc2.")):
                 value.zero_()
             grown[f"blocks.{j}.{rest}"] = value
@@ -147,9 +143,9 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
         init = Backbone.from_file(cfg.init)
         name, kwargs = init.name, {k: v for k, v in init.timm_kwargs.items() if k != "num_classes"}
         state = {k: v.float() for k, v in init.model.state_dict().items()}
-        if cfg.depth is not None and cfg.depth != len(init.model.blocks):
-            state = grow_blocks(state, len(init.model.blocks), cfg.depth)
-            log(f"[distill] grew {cfg.init} from {len(init.model.blocks)} to {cfg.depth} blocks")
+        if cfg.depth is not None and cfg.depth != init.num_layers:
+            state = grow_blocks(state, init.num_layers, cfg.depth)
+            log(f"[distill] grew {cfg.init} from {init.num_layers} to {cfg.depth} blocks")
             kwargs["depth"] = cfg.depth
     else:
         name, kwargs, state = cfg.model, dict(cfg.model_kwargs), None
