@@ -305,6 +305,9 @@ def distill(
     lr: float = typer.Option(5e-4, help="AdamW peak learning rate (cosine after --warmup-epochs)"),
     warmup_epochs: float = typer.Option(1.0, help="linear warm-up epochs"),
     ce_weight: float = typer.Option(0.3, help="weight of the cross-entropy on the data's labels (0: none)"),
+    unlabeled: str = typer.Option(None, help="more images for the views, any folder layout (a directory or "
+                                  ".tar; labels unused, e.g. python -m training.synthetic's dead leaves): the "
+                                  "teacher is asked about them too", show_default="none"),
     amp: str = typer.Option("auto", help="bf16 autocast: auto (where the CPU has AMX/AVX512-BF16), bf16, off"),
     probe: list[str] = typer.Option([], help="a task (--data value) to linear-probe after every epoch; repeat"),
     seed: int = typer.Option(0, help="seed of the views, the init of new layers and the batch order"),
@@ -321,8 +324,8 @@ def distill(
         cfg = DistillConfig(data=data, teacher=str(teacher), out=str(out), init=init, depth=depth, model=model,
                             model_kwargs=json.loads(model_kwargs), views=views, min_scale=min_scale, mix=mix,
                             cache=None if cache is None else str(cache), epochs=epochs, batch_size=batch_size,
-                            lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, amp=amp, probe=list(probe),
-                            seed=seed, threads=threads, limit_train=limit_train, resume=resume)
+                            lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, unlabeled=unlabeled, amp=amp,
+                            probe=list(probe), seed=seed, threads=threads, limit_train=limit_train, resume=resume)
         result = run_distill(cfg, log=_log)
     except KeyboardInterrupt:
         _log("interrupted: the last finished epoch's checkpoint and weights are kept; rerun with --resume")

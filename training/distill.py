@@ -6,7 +6,9 @@ the teacher's embedding of the same view, standardised per dimension (MSE: 1.0 =
 plus `ce_weight` x the CIFAR-10 cross-entropy on the view's (mixed) labels so the backbone's own head keeps
 working. Views and teacher answers come from a fixed cache (training/teacher.py): epoch e trains on view
 set e mod `views`, every image once. The teacher is needed once, to build the cache; the exported backbone
-never needs it.
+never needs it. `--unlabeled` adds images without labels (e.g. training/synthetic.py's dead leaves): their
+views, cached apart, join every epoch with the distillation term only, so the teacher is asked about more
+than the train split shows.
 
 After every epoch: test accuracy on a fixed 2,000-image sample of the test split (the whole split after the
 last), the frozen-feature linear probe on each `--probe` task (training/probe.py, the go/no-go curve), a
@@ -31,10 +33,10 @@ from torch import nn
 from promptserve.hardware import bf16_is_native
 from promptserve.preprocess import normalise
 from training import backbone_training
-from training.imagefolder import cache_dir
+from training.imagefolder import cache_dir, load_unlabeled
 from training.loop import lr_at, train_epoch
 from training.progress import EpochClock
-from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_set, load_views
+from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_set, image_digest, load_views
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class DistillConfig(backbone_training.Config):
     lr: float = 5e-4
     warmup_epochs: float = 1.0
     ce_weight: float = 0.3
+    unlabeled: str | None = None  # images (any folder layout, labels unused) whose views join every epoch's
     amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
     probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
     probe_train_size: int = 1000
@@ -97,16 +100,20 @@ class Student(nn.Module):
 
 
 def distill_loss(out, target, ce_weight: float):
-    """MSE to the standardised teacher embedding + ce_weight x cross-entropy on the view's mixed labels."""
+    """MSE to the standardised teacher embedding + ce_weight x cross-entropy on the view's mixed labels; a view
+    of an unlabeled image (label -1) has the MSE term only. Parts: the two terms and the labelled fraction."""
     logits, proj = out  # (B, C), (B, D_t)
-    emb, label_a, label_b, weight = target  # (B, D_t), (B,), (B,), (B,)
+    emb, label_a, label_b, weight = target  # (B, D_t), (B,), (B,), (B,); labels -1: unlabeled
     mse = F.mse_loss(proj.float(), emb)
+    labelled = label_a >= 0  # (B,) an unlabeled image is only mixed with another unlabeled one
     logp = F.log_softmax(logits.float(), dim=1)
     rows = torch.arange(len(logits))
-    ce = -(weight * logp[rows, label_a] + (1 - weight) * logp[rows, label_b]).mean()
+    ce_rows = -(weight * logp[rows, label_a.clamp(min=0)] + (1 - weight) * logp[rows, label_b.clamp(min=0)])
+    ce = ce_rows[labelled].mean() if labelled.any() else logits.sum() * 0.0
     dominant = torch.where(weight >= 0.5, label_a, label_b)
-    correct = int((logits.argmax(1) == dominant).sum().item())
-    return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item()}
+    correct = int(((logits.argmax(1) == dominant) & labelled).sum().item())
+    return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item(),
+                                           "labelled": labelled.float().mean().item()}
 
 
 def grow_blocks(state: dict[str, torch.Tensor], depth: int, new_depth: int) -> dict[str, torch.Tensor]:
@@ -164,23 +171,37 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                                                f"{teacher.sha256[:12]}-{cfg.recipe.key()}")
     log(f"[distill] teacher {teacher.path.name} ({teacher.dim}-d, input {teacher.input_size}px); view cache {cache}")
     check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
+    sources = [(cache, train.images, train.labels)]  # (view cache, images, labels) of every image source
+    if cfg.unlabeled:
+        extra = load_unlabeled(cfg.unlabeled, data_cfg.input_size, data_cfg.interpolation)
+        extra_cache = cache.with_name(f"{cache.name}-unlabeled-{image_digest(extra.images, extra.labels)}")
+        check_view_cache(extra_cache, teacher, extra.images, extra.labels, cfg.recipe)
+        sources.append((extra_cache, extra.images, extra.labels))
+        log(f"[distill] --unlabeled {cfg.unlabeled}: {len(extra):,} images join every epoch (views cached in "
+            f"{extra_cache})")
 
     held: dict[int, dict[str, np.ndarray]] = {}  # the view set last read (~250 MB for CIFAR-10): one at a time
 
     def view_set(k: int) -> dict[str, np.ndarray]:
+        """View set k of every source, concatenated (the train split's first)."""
         if k not in held:  # the statistics and epoch 0 share view set 0; --views 1 reads it once per run
-            ensure_view_set(cache, teacher, train.images, train.labels, k, cfg.recipe, log=log)
+            parts = []
+            for folder, images, labels in sources:
+                ensure_view_set(folder, teacher, images, labels, k, cfg.recipe, log=log)
+                parts.append(load_views(folder, k))
             held.clear()
-            held[k] = load_views(cache, k)
+            held[k] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         return held[k]
 
-    stats = view_set(0)["embeddings"].astype(np.float32)  # (N, D_t): the standardisation of every target
+    # (N_train, D_t): the standardisation of every target, from the train split's views (unlabeled images do
+    # not move it, so a stage with them regresses the same targets as one without)
+    stats = view_set(0)["embeddings"][:len(train)].astype(np.float32)
     mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
 
     student = Student(vit, teacher.dim)
     params = list(student.parameters())
     opt = backbone_training.optimizer(student, cfg)
-    steps = len(train) // cfg.batch_size
+    steps = len(view_set(0)["embeddings"]) // cfg.batch_size
     total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
     n_train = sum(p.numel() for p in params)
     log(f"[distill] {len(train):,} images x {cfg.views} view sets, {cfg.epochs} epochs x {steps} steps, batch "
@@ -218,6 +239,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              desc=f"distill {epoch + 1}/{cfg.epochs}",
                              criterion=lambda o, t: distill_loss(o, t, cfg.ce_weight))
         seconds = time.time() - t0
+        result["train_acc"] /= max(result.pop("labelled"), 1e-9)  # of the labelled views (the same without any)
         last = epoch + 1 == cfg.epochs
         test_acc, test_images = backbone_training.score_on_test(vit, data_cfg, test, last)
         row = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in result.items()}, "test_acc": round(test_acc, 4),

@@ -120,15 +120,33 @@ def load_split(source: str | Path, split: str, size: int, interpolation: str = "
     unknown = sorted(set(present) - set(classes))
     if unknown:
         raise DatasetError(f"split '{split}' of {source} has classes the train split lacks: {unknown}")
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[c] for c, _ in entries], np.int64)
+    return _decoded(source, entries, labels, classes, size, interpolation, use_cache, progress, f"decode {split}")
+
+
+def load_unlabeled(source: str | Path, size: int, interpolation: str = "bicubic", use_cache: bool = True,
+                   progress: bool = True) -> ImageArray:
+    """Decode every image file anywhere under a directory or .tar, whatever its folders, resized to size x
+    size; labels are all -1 and `classes` is empty (images for distillation, whose teacher needs no labels)."""
+    source = Path(source).resolve()
+    entries = [("", m) for m in list_members(source) if Path(m.name).suffix.lower() in IMAGE_EXTENSIONS]
+    if not entries:
+        raise DatasetError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) anywhere in {source}")
+    labels = np.full(len(entries), -1, np.int64)
+    return _decoded(source, entries, labels, [], size, interpolation, use_cache, progress, "decode unlabeled")
+
+
+def _decoded(source: Path, entries: list[tuple[str, Member]], labels: np.ndarray, classes: list[str], size: int,
+             interpolation: str, use_cache: bool, progress: bool, desc: str) -> ImageArray:
+    """The entries' images decoded (through the decode cache), with the given labels and classes."""
     cached = cache_dir() / f"{cache_key(entries, size, interpolation, classes)}.npz"
     if use_cache and cached.exists():
         with np.load(cached, allow_pickle=False) as z:
             return ImageArray(z["images"], z["labels"], [str(c) for c in z["classes"]])
 
-    index = {c: i for i, c in enumerate(classes)}
     images = np.empty((len(entries), size, size, 3), np.uint8)
-    labels = np.array([index[c] for c, _ in entries], np.int64)
-    steps = bar(enumerate(entries), desc=f"decode {split}", total=len(entries), enabled=progress)
+    steps = bar(enumerate(entries), desc=desc, total=len(entries), enabled=progress)
     if source.is_dir():
         for i, (_, m) in steps:
             images[i] = _decode(source / m.name, size, interpolation)
@@ -140,5 +158,5 @@ def load_split(source: str | Path, split: str, size: int, interpolation: str = "
     result = ImageArray(images, labels, list(classes))
     if use_cache:
         with atomic_target(cached) as tmp:
-            np.savez(tmp, images=images, labels=labels, classes=np.array(classes))
+            np.savez(tmp, images=images, labels=labels, classes=np.array(classes, dtype=str))
     return result

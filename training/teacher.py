@@ -151,7 +151,7 @@ def check_view_cache(cache: str | Path, teacher: Teacher, images: np.ndarray, la
     rather than mixed in."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    stamp = {"teacher": teacher.sha256, "recipe": recipe.key(), "images": _digest(images, labels)}
+    stamp = {"teacher": teacher.sha256, "recipe": recipe.key(), "images": image_digest(images, labels)}
     stamp_file = cache / "stamp.txt"
     text = "\n".join(f"{k}={v}" for k, v in stamp.items()) + "\n"
     if stamp_file.exists() and stamp_file.read_text() != text:
@@ -186,7 +186,7 @@ def load_views(cache: str | Path, k: int) -> dict[str, np.ndarray]:
         return {name: z[name] for name in z.files}
 
 
-def _digest(images: np.ndarray, labels: np.ndarray) -> str:
+def image_digest(images: np.ndarray, labels: np.ndarray) -> str:
     h = hashlib.sha256(images.tobytes())
     h.update(labels.tobytes())
     return h.hexdigest()[:16]

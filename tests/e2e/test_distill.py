@@ -142,3 +142,28 @@ def test_probe_cli_separates_separable_classes(app, backbone_file, folder):  # n
     assert table.exit_code == 0 and "mean" in table.output
     missing = CliRunner().invoke(app, ["probe", "--backbone", str(backbone_file), "--data", str(folder / "nope")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+@needs_teacher
+def test_unlabeled_images_join_the_views_with_the_distillation_term_only(app, tmp_path, backbone_file,  # noqa: F811
+                                                                         folder):  # noqa: F811
+    pytest.importorskip("ai_edge_litert", reason="the [distill] extra is not installed")
+    from training.synthetic import main as write_dead_leaves
+
+    extra = tmp_path / "leaves"
+    assert write_dead_leaves(["--out", str(extra), "--count", "20", "--seed", "3"]) == 0
+    base = ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init", str(backbone_file),
+            "--epochs", "1", "--views", "1", "--batch-size", "4", "--amp", "off", "--cache", str(tmp_path / "v")]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a.safetensors"), "--unlabeled", str(extra)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "--unlabeled" in result.output and "20 images join every epoch" in result.output
+    (train_views,) = (tmp_path / "v").glob("view-*.npz")
+    (extra_cache,) = tmp_path.glob("v-unlabeled-*")  # the train split's cache stays reusable without them
+    with np.load(extra_cache / "view-0.npz") as z:
+        assert len(z["views"]) == 20 and (z["label_a"] == -1).all() and (z["label_b"] == -1).all()
+    row = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")][-1]
+    assert 0 <= row["train_acc"] <= 1  # right answers over the 48 labelled views (the 20 others have no label)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b.safetensors"), "--unlabeled", str(empty)])
+    assert none.exit_code == 2 and "no image files" in none.output

@@ -338,3 +338,44 @@ def test_grown_blocks_compute_what_the_shallower_backbone_computes_and_then_lear
         grow_blocks(deep.state_dict(), 5, 2)
     with pytest.raises(ValueError, match="--depth grows an --init backbone"):
         DistillConfig(data="-", out="-", teacher="-", depth=9)
+
+
+def test_distill_loss_leaves_unlabeled_views_out_of_the_cross_entropy():
+    from training.distill import distill_loss
+
+    torch.manual_seed(0)
+    logits, proj, emb = torch.randn(6, 3, requires_grad=True), torch.randn(6, 5), torch.randn(6, 5)
+    label_a = torch.tensor([0, 1, 2, -1, -1, -1])
+    weight = torch.tensor([1.0, 0.3, 1.0, 1.0, 0.5, 1.0])
+    label_b = torch.tensor([0, 2, 2, -1, -1, -1])
+    loss, correct, parts = distill_loss((logits, proj), (emb, label_a, label_b, weight), ce_weight=1.0)
+    labelled, _, labelled_parts = distill_loss((logits[:3], proj), (emb, label_a[:3], label_b[:3], weight[:3]),
+                                               ce_weight=0.0)
+    assert parts["ce"] == pytest.approx(labelled_parts["ce"])  # the -1 rows add nothing to the label term
+    assert parts["labelled"] == pytest.approx(0.5) and labelled_parts["labelled"] == 1.0
+    assert correct <= 3
+    loss.backward()
+    assert (logits.grad[3:] == 0).all() and (logits.grad[:3] != 0).any()
+    _, none, only_mse = distill_loss((logits[3:], proj[3:]), (emb[3:], label_a[3:], label_b[3:], weight[3:]), 1.0)
+    assert none == 0 and only_mse["ce"] == 0.0
+
+
+def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
+    from training.imagefolder import DatasetError, load_unlabeled
+    from training.synthetic import dead_leaves, main
+
+    a, b, c = dead_leaves(4, seed=1), dead_leaves(4, seed=1), dead_leaves(4, seed=2)
+    assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert len({tuple(img.reshape(-1, 3).mean(0).round()) for img in a}) == 4  # four different pictures
+    assert all(len(np.unique(img.reshape(-1, 3), axis=0)) > 20 for img in a)  # many shapes, not a flat colour
+    out = tmp_path / "leaves"
+    assert main(["--out", str(out), "--count", "3"]) == 0
+    loaded = load_unlabeled(out, 32, "bicubic", use_cache=False, progress=False)
+    assert np.array_equal(loaded.images, dead_leaves(3, seed=0))  # PNG is lossless; chunk 0 uses seed 0
+    assert (loaded.labels == -1).all() and loaded.classes == []
+    with pytest.raises(SystemExit):  # a second run would mix its images with these
+        main(["--out", str(out), "--count", "3"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no image files"):
+        load_unlabeled(tmp_path / "empty", 32)
