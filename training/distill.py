@@ -204,8 +204,9 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     steps = len(view_set(0)["embeddings"]) // cfg.batch_size
     total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
     n_train = sum(p.numel() for p in params)
-    log(f"[distill] {len(train):,} images x {cfg.views} view sets, {cfg.epochs} epochs x {steps} steps, batch "
-        f"{cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
+    unlabeled_note = f" + {sum(len(images) for _, images, _ in sources[1:]):,} unlabeled" if cfg.unlabeled else ""
+    log(f"[distill] {len(train):,} images{unlabeled_note} x {cfg.views} view sets, {cfg.epochs} epochs x {steps} "
+        f"steps, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
         f"{'bf16 autocast' if amp else 'float32'}, trainable {n_train:,} params (all)")
 
     probes = [load_probe_data(d, data_cfg.input_size, data_cfg.interpolation, cfg.probe_train_size)

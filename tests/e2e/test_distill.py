@@ -156,7 +156,7 @@ def test_unlabeled_images_join_the_views_with_the_distillation_term_only(app, tm
             "--epochs", "1", "--views", "1", "--batch-size", "4", "--amp", "off", "--cache", str(tmp_path / "v")]
     result = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "a.safetensors"), "--unlabeled", str(extra)])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert "--unlabeled" in result.output and "20 images join every epoch" in result.output
+    assert "20 images join every epoch" in result.output and "48 images + 20 unlabeled x 1 view sets" in result.output
     (train_views,) = (tmp_path / "v").glob("view-*.npz")
     (extra_cache,) = tmp_path.glob("v-unlabeled-*")  # the train split's cache stays reusable without them
     with np.load(extra_cache / "view-0.npz") as z:
