@@ -11,7 +11,7 @@ recipes from scratch do) and its one evaluation (`training.loop.accuracy_module`
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -95,10 +95,14 @@ def vit_and_data(cfg: Config, name: str, kwargs: dict
     train = load_split(cfg.data, "train", size, data_cfg.interpolation)
     test = load_split(cfg.data, "test", size, data_cfg.interpolation, classes=train.classes)
     if cfg.limit_train:
-        keep = np.sort(torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-                       [:cfg.limit_train].numpy())
-        train.images, train.labels = train.images[keep], train.labels[keep]
+        keep_seeded_subset(train, cfg.limit_train, cfg.seed)
     return model, data_cfg, train, test
+
+
+def keep_seeded_subset(split: ImageArray, n: int, seed: int) -> None:
+    """Keep a seeded subset of n images, in file order (`--limit-train`: a smoke run)."""
+    keep = np.sort(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].numpy())
+    split.images, split.labels = split.images[keep], split.labels[keep]
 
 
 def optimizer(module: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -132,7 +136,8 @@ class Checkpoint:
         if not (self.cfg.resume and path.exists()):
             return [], 0
         saved = torch.load(path, weights_only=False)
-        check_same_recipe(saved.get("config", {}), asdict(self.cfg), free=self.cfg.FREE_ON_RESUME)
+        check_same_recipe(saved.get("config", {}), asdict(self.cfg), free=self.cfg.FREE_ON_RESUME,
+                          defaults={f.name: f.default for f in fields(self.cfg) if f.default is not MISSING})
         self.module.load_state_dict(saved[self.key])
         self.opt.load_state_dict(saved["opt"])
         return saved["history"], saved["epoch"]
@@ -143,8 +148,10 @@ class Checkpoint:
                         "epoch": epoch, "config": asdict(self.cfg)}, tmp)
 
 
-def check_same_recipe(saved: dict, now: dict, free: frozenset[str]) -> None:
-    """A resumed run continues the same schedule on the same data: only the `free` settings may change."""
+def check_same_recipe(saved: dict, now: dict, free: frozenset[str], defaults: dict | None = None) -> None:
+    """A resumed run continues the same schedule on the same data: only the `free` settings may change. A setting
+    newer than the checkpoint counts as its default there (what the older code did), so turning it on is refused."""
+    saved = {**{k: v for k, v in (defaults or {}).items() if k not in saved}, **saved}
     diff = {k: (saved[k], v) for k, v in now.items() if k in saved and k not in free and saved[k] != v}
     if diff:
         raise ValueError("the checkpoint was made with another recipe; differences (checkpoint, now): "

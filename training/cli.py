@@ -296,7 +296,7 @@ def distill(
                                      help="JSON timm kwargs, without --init"),
     depth: int = typer.Option(None, help="with --init: grow it to this many blocks (new ones start as "
                               "identities: the start computes what --init does)", show_default="--init's depth"),
-    views: int = typer.Option(8, help="fixed view sets: the teacher embeds views x train images, once"),
+    views: int = typer.Option(8, help="fixed view sets: the teacher embeds views x images, once"),
     min_scale: float = typer.Option(0.35, help="random-resized crop: smallest area kept"),
     mix: float = typer.Option(0.5, help="fraction of views mixed (mixup) with another image's view"),
     cache: Path = typer.Option(None, help="view cache folder", show_default="$PROMPTSERVE_CACHE/teacher/..."),
@@ -312,7 +312,7 @@ def distill(
     probe: list[str] = typer.Option([], help="a task (--data value) to linear-probe after every epoch; repeat"),
     seed: int = typer.Option(0, help="seed of the views, the init of new layers and the batch order"),
     threads: int = typer.Option(0, help="torch threads (0: torch's default); may change on --resume"),
-    limit_train: int = typer.Option(0, help="use only N training images (smoke runs; 0: all)"),
+    limit_train: int = typer.Option(0, help="use only N training (and N --unlabeled) images (smoke runs; 0: all)"),
     resume: bool = typer.Option(False, "--resume", help="continue from <out>.ckpt.pt (same recipe)"),
 ) -> None:
     """Distil a frozen teacher's embedding into a ViT backbone (function matching on cached views)."""

@@ -52,7 +52,7 @@ class DistillConfig(backbone_training.Config):
     teacher: str  # a TFLite embedding model (../shared/teachers/mobilenet_v1_..._embedding_extractor.tflite)
     init: str | None = None  # a project backbone file to start from (None: timm's random init of `model`)
     depth: int | None = None  # with `init`: grow its blocks to this depth (new blocks start as identities)
-    views: int = 8  # fixed view sets (teacher passes: views x train images, once)
+    views: int = 8  # fixed view sets (teacher passes: views x (train + unlabeled) images, once)
     min_scale: float = 0.35
     mix: float = 0.5
     cache: str | None = None  # None: $PROMPTSERVE_CACHE/teacher/<teacher>-<recipe>
@@ -60,7 +60,7 @@ class DistillConfig(backbone_training.Config):
     lr: float = 5e-4
     warmup_epochs: float = 1.0
     ce_weight: float = 0.3
-    unlabeled: str | None = None  # images (any folder layout, labels unused) whose views join every epoch's
+    unlabeled: str | None = None  # images in any folder layout, labels unused: their views join every epoch
     amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
     probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
     probe_train_size: int = 1000
@@ -114,6 +114,42 @@ def distill_loss(out, target, ce_weight: float):
     correct = int(((logits.argmax(1) == dominant) & labelled).sum().item())
     return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item(),
                                            "labelled": labelled.float().mean().item()}
+
+
+def of_labelled_views(result: dict) -> float:
+    """train_epoch's train_acc counts right answers over all views; unlabeled ones can never be right, so the
+    accuracy of the labelled views is that over the epoch's labelled fraction (pops the `labelled` part)."""
+    labelled = result.pop("labelled")
+    return result["train_acc"] / labelled if labelled > 0 else 0.0
+
+
+def unlabeled_source(cfg: DistillConfig, data_cfg, cache: Path, teacher: Teacher, log
+                     ) -> tuple[Path, np.ndarray, np.ndarray]:
+    """(view cache, images, labels -1) of `--unlabeled`: cached inside the train split's view cache, under the
+    images' digest, so that cache is reused with or without them. Refuses the train data or a probed task: their
+    test images would leak into the student and inflate the very numbers that judge it."""
+    from training.data import data_source
+
+    source = Path(cfg.unlabeled).resolve()
+    judged = [cfg.data, *cfg.probe]
+    for value in judged:
+        try:
+            path = data_source(value).resolve()
+        except ValueError:
+            continue  # the loaders report a missing --data / --probe path themselves
+        if source == path or path in source.parents or source in path.parents:
+            raise ValueError(f"--unlabeled {cfg.unlabeled} overlaps {value} (--data or --probe): its test images "
+                             "would be distilled into the student that they judge; pass a folder of other images")
+    try:
+        extra = load_unlabeled(source, data_cfg.input_size, data_cfg.interpolation)
+    except ValueError as e:
+        raise ValueError(f"--unlabeled {cfg.unlabeled}: {e}") from None
+    if cfg.limit_train:  # a smoke run is small in every source
+        backbone_training.keep_seeded_subset(extra, cfg.limit_train, cfg.seed)
+    folder = cache / f"unlabeled-{image_digest(extra.images, extra.labels)}"
+    check_view_cache(folder, teacher, extra.images, extra.labels, cfg.recipe)
+    log(f"[distill] --unlabeled {cfg.unlabeled}: {len(extra):,} images join every epoch (views cached in {folder})")
+    return folder, extra.images, extra.labels
 
 
 def grow_blocks(state: dict[str, torch.Tensor], depth: int, new_depth: int) -> dict[str, torch.Tensor]:
@@ -173,12 +209,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
     sources = [(cache, train.images, train.labels)]  # (view cache, images, labels) of every image source
     if cfg.unlabeled:
-        extra = load_unlabeled(cfg.unlabeled, data_cfg.input_size, data_cfg.interpolation)
-        extra_cache = cache.with_name(f"{cache.name}-unlabeled-{image_digest(extra.images, extra.labels)}")
-        check_view_cache(extra_cache, teacher, extra.images, extra.labels, cfg.recipe)
-        sources.append((extra_cache, extra.images, extra.labels))
-        log(f"[distill] --unlabeled {cfg.unlabeled}: {len(extra):,} images join every epoch (views cached in "
-            f"{extra_cache})")
+        sources.append(unlabeled_source(cfg, data_cfg, cache, teacher, log))
 
     held: dict[int, dict[str, np.ndarray]] = {}  # the view set last read (~250 MB for CIFAR-10): one at a time
 
@@ -204,7 +235,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     steps = len(view_set(0)["embeddings"]) // cfg.batch_size
     total, warmup = steps * cfg.epochs, int(cfg.warmup_epochs * steps)
     n_train = sum(p.numel() for p in params)
-    unlabeled_note = f" + {sum(len(images) for _, images, _ in sources[1:]):,} unlabeled" if cfg.unlabeled else ""
+    unlabeled_note = f" + {len(sources[1][1]):,} unlabeled" if cfg.unlabeled else ""
     log(f"[distill] {len(train):,} images{unlabeled_note} x {cfg.views} view sets, {cfg.epochs} epochs x {steps} "
         f"steps, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
         f"{'bf16 autocast' if amp else 'float32'}, trainable {n_train:,} params (all)")
@@ -240,7 +271,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              desc=f"distill {epoch + 1}/{cfg.epochs}",
                              criterion=lambda o, t: distill_loss(o, t, cfg.ce_weight))
         seconds = time.time() - t0
-        result["train_acc"] /= max(result.pop("labelled"), 1e-9)  # of the labelled views (the same without any)
+        result["train_acc"] = of_labelled_views(result)
         last = epoch + 1 == cfg.epochs
         test_acc, test_images = backbone_training.score_on_test(vit, data_cfg, test, last)
         row = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in result.items()}, "test_acc": round(test_acc, 4),

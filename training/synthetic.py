@@ -5,7 +5,7 @@ The dead-leaves model (Matheron 1968; Lee, Mumford and Huang 2001) stacks opaque
 power law, p(r) ~ r^-3, which reproduces the scale invariance, occlusions and edge statistics of natural images.
 Baradad et al. 2021 ("Learning to see by looking at noise") found its textured, mixed-shape variant among the
 best procedural sources for pre-training. Here it widens what the distillation teacher is asked about: CIFAR-10
-shows ten object classes; these show edges, blobs, corners and gratings at every scale and colour, and the
+shows ten object classes; these show edges, blobs, corners and stripes at every scale and colour, and the
 teacher answers for them too.
 
     python -m training.synthetic --out runs/synthetic/dead-leaves --count 25000
@@ -31,27 +31,31 @@ from training.progress import bar
 
 logger = logging.getLogger(__name__)
 
-CANVAS = 64  # drawn at twice the output size, then area-averaged: smooth edges without a rasteriser
-SHAPES = 96  # shapes per image, drawn back to front: enough to cover the canvas about three times over
-R_MIN, R_MAX = 3.0, 48.0  # radius range in canvas pixels (the power law puts most shapes near R_MIN)
+SUPERSAMPLE = 2  # drawn at twice the output size, then area-averaged: smooth edges without a rasteriser
+SHAPES = 96  # shapes per image, drawn back to front: about 2 layers deep, a little background still shows
+R_MIN, R_MAX = 1.5, 24.0  # radius range in output pixels (the power law puts most shapes near R_MIN)
+PERIOD = (1.5, 12.0)  # grating period range in output pixels (the finest ones blur towards their mean colour)
 
 
 def dead_leaves(count: int, seed: int, size: int = 32) -> np.ndarray:
     """(count, size, size, 3) uint8 images. Each shape is a disc or a rotated rectangle (aspect 0.25-1), filled
-    with one colour or, half the time, a sinusoidal grating between two colours (random period and angle)."""
+    with one colour or, half the time, a sinusoidal grating between two colours across the shape's short axis.
+    Sizes scale with `size`: at 32 the canvas is 64 pixels."""
     gen = torch.Generator().manual_seed(seed)
-    n = count
+    n, canvas_size, scale = count, SUPERSAMPLE * size, size / 32
 
     def uniform(*shape: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(*shape, generator=gen)
 
-    axis = torch.arange(CANVAS, dtype=torch.float32) + 0.5
+    r_min, r_max = SUPERSAMPLE * R_MIN * scale, SUPERSAMPLE * R_MAX * scale  # in canvas pixels
+    axis = torch.arange(canvas_size, dtype=torch.float32) + 0.5
     ys, xs = axis[:, None], axis[None, :]  # (C, 1), (1, C)
-    canvas = uniform(n, 3, 1, 1).expand(n, 3, CANVAS, CANVAS).clone()  # (N, 3, C, C) background colour
+    canvas = uniform(n, 3, 1, 1).expand(n, 3, canvas_size, canvas_size).clone()  # (N, 3, C, C) background colour
     for _ in range(SHAPES):
         u = uniform(n)
-        radius = (R_MIN ** -2 - u * (R_MIN ** -2 - R_MAX ** -2)) ** -0.5  # (N,) inverse CDF of r^-3
-        cx, cy = uniform(n, lo=-8, hi=CANVAS + 8), uniform(n, lo=-8, hi=CANVAS + 8)
+        radius = (r_min ** -2 - u * (r_min ** -2 - r_max ** -2)) ** -0.5  # (N,) inverse CDF of r^-3
+        margin = 8 * scale  # canvas pixels: centres a little off the canvas too, shapes cut by the border
+        cx, cy = uniform(n, lo=-margin, hi=canvas_size + margin), uniform(n, lo=-margin, hi=canvas_size + margin)
         angle = uniform(n, hi=math.pi)
         dx = xs[None] - cx[:, None, None]  # (N, 1, C)
         dy = ys[None] - cy[:, None, None]  # (N, C, 1)
@@ -64,7 +68,7 @@ def dead_leaves(count: int, seed: int, size: int = 32) -> np.ndarray:
         mask = torch.where(uniform(n)[:, None, None] < 0.5, disc, rectangle)  # (N, C, C)
 
         colour_a, colour_b = uniform(n, 3, 1, 1), uniform(n, 3, 1, 1)
-        period = uniform(n, lo=3.0, hi=24.0)[:, None, None]
+        period = uniform(n, lo=SUPERSAMPLE * PERIOD[0] * scale, hi=SUPERSAMPLE * PERIOD[1] * scale)[:, None, None]
         phase = uniform(n, hi=2 * math.pi)[:, None, None]
         grating = 0.5 + 0.5 * torch.sin(2 * math.pi * across / period + phase)  # (N, C, C)
         textured = (uniform(n) < 0.5)[:, None, None]
@@ -98,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--count {args.count}: use >= 1")
     if args.out.exists() and any(args.out.iterdir()):
         p.error(f"{args.out} is not empty: pass a new --out (its images would mix with these)")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_images(args.out, args.count, args.seed)
     logger.info(f"wrote {args.count:,} dead-leaves images (32x32 PNG, seed {args.seed}) to {args.out}")
     return 0
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(main())

@@ -158,12 +158,18 @@ def test_unlabeled_images_join_the_views_with_the_distillation_term_only(app, tm
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "20 images join every epoch" in result.output and "48 images + 20 unlabeled x 1 view sets" in result.output
     (train_views,) = (tmp_path / "v").glob("view-*.npz")
-    (extra_cache,) = tmp_path.glob("v-unlabeled-*")  # the train split's cache stays reusable without them
+    (extra_cache,) = (tmp_path / "v").glob("unlabeled-*")  # apart: the train split's cache serves runs without
     with np.load(extra_cache / "view-0.npz") as z:
         assert len(z["views"]) == 20 and (z["label_a"] == -1).all() and (z["label_b"] == -1).all()
     row = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")][-1]
-    assert 0 <= row["train_acc"] <= 1  # right answers over the 48 labelled views (the 20 others have no label)
+    assert 0 <= row["train_acc"] <= 1 and "labelled" not in row  # over the 48 labelled views only
     empty = tmp_path / "empty"
     empty.mkdir()
     none = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b.safetensors"), "--unlabeled", str(empty)])
-    assert none.exit_code == 2 and "no image files" in none.output
+    assert none.exit_code == 2 and "--unlabeled" in none.output and "no image files" in none.output
+    missing = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "c.safetensors"), "--unlabeled",
+                                       str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "--unlabeled" in missing.output and "does not exist" in missing.output
+    for judged in (folder, folder / "test"):  # the train data, or a part of it: its test images would leak
+        leak = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "d.safetensors"), "--unlabeled", str(judged)])
+        assert leak.exit_code == 2 and "overlaps" in leak.output, leak.output

@@ -366,6 +366,7 @@ def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
 
     a, b, c = dead_leaves(4, seed=1), dead_leaves(4, seed=1), dead_leaves(4, seed=2)
     assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8
+    assert dead_leaves(2, seed=1, size=16).shape == (2, 16, 16, 3)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert len({tuple(img.reshape(-1, 3).mean(0).round()) for img in a}) == 4  # four different pictures
     assert all(len(np.unique(img.reshape(-1, 3), axis=0)) > 20 for img in a)  # many shapes, not a flat colour
@@ -379,3 +380,16 @@ def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no image files"):
         load_unlabeled(tmp_path / "empty", 32)
+
+
+def test_distill_accuracy_is_of_the_labelled_views_and_a_newer_setting_is_refused_on_resume():
+    from training.backbone_training import check_same_recipe
+    from training.distill import of_labelled_views
+
+    result = {"train_acc": 0.3, "labelled": 0.6}  # 30% of all views right, 60% of views labelled
+    assert of_labelled_views(result) == pytest.approx(0.5) and "labelled" not in result
+    assert of_labelled_views({"train_acc": 0.0, "labelled": 0.0}) == 0.0
+    # a checkpoint written before `unlabeled` existed ran without it: resuming it with the images is another recipe
+    check_same_recipe({"lr": 1.0}, {"lr": 1.0, "unlabeled": None}, frozenset(), defaults={"unlabeled": None})
+    with pytest.raises(ValueError, match="unlabeled=None vs 'x'"):
+        check_same_recipe({"lr": 1.0}, {"lr": 1.0, "unlabeled": "x"}, frozenset(), defaults={"unlabeled": None})
