@@ -30,6 +30,7 @@ PROBE_NAMES = {"demo-backbone": "CIFAR-10-only backbone (`retired/vit_tiny_p4_32
                "distilled": "two-stage distilled backbone (`retired/vit_tiny_p4_32_distill_mnv1`)",
                "distilled-s3": "three-stage distilled backbone (`vit_tiny_p4_32_distill_mnv1_s3`)",
                "grown-d8": "depth-8 student grown from this file (run 4d8 below; not shipped)",
+               "leaves": "this file + 25,000 dead-leaves images in a fourth stage (run 4dl below; not shipped)",
                "teacher": "teacher: MobileNet V1 embedding (1,024-d, image upsampled to 224)"}
 
 
@@ -50,8 +51,8 @@ CARDS = {
                                            ("demo-backbone", "distilled", "teacher"), "distilled"),
     "vit_tiny_p4_32_distill_mnv1_s3": CardRun(
         ("distill.log", "stage2/distill.log", "stage3/distill.log"),
-        ("demo-backbone", "distilled", "distilled-s3", "grown-d8", "teacher"), "distilled-s3", "cifar10-s3",
-        continued=(("4", "stage4/distill.log"), ("4d8", "grow8/distill.log"))),
+        ("demo-backbone", "distilled", "distilled-s3", "grown-d8", "leaves", "teacher"), "distilled-s3", "cifar10-s3",
+        continued=(("4", "stage4/distill.log"), ("4d8", "grow8/distill.log"), ("4dl", "leaves/distill.log"))),
 }
 
 
@@ -66,6 +67,10 @@ def _mean3(acc: dict[str, float]) -> float:
 def _row(name: str, acc: dict[str, float]) -> str:
     cells = [f"{acc[t]:.1f}" if t in acc else "-" for t in TASKS]
     return f"| {name} | {' | '.join(cells)} | **{_mean3(acc):.1f}** |"
+
+
+def _listed(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _probe(run: Path, name: str) -> dict | None:
@@ -117,7 +122,7 @@ def tables(card_run: CardRun, run: Path = RUN) -> str:
     out += ["", "The probe after every epoch of the run (the in-memory float32 student; epoch 0 is the starting "
             "point), with the CIFAR-10 test accuracy of its head (2,000 fixed test images; the last epoch all "
             "10,000) and the distillation loss (MSE to the standardised teacher embedding)"
-            + (f"; rows {' and '.join(f'{label}.*' for label, _ in card_run.continued)} are runs started from this "
+            + (f"; rows {_listed([f'{label}.*' for label, _ in card_run.continued])} are runs started from this "
                "file afterwards, not in it" if card_run.continued else "") + ":", "",
             f"| stage.epoch | {' | '.join(TASKS)} | mean of 3 | CIFAR-10 test | distill MSE |",
             "|---" * (len(TASKS) + 4) + "|"]
