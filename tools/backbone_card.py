@@ -44,6 +44,7 @@ class CardRun:
     cifar10_probe: str | None = None  # probe-<name>.json: the linear probe on CIFAR-10's full train split
     # (label, log) of runs started from this file afterwards: in the history, not in the file
     continued: tuple[tuple[str, str], ...] = ()
+    fit: str | None = None  # JSON lines of training/experiments/distill_fit.py, one per run's checkpoint
 
 
 CARDS = {
@@ -52,7 +53,8 @@ CARDS = {
     "vit_tiny_p4_32_distill_mnv1_s3": CardRun(
         ("distill.log", "stage2/distill.log", "stage3/distill.log"),
         ("demo-backbone", "distilled", "distilled-s3", "grown-d8", "leaves", "teacher"), "distilled-s3", "cifar10-s3",
-        continued=(("4", "stage4/distill.log"), ("4d8", "grow8/distill.log"), ("4dl", "leaves/distill.log"))),
+        continued=(("4", "stage4/distill.log"), ("4d8", "grow8/distill.log"), ("4dl", "leaves/distill.log")),
+        fit="fit.jsonl"),
 }
 
 
@@ -132,7 +134,27 @@ def tables(card_run: CardRun, run: Path = RUN) -> str:
         cifar = f"{100 * row['test_acc']:.2f}% ({row['test_images']:,})" if "test_acc" in row else "-"
         mse = f"{row['distill_mse']:.3f}" if "distill_mse" in row else "-"
         out.append(f"{probe_cells}| {cifar} | {mse} |")
+    if card_run.fit and (run / card_run.fit).exists():
+        last = len(card_run.stages)  # the stage that made the file
+        labels = (*logs[:last - 1], (f"{last} (this file)", card_run.stages[-1]), *card_run.continued)
+        out += ["", *fit_table(labels, (run / card_run.fit).read_text())]
     return "\n".join(out)
+
+
+def fit_table(logs: tuple[tuple[str, str], ...], fit_lines: str) -> list[str]:
+    """How much of the teacher's variance each run's last student explains on plain CIFAR-10 images it trained on
+    and on test images it never saw; a run is named by its label in the history (its log's folder)."""
+    label_of = {str(Path(log).parent): label for label, log in logs}
+    out = ["The teacher's variance explained (R^2) by each run's last student and its projection, on 10,000 plain "
+           "CIFAR-10 train images it trained on and 10,000 test images it never saw "
+           "(`python -m training.experiments.distill_fit`):", "",
+           "| run | train R^2 | test R^2 | train - test |", "|---|---|---|---|"]
+    for line in fit_lines.splitlines():
+        fit = json.loads(line)
+        label = label_of.get(str(Path(fit["checkpoint"]).parent.relative_to("runs/distill")), fit["checkpoint"])
+        train, test = fit["train"]["r2"], fit["test"]["r2"]
+        out.append(f"| {label} | {train:.3f} | {test:.3f} | {train - test:+.3f} |")
+    return out
 
 
 def render(card: str, generated: str) -> str:

@@ -116,6 +116,13 @@ def distill_loss(out, target, ce_weight: float):
                                            "labelled": labelled.float().mean().item()}
 
 
+def view_cache(cfg: DistillConfig, teacher: Teacher) -> Path:
+    """The run's view cache folder: --cache, or one per teacher and view recipe under $PROMPTSERVE_CACHE."""
+    if cfg.cache:
+        return Path(cfg.cache)
+    return cache_dir().parent / "teacher" / f"{teacher.sha256[:12]}-{cfg.recipe.key()}"
+
+
 def of_labelled_views(result: dict) -> float:
     """train_epoch's train_acc counts right answers over all views; unlabeled ones can never be right, so the
     accuracy of the labelled views is that over the epoch's labelled fraction (pops the `labelled` part)."""
@@ -203,8 +210,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              f"unexpected {unexpected}")
 
     teacher = Teacher(cfg.teacher, threads=torch.get_num_threads())
-    cache = Path(cfg.cache) if cfg.cache else (cache_dir().parent / "teacher" /
-                                               f"{teacher.sha256[:12]}-{cfg.recipe.key()}")
+    cache = view_cache(cfg, teacher)
     log(f"[distill] teacher {teacher.path.name} ({teacher.dim}-d, input {teacher.input_size}px); view cache {cache}")
     check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
     sources = [(cache, train.images, train.labels)]  # (view cache, images, labels) of every image source

@@ -173,3 +173,20 @@ def test_unlabeled_images_join_the_views_with_the_distillation_term_only(app, tm
     for judged in (folder, folder / "test"):  # the train data, or a part of it: its test images would leak
         leak = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "d.safetensors"), "--unlabeled", str(judged)])
         assert leak.exit_code == 2 and "overlaps" in leak.output, leak.output
+
+
+@needs_teacher
+def test_distill_fit_reports_how_much_of_the_teacher_a_run_explains(app, tmp_path, backbone_file,  # noqa: F811
+                                                                    folder, capsys):  # noqa: F811
+    pytest.importorskip("ai_edge_litert", reason="the [distill] extra is not installed")
+    from training.experiments.distill_fit import main as distill_fit
+
+    out = tmp_path / "s.safetensors"
+    result = CliRunner().invoke(app, ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init",
+                                      str(backbone_file), "--out", str(out), "--epochs", "1", "--views", "1",
+                                      "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v")])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert distill_fit(["--checkpoint", str(out.with_suffix(".ckpt.pt")), "--images", "6"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for split in ("train", "test"):  # 6 of each split; R^2 is at most 1 (a random student may score below 0)
+        assert report[split]["mse"] > 0 and report[split]["r2"] <= 1
