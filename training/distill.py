@@ -101,7 +101,7 @@ class Student(nn.Module):
 
 def distill_loss(out, target, ce_weight: float):
     """MSE to the standardised teacher embedding + ce_weight x cross-entropy on the view's mixed labels; a view
-    of an unlabeled image (label -1) has the MSE term only. Parts: the two terms and the labelled fraction."""
+    of an unlabeled image (label -1) has the MSE term only, and its answer is neither right nor counted."""
     logits, proj = out  # (B, C), (B, D_t)
     emb, label_a, label_b, weight = target  # (B, D_t), (B,), (B,), (B,); labels -1: unlabeled
     mse = F.mse_loss(proj.float(), emb)
@@ -112,8 +112,7 @@ def distill_loss(out, target, ce_weight: float):
     ce = ce_rows[labelled].mean() if labelled.any() else logits.sum() * 0.0
     dominant = torch.where(weight >= 0.5, label_a, label_b)
     correct = int(((logits.argmax(1) == dominant) & labelled).sum().item())
-    return mse + ce_weight * ce, correct, {"distill_mse": mse.item(), "ce": ce.item(),
-                                           "labelled": labelled.float().mean().item()}
+    return mse + ce_weight * ce, (correct, int(labelled.sum().item())), {"distill_mse": mse.item(), "ce": ce.item()}
 
 
 def view_cache(cfg: DistillConfig, teacher: Teacher) -> Path:
@@ -121,13 +120,6 @@ def view_cache(cfg: DistillConfig, teacher: Teacher) -> Path:
     if cfg.cache:
         return Path(cfg.cache)
     return cache_dir().parent / "teacher" / f"{teacher.sha256[:12]}-{cfg.recipe.key()}"
-
-
-def of_labelled_views(result: dict) -> float:
-    """train_epoch's train_acc counts right answers over all views; unlabeled ones can never be right, so the
-    accuracy of the labelled views is that over the epoch's labelled fraction (pops the `labelled` part)."""
-    labelled = result.pop("labelled")
-    return result["train_acc"] / labelled if labelled > 0 else 0.0
 
 
 def unlabeled_source(cfg: DistillConfig, data_cfg, cache: Path, teacher: Teacher, log
@@ -277,7 +269,6 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              desc=f"distill {epoch + 1}/{cfg.epochs}",
                              criterion=lambda o, t: distill_loss(o, t, cfg.ce_weight))
         seconds = time.time() - t0
-        result["train_acc"] = of_labelled_views(result)
         last = epoch + 1 == cfg.epochs
         test_acc, test_images = backbone_training.score_on_test(vit, data_cfg, test, last)
         row = {"epoch": epoch + 1, **{k: round(v, 4) for k, v in result.items()}, "test_acc": round(test_acc, 4),

@@ -65,10 +65,12 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.opti
 
     batch(i) -> (x, y) for step i of the epoch (the caller owns data order and augmentation; y may be a tuple
     of tensors); lr(step) -> the learning rate of global step `first_step + i`. criterion(output, y) ->
-    (loss, correct count, named loss parts); default: label-smoothed cross-entropy on logits. amp: bf16
-    autocast on `device`. Returns {"train_loss", "train_acc", and each part's epoch mean}."""
+    (loss, correct count, named loss parts); default: label-smoothed cross-entropy on logits. The correct count
+    may be a pair (right, counted) when only `counted` examples of the batch have a label (distillation's
+    unlabeled views); train_acc is right / counted over the epoch. amp: bf16 autocast on `device`. Returns
+    {"train_loss", "train_acc", and each part's epoch mean}."""
     criterion = criterion or (lambda out, y: cross_entropy(out, y, label_smoothing))
-    seen, loss_sum, correct = 0, 0.0, 0
+    seen, loss_sum, correct, counted = 0, 0.0, 0, 0
     part_sums: dict[str, float] = {}
     steps_bar = bar(range(steps), desc=desc, enabled=progress)
     for i in steps_bar:
@@ -92,16 +94,17 @@ def train_epoch(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.opti
             clock.step()
         seen += len(x)
         loss_sum += loss.item() * len(x)
-        correct += n_correct
+        right, out_of = n_correct if isinstance(n_correct, tuple) else (n_correct, len(x))
+        correct, counted = correct + right, counted + out_of
         for name, value in parts.items():
             part_sums[name] = part_sums.get(name, 0.0) + value * len(x)
-        steps_bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+        steps_bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / max(counted, 1):.3f}", refresh=False)
     steps_bar.close()
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen,
+    return {"train_loss": loss_sum / seen, "train_acc": correct / max(counted, 1),
             **{name: total / seen for name, total in part_sums.items()}}
 
 
-Criterion = Callable[..., tuple[torch.Tensor, int, dict[str, float]]]
+Criterion = Callable[..., tuple[torch.Tensor, int | tuple[int, int], dict[str, float]]]
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0

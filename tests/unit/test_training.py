@@ -348,16 +348,15 @@ def test_distill_loss_leaves_unlabeled_views_out_of_the_cross_entropy():
     label_a = torch.tensor([0, 1, 2, -1, -1, -1])
     weight = torch.tensor([1.0, 0.3, 1.0, 1.0, 0.5, 1.0])
     label_b = torch.tensor([0, 2, 2, -1, -1, -1])
-    loss, correct, parts = distill_loss((logits, proj), (emb, label_a, label_b, weight), ce_weight=1.0)
-    labelled, _, labelled_parts = distill_loss((logits[:3], proj), (emb, label_a[:3], label_b[:3], weight[:3]),
-                                               ce_weight=0.0)
+    loss, (right, counted), parts = distill_loss((logits, proj), (emb, label_a, label_b, weight), ce_weight=1.0)
+    _, (right_3, counted_3), labelled_parts = distill_loss(
+        (logits[:3], proj), (emb, label_a[:3], label_b[:3], weight[:3]), ce_weight=0.0)
     assert parts["ce"] == pytest.approx(labelled_parts["ce"])  # the -1 rows add nothing to the label term
-    assert parts["labelled"] == pytest.approx(0.5) and labelled_parts["labelled"] == 1.0
-    assert correct <= 3
+    assert (right, counted) == (right_3, counted_3) and counted == 3  # nor to the accuracy
     loss.backward()
     assert (logits.grad[3:] == 0).all() and (logits.grad[:3] != 0).any()
     _, none, only_mse = distill_loss((logits[3:], proj[3:]), (emb[3:], label_a[3:], label_b[3:], weight[3:]), 1.0)
-    assert none == 0 and only_mse["ce"] == 0.0
+    assert none == (0, 0) and only_mse["ce"] == 0.0
 
 
 def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
@@ -382,13 +381,20 @@ def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
         load_unlabeled(tmp_path / "empty", 32)
 
 
-def test_distill_accuracy_is_of_the_labelled_views_and_a_newer_setting_is_refused_on_resume():
+def test_train_acc_counts_only_the_examples_a_criterion_counts_and_a_newer_setting_is_refused_on_resume():
     from training.backbone_training import check_same_recipe
-    from training.distill import of_labelled_views
+    from training.loop import train_epoch
 
-    result = {"train_acc": 0.3, "labelled": 0.6}  # 30% of all views right, 60% of views labelled
-    assert of_labelled_views(result) == pytest.approx(0.5) and "labelled" not in result
-    assert of_labelled_views({"train_acc": 0.0, "labelled": 0.0}) == 0.0
+    model = torch.nn.Linear(2, 2)
+    x = torch.zeros(4, 2)
+
+    def half_counted(out, y):  # 1 right of the 2 examples that have a label, in each batch of 4
+        return out.sum() * 0.0, (1, 2), {}
+
+    result = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()),
+                         lambda i: (x, torch.zeros(4)), 3, lambda step: 0.1, 0, grad_clip=None, label_smoothing=0.0,
+                         device=torch.device("cpu"), progress=False, criterion=half_counted)
+    assert result["train_acc"] == pytest.approx(0.5)  # 3 right of 6 counted, not of the 12 seen
     # a checkpoint written before `unlabeled` existed ran without it: resuming it with the images is another recipe
     check_same_recipe({"lr": 1.0}, {"lr": 1.0, "unlabeled": None}, frozenset(), defaults={"unlabeled": None})
     with pytest.raises(ValueError, match="unlabeled=None vs 'x'"):
