@@ -144,16 +144,16 @@ def tables(card_run: CardRun, run: Path = RUN) -> str:
 def fit_table(logs: tuple[tuple[str, str], ...], fit_lines: str) -> list[str]:
     """How much of the teacher's variance each run's last student explains on plain CIFAR-10 images it trained on
     and on test images it never saw; a run is named by its label in the history (its log's folder)."""
-    label_of = {str(Path(log).parent): label for label, log in logs}
-    out = ["The teacher's variance explained (R^2) by each run's last student and its projection, on 10,000 plain "
-           "CIFAR-10 train images it trained on and 10,000 test images it never saw "
+    label_of = {Path(log).parent.name: label for label, log in logs if Path(log).parent.name}  # folder -> label
+    out = ["The teacher's variance explained (R^2) by each run's last student and its projection, on plain CIFAR-10 "
+           "train images it trained on and as many test images it never saw "
            "(`python -m training.experiments.distill_fit`):", "",
-           "| run | train R^2 | test R^2 | train - test |", "|---|---|---|---|"]
+           "| run | images per split | train R^2 | test R^2 | train - test |", "|---|---|---|---|---|"]
     for line in fit_lines.splitlines():
         fit = json.loads(line)
-        label = label_of.get(str(Path(fit["checkpoint"]).parent.relative_to("runs/distill")), fit["checkpoint"])
+        label = label_of.get(Path(fit["checkpoint"]).parent.name, fit["checkpoint"])
         train, test = fit["train"]["r2"], fit["test"]["r2"]
-        out.append(f"| {label} | {train:.3f} | {test:.3f} | {train - test:+.3f} |")
+        out.append(f"| {label} | {fit['images']:,} | {train:.3f} | {test:.3f} | {train - test:+.3f} |")
     return out
 
 

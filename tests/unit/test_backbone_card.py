@@ -56,11 +56,11 @@ def test_card_tables_show_every_stage_and_the_probes(backbone_card, tmp_path):
     assert "| 1d8.1 | 30.0 | 40.0 | 60.0 | 70.0 | **43.3** | 75.00% (2,000) | 0.500 |" in text
     assert "rows 1d8.* are runs started from this file afterwards, not in it" in text
     (run / "fit.jsonl").write_text(
-        '{"checkpoint": "runs/distill/stage2/s.ckpt.pt", "train": {"r2": 0.4}, "test": {"r2": 0.35}}\n'
-        '{"checkpoint": "runs/distill/elsewhere/x.ckpt.pt", "train": {"r2": 0.3}, "test": {"r2": 0.3}}\n')
+        '{"checkpoint": "runs/distill/stage2/s.ckpt.pt", "images": 50, "train": {"r2": 0.4}, "test": {"r2": 0.35}}\n'
+        '{"checkpoint": "/elsewhere/x.ckpt.pt", "images": 8, "train": {"r2": 0.3}, "test": {"r2": 0.3}}\n')
     fitted = backbone_card.CardRun(("distill.log", "stage2/distill.log"), ("teacher",), "teacher", fit="fit.jsonl")
     text = backbone_card.tables(fitted, run)  # each fit row named by its run's label; the file's stage said so
-    assert "| 2 (this file) | 0.400 | 0.350 | +0.050 |" in text
-    assert "| runs/distill/elsewhere/x.ckpt.pt | 0.300 | 0.300 | +0.000 |" in text
+    assert "| 2 (this file) | 50 | 0.400 | 0.350 | +0.050 |" in text
+    assert "| /elsewhere/x.ckpt.pt | 8 | 0.300 | 0.300 | +0.000 |" in text  # a run of no label: its path
     card = f"intro\n{backbone_card.BEGIN}\nold\n{backbone_card.END}\nrest\n"
     assert backbone_card.render(card, "new") == f"intro\n{backbone_card.BEGIN}\nnew\n{backbone_card.END}\nrest\n"

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     student = Student(vit, teacher.dim)
     student.load_state_dict(student_state)
     student.eval()
-    stats = load_views(view_cache(cfg, teacher), 0)["embeddings"].astype(np.float32)  # (N, D_t)
+    cache = view_cache(cfg, teacher)
+    if not (cache / "view-0.npz").exists():  # the standardisation of the targets comes from the run's views
+        p.error(f"{cache} has no view-0.npz: the run's view cache is gone; rerun its distill command for 1 epoch "
+                "with --cache there, or pass the checkpoint of a run whose cache is on this machine")
+    stats = load_views(cache, 0)["embeddings"].astype(np.float32)  # (N, D_t)
     mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
 
     report = {"checkpoint": str(args.checkpoint), "images": args.images}
