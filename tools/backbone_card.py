@@ -135,8 +135,8 @@ def tables(card_run: CardRun, run: Path = RUN) -> str:
         mse = f"{row['distill_mse']:.3f}" if "distill_mse" in row else "-"
         out.append(f"{probe_cells}| {cifar} | {mse} |")
     if card_run.fit and (run / card_run.fit).exists():
-        last = len(card_run.stages)  # the stage that made the file
-        labels = (*logs[:last - 1], (f"{last} (this file)", card_run.stages[-1]), *card_run.continued)
+        made_it = str(len(card_run.stages))  # the stage that made the file
+        labels = tuple((f"{label} (this file)" if label == made_it else label, log) for label, log in logs)
         out += ["", *fit_table(labels, (run / card_run.fit).read_text())]
     return "\n".join(out)
 

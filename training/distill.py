@@ -115,6 +115,12 @@ def distill_loss(out, target, ce_weight: float):
     return mse + ce_weight * ce, (correct, int(labelled.sum().item())), {"distill_mse": mse.item(), "ce": ce.item()}
 
 
+def standardisation(embeddings: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D_t) teacher embeddings of view set 0 -> per-dimension mean and std (D_t,): every target's units."""
+    stats = embeddings.astype(np.float32)
+    return torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
+
+
 def view_cache(cfg: DistillConfig, teacher: Teacher) -> Path:
     """The run's view cache folder: --cache, or one per teacher and view recipe under $PROMPTSERVE_CACHE."""
     if cfg.cache:
@@ -222,10 +228,9 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
             held[k] = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         return held[k]
 
-    # (N_train, D_t): the standardisation of every target, from the train split's views (unlabeled images do
-    # not move it, so a stage with them regresses the same targets as one without)
-    stats = view_set(0)["embeddings"][:len(train)].astype(np.float32)
-    mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
+    # from the train split's views: unlabeled images do not move it, so a stage with them regresses the same
+    # targets as one without
+    mean, std = standardisation(view_set(0)["embeddings"][:len(train)])
 
     student = Student(vit, teacher.dim)
     params = list(student.parameters())

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from promptserve.backbone import Backbone
 from promptserve.preprocess import normalise
 from training.backbone_training import vit_and_data
-from training.distill import DistillConfig, Student, view_cache
+from training.distill import DistillConfig, Student, standardisation, view_cache
 from training.teacher import Teacher, load_views
 
 
@@ -49,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (cache / "view-0.npz").exists():  # the standardisation of the targets comes from the run's views
         p.error(f"{cache} has no view-0.npz: the run's view cache is gone; rerun its distill command for 1 epoch "
                 "with --cache there, or pass the checkpoint of a run whose cache is on this machine")
-    stats = load_views(cache, 0)["embeddings"].astype(np.float32)  # (N, D_t)
-    mean, std = torch.from_numpy(stats.mean(0)), torch.from_numpy(stats.std(0)).clamp(min=1e-3)
+    mean, std = standardisation(load_views(cache, 0)["embeddings"][:len(train)])  # as the run's training did
 
     report = {"checkpoint": str(args.checkpoint), "images": args.images}
     for split, images in (("train", train.images), ("test", test.images)):
