@@ -305,6 +305,8 @@ def distill(
     lr: float = typer.Option(5e-4, help="AdamW peak learning rate (cosine after --warmup-epochs)"),
     warmup_epochs: float = typer.Option(1.0, help="linear warm-up epochs"),
     ce_weight: float = typer.Option(0.3, help="weight of the cross-entropy on the data's labels (0: none)"),
+    projector: str = typer.Option("linear", help="head onto the teacher's embedding, dropped after training: "
+                                  "linear or mlp (one hidden layer)"),
     unlabeled: str = typer.Option(None, help="more images for the views, any folder layout (a directory or "
                                   ".tar; labels unused, e.g. python -m training.synthetic's dead leaves): the "
                                   "teacher is asked about them too", show_default="none"),
@@ -324,7 +326,8 @@ def distill(
         cfg = DistillConfig(data=data, teacher=str(teacher), out=str(out), init=init, depth=depth, model=model,
                             model_kwargs=json.loads(model_kwargs), views=views, min_scale=min_scale, mix=mix,
                             cache=None if cache is None else str(cache), epochs=epochs, batch_size=batch_size,
-                            lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, unlabeled=unlabeled, amp=amp,
+                            lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, projector=projector,
+                            unlabeled=unlabeled, amp=amp,
                             probe=list(probe), seed=seed, threads=threads, limit_train=limit_train, resume=resume)
         result = run_distill(cfg, log=_log)
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ from training.teacher import Teacher, ViewRecipe, check_view_cache, ensure_view_
 logger = logging.getLogger(__name__)
 
 AMP_CHOICES = ("auto", "bf16", "off")
+PROJECTORS = ("linear", "mlp")
 
 
 @dataclass(kw_only=True)
@@ -60,6 +61,7 @@ class DistillConfig(backbone_training.Config):
     lr: float = 5e-4
     warmup_epochs: float = 1.0
     ce_weight: float = 0.3
+    projector: str = "linear"  # the head from the student's pooled feature to the teacher's: linear or mlp
     unlabeled: str | None = None  # images in any folder layout, labels unused: their views join every epoch
     amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
     probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
@@ -77,6 +79,8 @@ class DistillConfig(backbone_training.Config):
             problems.append(f"--ce-weight {self.ce_weight} must be >= 0")
         if self.depth is not None and not self.init:
             problems.append("--depth grows an --init backbone; without --init set the depth in --model-kwargs")
+        if self.projector not in PROJECTORS:
+            problems.append(f"--projector {self.projector!r}: use one of {', '.join(PROJECTORS)}")
         if self.amp not in AMP_CHOICES:
             problems.append(f"--amp {self.amp!r}: use one of {', '.join(AMP_CHOICES)}")
         return problems
@@ -87,12 +91,20 @@ class DistillConfig(backbone_training.Config):
 
 
 class Student(nn.Module):
-    """x (B, 3, S, S) -> (logits (B, C), projected feature (B, D_teacher))."""
+    """x (B, 3, S, S) -> (logits (B, C), projected feature (B, D_teacher)).
 
-    def __init__(self, vit: nn.Module, teacher_dim: int):
+    `projector` "mlp" puts a hidden layer (D_teacher wide, GELU) between the pooled feature and the target: the
+    feature-distillation literature finds a non-linear projector leaves the student's own feature better for
+    downstream heads, since the projector, which is thrown away, absorbs part of the teacher-specific mapping."""
+
+    def __init__(self, vit: nn.Module, teacher_dim: int, projector: str = "linear"):
         super().__init__()
         self.vit = vit
-        self.project = nn.Linear(vit.embed_dim, teacher_dim)
+        if projector == "mlp":
+            self.project = nn.Sequential(nn.Linear(vit.embed_dim, teacher_dim), nn.GELU(),
+                                         nn.Linear(teacher_dim, teacher_dim))
+        else:
+            self.project = nn.Linear(vit.embed_dim, teacher_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.vit.forward_head(self.vit.forward_features(x), pre_logits=True)  # (B, D)
@@ -232,7 +244,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     # targets as one without
     mean, std = standardisation(view_set(0)["embeddings"][:len(train)])
 
-    student = Student(vit, teacher.dim)
+    student = Student(vit, teacher.dim, cfg.projector)
     params = list(student.parameters())
     opt = backbone_training.optimizer(student, cfg)
     steps = len(view_set(0)["embeddings"]) // cfg.batch_size
@@ -241,6 +253,7 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     unlabeled_note = f" + {len(sources[1][1]):,} unlabeled" if cfg.unlabeled else ""
     log(f"[distill] {len(train):,} images{unlabeled_note} x {cfg.views} view sets, {cfg.epochs} epochs x {steps} "
         f"steps, batch {cfg.batch_size}, AdamW lr {cfg.lr:g} wd {cfg.weight_decay:g}, ce weight {cfg.ce_weight:g}, "
+        f"{cfg.projector} projector, "
         f"{'bf16 autocast' if amp else 'float32'}, trainable {n_train:,} params (all)")
 
     probes = [load_probe_data(d, data_cfg.input_size, data_cfg.interpolation, cfg.probe_train_size)

@@ -184,10 +184,19 @@ def test_distill_fit_reports_how_much_of_the_teacher_a_run_explains(app, tmp_pat
     out = tmp_path / "s.safetensors"
     result = CliRunner().invoke(app, ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init",
                                       str(backbone_file), "--out", str(out), "--epochs", "1", "--views", "1",
-                                      "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v")])
+                                      "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v"),
+                                      "--projector", "mlp"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert distill_fit(["--checkpoint", str(out.with_suffix(".ckpt.pt")), "--images", "6"]) == 0
+    assert "mlp projector" in result.output
+    checkpoint = str(out.with_suffix(".ckpt.pt"))
+    assert distill_fit(["--checkpoint", checkpoint, "--images", "6"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["images"] == 6
     for split in ("train", "test"):  # a finite fit of 6 images of each split
         assert np.isfinite(report[split]["mse"]) and np.isfinite(report[split]["r2"])
+    moved = out.rename(tmp_path / "elsewhere.safetensors")  # checkpoint alone: the architecture from --backbone
+    with pytest.raises(SystemExit) as missing:
+        distill_fit(["--checkpoint", checkpoint, "--images", "6"])
+    assert missing.value.code == 2 and "pass --backbone" in capsys.readouterr().err
+    assert distill_fit(["--checkpoint", checkpoint, "--images", "6", "--backbone", str(moved)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"] == report["train"]

@@ -359,6 +359,36 @@ def test_distill_loss_leaves_unlabeled_views_out_of_the_cross_entropy():
     assert none == (0, 0) and only_mse["ce"] == 0.0
 
 
+def test_an_mlp_projector_maps_the_pooled_feature_and_an_older_checkpoint_resumes_as_linear():
+    """distill --projector: mlp puts a hidden layer between the pooled feature and the teacher's embedding; the
+    projector never enters the backbone; a checkpoint saved before the flag existed resumes as linear (its
+    recipe), and another projector on --resume is another recipe."""
+    from dataclasses import asdict
+
+    import timm
+
+    from training.backbone_training import check_same_recipe
+    from training.distill import DistillConfig, Student
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, num_heads=2, depth=1,
+                            num_classes=3)
+    linear, mlp = Student(vit, 20), Student(vit, 20, "mlp")
+    x = torch.randn(2, 3, 16, 16)
+    (logits_l, proj_l), (logits_m, proj_m) = linear(x), mlp(x)
+    assert proj_l.shape == proj_m.shape == (2, 20) and torch.equal(logits_l, logits_m)
+    assert [m.out_features for m in mlp.project if isinstance(m, torch.nn.Linear)] == [20, 20]
+    assert not any(k.startswith("project") for k in vit.state_dict())  # exported with the ViT: never the head
+    with pytest.raises(ValueError, match="--projector 'deep': use one of linear, mlp"):
+        DistillConfig(data="-", out="-", teacher="-", projector="deep")
+    cfg = DistillConfig(data="-", out="-", teacher="-")
+    old = {k: v for k, v in asdict(cfg).items() if k != "projector"}  # a checkpoint from before the flag
+    defaults = {"projector": "linear"}
+    check_same_recipe(old, asdict(cfg), DistillConfig.FREE_ON_RESUME, defaults=defaults)
+    with pytest.raises(ValueError, match="projector='linear' vs 'mlp'"):
+        check_same_recipe(old, {**asdict(cfg), "projector": "mlp"}, DistillConfig.FREE_ON_RESUME, defaults=defaults)
+
+
 def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
     from training.imagefolder import DatasetError, load_unlabeled
     from training.synthetic import dead_leaves, main

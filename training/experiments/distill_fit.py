@@ -33,16 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True, help="a distill run's <out>.ckpt.pt")
     p.add_argument("--images", type=int, default=10000, help="images of each split (seeded sample)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="a backbone file of the run's architecture (default: the run's --out beside the checkpoint; "
+                        "only its architecture is read, the weights come from the checkpoint)")
     args = p.parse_args(argv)
     saved = torch.load(args.checkpoint, weights_only=False)
     cfg = DistillConfig(**{**saved["config"], "resume": True})
     student_state = saved["student"]
-    exported = Backbone.from_file(args.checkpoint.with_suffix("").with_suffix(".safetensors"))  # the run's --out
+    architecture = args.backbone or args.checkpoint.with_suffix("").with_suffix(".safetensors")  # the run's --out
+    if not architecture.is_file():
+        p.error(f"{architecture} does not exist: pass --backbone with a backbone file of the run's architecture "
+                "(its --init, grown to its --depth, or its --out)")
+    exported = Backbone.from_file(architecture)
     name, kwargs = exported.name, {k: v for k, v in exported.timm_kwargs.items() if k != "num_classes"}
     vit, data_cfg, train, test = vit_and_data(cfg, name, kwargs)
     vit.reset_classifier(len(train.classes))
     teacher = Teacher(cfg.teacher, threads=torch.get_num_threads())
-    student = Student(vit, teacher.dim)
+    student = Student(vit, teacher.dim, cfg.projector)
     student.load_state_dict(student_state)
     student.eval()
     cache = view_cache(cfg, teacher)
