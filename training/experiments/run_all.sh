@@ -7,10 +7,11 @@
 # `--grid-check DIR` (with --dry-run or not) checks the grids that chose an end of their lr grid instead (see vtab.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill, OUT=runs/vtab
-BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_distill_mnv1_s3.safetensors}
-OUT=${OUT:-runs/vtab-distill-s3}
-PLOTS=${PLOTS:-docs/img/results-distill-s3}  # where the figures of $OUT go
+# defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill-s3, OUT=runs/vtab-distill,
+# OUT=runs/vtab
+BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp.safetensors}
+OUT=${OUT:-runs/vtab-distill-mlp}
+PLOTS=${PLOTS:-docs/img/results-distill-mlp}  # where the figures of $OUT go
 .venv/bin/python -m training.experiments.vtab --backbone "$BACKBONE" --out "$OUT" \
     --epochs "${EPOCHS:-12}" --hp-epochs "${HP_EPOCHS:-4}" --seeds "${SEEDS:-3}" --workers "${WORKERS:-2}" "$@"
 case " $* " in *" --dry-run "* | *" --grid-check "*) exit 0 ;; esac
