@@ -62,5 +62,15 @@ def test_card_tables_show_every_stage_and_the_probes(backbone_card, tmp_path):
     text = backbone_card.tables(fitted, run)  # each fit row named by its run's label; the file's stage said so
     assert "| 2 (this file) | 50 | 0.400 | 0.350 | +0.050 |" in text
     assert "/elsewhere/x.ckpt.pt" not in text  # a run outside this card's history: its own card shows it
+    (run / "probe-demo-backbone.json").write_text(probe)
+    whole = backbone_card.CardRun(("distill.log",), ("demo-backbone", "distilled"), "distilled",
+                                  sign_whole_split=("old-sign", "new-sign"))
+    assert "whole train split" not in backbone_card.tables(whole, run)  # its probes not run: no line
+    for name, acc in (("old-sign", 0.69), ("new-sign", 0.9)):
+        (run / f"probe-{name}.json").write_text(
+            f'{{"tasks": [{{"task": "sign_digits", "train": 1462, "test": 600, "accuracy": {acc}}}]}}')
+    text = backbone_card.tables(whole, run)  # sign_digits replaced, gtsrb and dtd10 kept: (30+40+69)/3 -> (30+40+90)/3
+    assert "whole train split (1,462 images)" in text and "sign_digits 69.0 -> 90.0" in text
+    assert "mean of 3 46.33 -> 53.33, **+7.00 points**; against the independent mean +6.80." in text
     card = f"intro\n{backbone_card.BEGIN}\nold\n{backbone_card.END}\nrest\n"
     assert backbone_card.render(card, "new") == f"intro\n{backbone_card.BEGIN}\nnew\n{backbone_card.END}\nrest\n"
