@@ -120,7 +120,8 @@ def _sign_whole_split_line(card_run: CardRun, probes: dict, run: Path) -> list[s
     whole = [_probe(run, name) for name in card_run.sign_whole_split or ()]
     if not whole or any(p is None for p in whole):
         return []
-    old, new = ({**_accuracies(probes[k]), **_accuracies(p)} for k, p in zip(("demo-backbone", card_run.this), whole))
+    old, new = ({**_accuracies(probes[k]), **_accuracies(p)}
+                for k, p in zip(("demo-backbone", card_run.this), whole, strict=True))
     train = whole[0]["tasks"][0]["train"]
     independent = ", ".join(f"{t} {INDEPENDENT[t]}" for t in TRANSFER)
     return ["", f"The same with sign_digits' whole train split ({train:,} images), under which the CIFAR-10-only "
