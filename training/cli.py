@@ -307,6 +307,9 @@ def distill(
     ce_weight: float = typer.Option(0.3, help="weight of the cross-entropy on the data's labels (0: none)"),
     projector: str = typer.Option("linear", help="head onto the teacher's embedding, dropped after training: "
                                   "linear or mlp (one hidden layer)"),
+    init_projector: Path = typer.Option(None, help="a distill run's <out>.ckpt.pt whose projector this stage "
+                                        "starts from (with --init the backbone that run exported): a continued "
+                                        "stage keeps the teacher mapping it had", show_default="a new projector"),
     unlabeled: str = typer.Option(None, help="more images for the views, any folder layout (a directory or "
                                   ".tar; labels unused, e.g. python -m training.synthetic's dead leaves): the "
                                   "teacher is asked about them too", show_default="none"),
@@ -327,6 +330,7 @@ def distill(
                             model_kwargs=json.loads(model_kwargs), views=views, min_scale=min_scale, mix=mix,
                             cache=None if cache is None else str(cache), epochs=epochs, batch_size=batch_size,
                             lr=lr, warmup_epochs=warmup_epochs, ce_weight=ce_weight, projector=projector,
+                            init_projector=None if init_projector is None else str(init_projector),
                             unlabeled=unlabeled, amp=amp,
                             probe=list(probe), seed=seed, threads=threads, limit_train=limit_train, resume=resume)
         result = run_distill(cfg, log=_log)

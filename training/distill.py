@@ -62,6 +62,8 @@ class DistillConfig(backbone_training.Config):
     warmup_epochs: float = 1.0
     ce_weight: float = 0.3
     projector: str = "linear"  # the head from the student's pooled feature to the teacher's: linear or mlp
+    # a distill checkpoint (<out>.ckpt.pt) whose projector this stage starts from, instead of a new one
+    init_projector: str | None = None
     unlabeled: str | None = None  # images in any folder layout, labels unused: their views join every epoch
     amp: str = "auto"  # bf16 autocast: auto = where the CPU has AMX / AVX512-BF16 (or on CUDA)
     probe: list[str] = field(default_factory=list)  # --data values of tasks to probe after every epoch
@@ -79,6 +81,11 @@ class DistillConfig(backbone_training.Config):
             problems.append(f"--ce-weight {self.ce_weight} must be >= 0")
         if self.depth is not None and not self.init:
             problems.append("--depth grows an --init backbone; without --init set the depth in --model-kwargs")
+        if self.init_projector and not self.init:
+            problems.append("--init-projector continues a stage's projector: give --init the backbone that stage "
+                            "exported")
+        if self.init_projector and not Path(self.init_projector).is_file():
+            problems.append(f"--init-projector {self.init_projector}: no such file (a distill run's <out>.ckpt.pt)")
         if self.projector not in PROJECTORS:
             problems.append(f"--projector {self.projector!r}: use one of {', '.join(PROJECTORS)}")
         if self.amp not in AMP_CHOICES:
@@ -125,6 +132,21 @@ def distill_loss(out, target, ce_weight: float):
     dominant = torch.where(weight >= 0.5, label_a, label_b)
     correct = int(((logits.argmax(1) == dominant) & labelled).sum().item())
     return mse + ce_weight * ce, (correct, int(labelled.sum().item())), {"distill_mse": mse.item(), "ce": ce.item()}
+
+
+def load_projector(student: Student, checkpoint: str | Path) -> None:
+    """Start `student`'s projector from a distill checkpoint's, so a stage that continues another does not first
+    spend its epochs re-learning the teacher mapping that stage had (the ViT comes from the stage's --init)."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if "student" not in saved:
+        raise ValueError(f"--init-projector {checkpoint} is not a distill checkpoint (no student weights in it)")
+    state = {k.removeprefix("project."): v for k, v in saved["student"].items() if k.startswith("project.")}
+    kind = saved.get("config", {}).get("projector", "linear")  # a checkpoint from before the flag: linear
+    try:
+        student.project.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(f"--init-projector {checkpoint} holds a {kind} projector that does not fit this one: "
+                         f"pass --projector {kind} and the teacher that run distilled") from None
 
 
 def standardisation(embeddings: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,6 +267,9 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     mean, std = standardisation(view_set(0)["embeddings"][:len(train)])
 
     student = Student(vit, teacher.dim, cfg.projector)
+    if cfg.init_projector:
+        load_projector(student, cfg.init_projector)
+        log(f"[distill] projector from {cfg.init_projector}")
     params = list(student.parameters())
     opt = backbone_training.optimizer(student, cfg)
     steps = len(view_set(0)["embeddings"]) // cfg.batch_size

@@ -200,3 +200,11 @@ def test_distill_fit_reports_how_much_of_the_teacher_a_run_explains(app, tmp_pat
     assert missing.value.code == 2 and "pass --backbone" in capsys.readouterr().err
     assert distill_fit(["--checkpoint", checkpoint, "--images", "6", "--backbone", str(moved)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"] == report["train"]
+    again = ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init", str(moved), "--epochs", "1",
+             "--views", "1", "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v"),
+             "--init-projector", checkpoint]  # a next stage from the exported file, keeping the projector
+    wrong = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "t.safetensors")])  # linear by default
+    assert wrong.exit_code == 2 and "pass --projector mlp" in wrong.output, wrong.output
+    continued = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "u.safetensors"), "--projector", "mlp"])
+    assert continued.exit_code == 0, continued.output + repr(continued.exception)
+    assert f"projector from {checkpoint}" in continued.output

@@ -389,6 +389,35 @@ def test_an_mlp_projector_maps_the_pooled_feature_and_an_older_checkpoint_resume
         check_same_recipe(old, {**asdict(cfg), "projector": "mlp"}, DistillConfig.FREE_ON_RESUME, defaults=defaults)
 
 
+def test_a_continued_stage_starts_from_the_checkpoints_projector(tmp_path):
+    """distill --init-projector: the new stage's projector is the checkpoint's, not a new one; a projector of
+    another kind or a file that is not a distill checkpoint is refused with what to pass instead."""
+    import timm
+
+    from training.distill import DistillConfig, Student, load_projector
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, embed_dim=32, num_heads=2, depth=1,
+                            num_classes=3)
+    trained = Student(vit, 20, "mlp")
+    checkpoint = tmp_path / "s.ckpt.pt"
+    torch.save({"student": trained.state_dict(), "config": {"projector": "mlp"}}, checkpoint)
+    fresh = Student(vit, 20, "mlp")
+    assert not torch.equal(fresh.project[0].weight, trained.project[0].weight)  # a new projector differs
+    load_projector(fresh, checkpoint)
+    for a, b in zip(fresh.project.state_dict().values(), trained.project.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="holds a mlp projector .* pass --projector mlp"):
+        load_projector(Student(vit, 20, "linear"), checkpoint)
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a distill checkpoint"):
+        load_projector(fresh, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="give --init the backbone that stage exported"):
+        DistillConfig(data="-", out="-", teacher="-", init_projector=str(checkpoint))
+    with pytest.raises(ValueError, match="--init-projector .*nope.pt: no such file"):
+        DistillConfig(data="-", out="-", teacher="-", init="b.safetensors", init_projector=str(tmp_path / "nope.pt"))
+
+
 def test_dead_leaves_are_seeded_images_and_load_as_unlabeled(tmp_path):
     from training.imagefolder import DatasetError, load_unlabeled
     from training.synthetic import dead_leaves, main
