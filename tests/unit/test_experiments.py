@@ -106,6 +106,18 @@ def test_hp_table_flags_a_choice_at_the_end_of_the_grid():
     assert "| dtd10 | e2vpt | 0.16 | 0.1 |" in table and "| gtsrb | linear | 0.04 (grid's bottom) |" in table
 
 
+def test_fit_table_puts_the_saved_seeds_last_train_accuracy_beside_val_and_test_means():
+    fitted = report([0.40, 0.42, 0.44])
+    fitted["seeds"]["runs"] = [{"test_acc": a, "val_acc": v} for a, v in ((0.40, 0.50), (0.42, 0.54), (0.44, 0.58))]
+    fitted["history"] = [{"stage": "stage1", "epoch": 12, "train_acc": 0.99},  # the saved seed's last epoch is last
+                         {"stage": "rewind", "epoch": 1, "train_acc": 0.5}, {"stage": "rewind", "epoch": 2,
+                                                                              "train_acc": 0.875}]
+    table = summarize.fit_table({("dtd10", "e2vpt"): fitted, ("dtd10", "linear"): report([0.3])})
+    assert "| dtd10 | e2vpt | 87.5 | 54.0 | 42.0 |" in table
+    assert "| dtd10 | linear | - | - | 30.0 |" in table  # an older report without those figures: dashes
+    assert table.index("| dtd10 | linear |") < table.index("| dtd10 | e2vpt |")  # the main table's method order
+
+
 def test_a_sweep_with_missing_data_stops_before_any_run_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sweep.TASKS, "fashion-mnist", f"fmnist:{tmp_path / 'nowhere'}")
     with pytest.raises(SystemExit) as stop:
