@@ -34,6 +34,7 @@ PROBE_NAMES = {"demo-backbone": "CIFAR-10-only backbone (`retired/vit_tiny_p4_32
                "grown-d8": "depth-8 student grown from this file (run 4d8 below; not shipped)",
                "leaves": "this file + 25,000 dead-leaves images in a fourth stage (run 4dl below; not shipped)",
                "mlp": "four-stage distilled backbone, MLP projector in stage 4 (`vit_tiny_p4_32_distill_mnv1_mlp`)",
+               "mlp5": "this file + 8 epochs at half the lr, keeping its projector (run 5 below; not shipped)",
                "teacher": "teacher: MobileNet V1 embedding (1,024-d, image upsampled to 224)"}
 
 
@@ -63,7 +64,8 @@ CARDS = {
         fit="fit.jsonl"),
     "vit_tiny_p4_32_distill_mnv1_mlp": CardRun(
         ("distill.log", "stage2/distill.log", "stage3/distill.log", "mlp/distill.log"),
-        ("demo-backbone", "distilled", "distilled-s3", "mlp", "teacher"), "mlp", "cifar10-mlp", fit="fit.jsonl",
+        ("demo-backbone", "distilled", "distilled-s3", "mlp", "mlp5", "teacher"), "mlp", "cifar10-mlp",
+        continued=(("5", "mlp5/distill.log"),), fit="fit.jsonl",
         sign_whole_split=("demo-backbone-sign1462", "mlp-sign1462")),
 }
 
