@@ -8,7 +8,7 @@ TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 HOST        ?= 127.0.0.1
 PORT        ?= 8000
 STORE       ?= ./registry
-BACKBONE    ?= assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp.safetensors
+BACKBONE    ?= assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors
 SUDO        := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv serve-venv system-deps test typecheck test-fast lint serve docs-assets clean help

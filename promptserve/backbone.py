@@ -46,7 +46,7 @@ HOW_TO_GET_WEIGHTS = ("give --pretrained (timm's weights from the hub, needs a n
                       ".safetensors/.pth/.bin state dict, e.g. copied from a model zoo); --random-init trains on "
                       f"random weights on purpose, and --backbone {RANDOM_TINY} is a small seeded test ViT")
 DEMO_BACKBONE_HINT = ("the demo backbone is built with `promptserve pretrain` then `promptserve distill` "
-                      "(see assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp.md)")
+                      "(see assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.md)")
 RETIRED_DIR = "retired"  # a replaced demo backbone moves to assets/backbones/retired/: its prompt sets still load
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEMO_BACKBONE_FILE = "backbones/vit_tiny_p4_32_distill_mnv1_mlp.safetensors"
+DEMO_BACKBONE_FILE = "backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors"
 MIB = 1 << 20
 
 

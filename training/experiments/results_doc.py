@@ -5,7 +5,7 @@ plots.py read), so that docs/results*.md and the README cannot drift from the ru
     python -m training.experiments.results_doc --check    # exit 1 if one differs (tests/unit/test_results_doc.py)
 
 A generated part sits between `<!-- results: ROOT PART -->` and `<!-- end results: ROOT PART -->`, ROOT being a
-sweep's directory (e.g. runs/vtab-distill-mlp) and PART one of MADE's keys: `tables` (summarize's tables), `means`
+sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `tables` (summarize's tables), `means`
 (each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and
 linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
 `gridcheck:CHECK_DIR` (a grid check's picks against the sweep's).
@@ -24,8 +24,8 @@ from training.experiments.summarize import tables
 from training.experiments.sweep import METHODS, TASKS
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/results.md", "docs/results-distill-s3-backbone.md", "docs/results-distill-mnv1-backbone.md",
-        "docs/results-cifar10-backbone.md")
+DOCS = ("README.md", "docs/results.md", "docs/results-distill-mlp-backbone.md", "docs/results-distill-s3-backbone.md",
+        "docs/results-distill-mnv1-backbone.md", "docs/results-cifar10-backbone.md")
 REGION = re.compile(r"<!-- results: (?P<key>[^ ]+ [^ ]+) -->(?P<body>.*?)<!-- end results: (?P=key) -->", re.S)
 
 

@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 # defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill-s3, OUT=runs/vtab-distill,
 # OUT=runs/vtab
-BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp.safetensors}
-OUT=${OUT:-runs/vtab-distill-mlp}
-PLOTS=${PLOTS:-docs/img/results-distill-mlp}  # where the figures of $OUT go
+BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors}
+OUT=${OUT:-runs/vtab-distill-mlp5}
+PLOTS=${PLOTS:-docs/img/results-distill-mlp5}  # where the figures of $OUT go
 .venv/bin/python -m training.experiments.vtab --backbone "$BACKBONE" --out "$OUT" \
     --epochs "${EPOCHS:-12}" --hp-epochs "${HP_EPOCHS:-4}" --seeds "${SEEDS:-3}" --workers "${WORKERS:-2}" "$@"
 case " $* " in *" --dry-run "* | *" --grid-check "*) exit 0 ;; esac

@@ -4,8 +4,8 @@ Every accuracy is the mean +- sd over the seeds of the configuration the run cho
 (`--seeds`; a run with one seed shows no sd). A difference between two methods is marked `*` when it is larger
 than twice its standard error, sqrt(sd_a^2/n_a + sd_b^2/n_b): with 3 seeds a rough screen, not a test.
 
-    python -m training.experiments.summarize runs/vtab-distill-mlp          # tables (markdown)
-    python -m training.experiments.summarize runs/vtab-distill-mlp --runs   # one row per run found
+    python -m training.experiments.summarize runs/vtab-distill-mlp5         # tables (markdown)
+    python -m training.experiments.summarize runs/vtab-distill-mlp5 --runs  # one row per run found
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation 
 
 # the demo backbone's sweep (docs/results.md); the retired backbones': runs/vtab-distill-s3, runs/vtab-distill,
 # runs/vtab
-DEFAULT_OUT = "runs/vtab-distill-mlp"
+DEFAULT_OUT = "runs/vtab-distill-mlp5"
 
 
 class AblationRow(NamedTuple):

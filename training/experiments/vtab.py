@@ -18,9 +18,9 @@ pick (sweep.grid_check_centre),
 with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
 point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done.
 
-    python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp.safetensors \
-        --out runs/vtab-distill-mlp --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
-    python -m training.experiments.vtab --backbone ... --out runs/vtab-distill-mlp --grid-check runs/gc-mlp --dry-run
+    python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors \
+        --out runs/vtab-distill-mlp5 --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
+    python -m training.experiments.vtab --backbone ... --out runs/vtab-distill-mlp5 --grid-check runs/gc-mlp5 --dry-run
 """
 from __future__ import annotations
 
