@@ -7,8 +7,8 @@
 # `--grid-check DIR` (with --dry-run or not) checks the grids that chose an end of their lr grid instead (see vtab.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill-s3, OUT=runs/vtab-distill,
-# OUT=runs/vtab
+# defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill-mlp, OUT=runs/vtab-distill-s3,
+# OUT=runs/vtab-distill, OUT=runs/vtab
 BACKBONE=${BACKBONE:-assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors}
 OUT=${OUT:-runs/vtab-distill-mlp5}
 PLOTS=${PLOTS:-docs/img/results-distill-mlp5}  # where the figures of $OUT go

@@ -29,8 +29,8 @@ METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-sh
 RUN_ORDER = ("e2vpt", "linear", "full", "vpt-deep", "vpt-shallow")
 HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
 
-# the demo backbone's sweep (docs/results.md); the retired backbones': runs/vtab-distill-s3, runs/vtab-distill,
-# runs/vtab
+# the demo backbone's sweep (docs/results.md); the retired backbones': runs/vtab-distill-mlp, runs/vtab-distill-s3,
+# runs/vtab-distill, runs/vtab
 DEFAULT_OUT = "runs/vtab-distill-mlp5"
 
 
