@@ -242,6 +242,12 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
                              f"unexpected {unexpected}")
 
     teacher = Teacher(cfg.teacher, threads=torch.get_num_threads())
+    # the projector needs only the teacher's width: a --init-projector that does not fit fails here, before the
+    # teacher's passes over a fresh view cache
+    student = Student(vit, teacher.dim, cfg.projector)
+    if cfg.init_projector:
+        load_projector(student, cfg.init_projector)
+        log(f"[distill] projector from {cfg.init_projector}")
     cache = view_cache(cfg, teacher)
     log(f"[distill] teacher {teacher.path.name} ({teacher.dim}-d, input {teacher.input_size}px); view cache {cache}")
     check_view_cache(cache, teacher, train.images, train.labels, cfg.recipe)
@@ -266,10 +272,6 @@ def distill(cfg: DistillConfig, log=logger.info) -> dict:
     # targets as one without
     mean, std = standardisation(view_set(0)["embeddings"][:len(train)])
 
-    student = Student(vit, teacher.dim, cfg.projector)
-    if cfg.init_projector:
-        load_projector(student, cfg.init_projector)
-        log(f"[distill] projector from {cfg.init_projector}")
     params = list(student.parameters())
     opt = backbone_training.optimizer(student, cfg)
     steps = len(view_set(0)["embeddings"]) // cfg.batch_size

@@ -201,10 +201,13 @@ def test_distill_fit_reports_how_much_of_the_teacher_a_run_explains(app, tmp_pat
     assert distill_fit(["--checkpoint", checkpoint, "--images", "6", "--backbone", str(moved)]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["train"] == report["train"]
     again = ["distill", "--data", str(folder), "--teacher", str(TEACHER), "--init", str(moved), "--epochs", "1",
-             "--views", "1", "--batch-size", "8", "--amp", "off", "--cache", str(tmp_path / "v"),
+             "--views", "1", "--batch-size", "8", "--amp", "off",
              "--init-projector", checkpoint]  # a next stage from the exported file, keeping the projector
-    wrong = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "t.safetensors")])  # linear by default
+    fresh_cache = tmp_path / "fresh"  # linear by default: refused before the teacher fills a fresh view cache
+    wrong = CliRunner().invoke(app, [*again, "--cache", str(fresh_cache), "--out", str(tmp_path / "t.safetensors")])
     assert wrong.exit_code == 2 and "pass --projector mlp" in wrong.output, wrong.output
-    continued = CliRunner().invoke(app, [*again, "--out", str(tmp_path / "u.safetensors"), "--projector", "mlp"])
+    assert not any(fresh_cache.rglob("*.npz")), "the teacher ran before the projector was checked"
+    continued = CliRunner().invoke(app, [*again, "--cache", str(tmp_path / "v"), "--projector", "mlp",
+                                         "--out", str(tmp_path / "u.safetensors")])
     assert continued.exit_code == 0, continued.output + repr(continued.exception)
     assert f"projector from {checkpoint}" in continued.output
