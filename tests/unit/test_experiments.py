@@ -165,6 +165,41 @@ def test_grid_check_searches_past_each_edge_pick_and_skips_the_picks_its_logs_sh
     assert sweep.grid_check_centre([0.04, 0.16, 0.64], "bottom") == 0.01  # its highest point the old bottom
 
 
+def test_a_grid_check_that_moved_a_pick_reruns_the_sweeps_protocol_there_once(tmp_path, monkeypatch, capsys):
+    grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64) for wd in (0.01, 0.1)]
+    sweep_dir, check = tmp_path / "sweep", tmp_path / "check"
+    for task, method in [("gtsrb", "e2vpt"), ("dtd10", "e2vpt")]:  # both chose their grid's top
+        (sweep_dir / task).mkdir(parents=True)
+        reports.report_path(sweep_dir, task, method).write_text(json.dumps(
+            {"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.01}},
+             "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0,
+                        "lr_grid": [0.04, 0.16, 0.64]}}))
+    check.mkdir()
+    for task, lr in [("gtsrb", 2.56), ("dtd10", 0.64)]:  # gtsrb's check moved up one step, dtd10's kept its pick
+        stem = reports.grid_check_stem(check, task, "e2vpt")
+        stem.with_suffix(".log").write_text(f"[hp-search] chose lr {lr} wd 0.1 (val acc 0.6)\n")
+        Path(f"{stem}{reports.REPORT_SUFFIX}").write_text(json.dumps(
+            {"hp_search": {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}}}))
+    args = ["--backbone", "b.safetensors", "--out", str(sweep_dir), "--grid-check", str(check), "--methods", "e2vpt"]
+    vtab.main([*args, "--dry-run"])
+    out = capsys.readouterr().out
+    assert "then the sweep's protocol at each moved pick: 1 to run" in out
+    assert "  gtsrb e2vpt at lr 2.56, weight decay 0.1" in out and "dtd10 e2vpt at" not in out
+    monkeypatch.setitem(sweep.TASKS, "gtsrb", str(tmp_path))  # data that exists: the rerun starts
+    calls = []
+    monkeypatch.setattr(vtab.subprocess, "call", lambda cmd, **_: calls.append(cmd) or 0)
+    vtab.main(args)
+    [cmd] = calls  # both checks are done; only the moved pick is rerun
+    flag = {name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")}
+    assert (flag["--lr"], flag["--weight-decay"], flag["--epochs"], flag["--seeds"]) == ("2.56", "0.1", "12", "3")
+    assert "--no-hp-search" in cmd and "--search" in cmd  # the sweep's protocol: e2vpt's pruning search included
+    final = reports.grid_check_finals(check) / "gtsrb-e2vpt"
+    assert flag["--out"] == str(final.with_suffix(".safetensors")) and final.with_suffix(".log").exists()
+    Path(f"{final}{reports.REPORT_SUFFIX}").write_text("{}")  # finished: not rerun
+    vtab.main([*args, "--dry-run"])
+    assert "at each moved pick: 0 to run" in capsys.readouterr().out
+
+
 def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():
     assert list(sweep.METHODS) == list(config.METHODS)  # the tables list them in the trainer's order
     assert sorted(sweep.RUN_ORDER) == sorted(sweep.METHODS)

@@ -26,6 +26,16 @@ def grid_check_stem(check_dir: str | Path, task: str, method: str) -> Path:
     return Path(check_dir) / f"{task}-{method}"
 
 
+def grid_check_finals(check_dir: str | Path) -> Path:
+    """Where the sweep's protocol, rerun at the picks a grid check moved, writes: <this>/<task>-<method>.*"""
+    return Path(check_dir) / "final"
+
+
+def pick_moved(sweep_hp: dict, check_hp: dict) -> bool:
+    """Whether a grid check chose another learning rate than the sweep's grid (its weight decay may differ too)."""
+    return check_hp["chosen"]["lr"] != sweep_hp["chosen"]["lr"]
+
+
 def load(root: Path) -> dict[tuple[str, str], dict]:
     """{(task, run): report} of every finished run under root; exits with one line when there is none."""
     out = {}

@@ -19,7 +19,15 @@ import re
 import sys
 from pathlib import Path
 
-from training.experiments.reports import REPORT_SUFFIX, Score, grid_check_stem, load, scores
+from training.experiments.reports import (
+    REPORT_SUFFIX,
+    Score,
+    grid_check_finals,
+    grid_check_stem,
+    load,
+    pick_moved,
+    scores,
+)
 from training.experiments.summarize import tables
 from training.experiments.sweep import METHODS, TASKS
 
@@ -70,7 +78,7 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     changed and the sweep's protocol was rerun at the new pick (check_dir/final/<task>-<method>.report.json: 3
     seeds, 12 epochs), a last column gives its test accuracy beside the sweep's."""
     finals = {p.name.removesuffix(REPORT_SUFFIX): Score.of(json.loads(p.read_text()))
-              for p in sorted((check_dir / "final").glob(f"*{REPORT_SUFFIX}"))}
+              for p in sorted(grid_check_finals(check_dir).glob(f"*{REPORT_SUFFIX}"))}
     head = ["task", "method", "sweep's grid: pick (val acc)", "check's grid", "check's pick (val acc)", "same pick"]
     head += ["test at the check's pick (sweep's)"] if finals else []
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
@@ -80,7 +88,7 @@ def grid_check(reports: dict, check_dir: Path) -> str:
             continue
         check, sweep = json.loads(path.read_text())["hp_search"], report["hp_search"]
         lrs = ", ".join(f"{lr:g}" for lr in sorted({row["lr"] for row in check["grid"]}))
-        same = check["chosen"]["lr"] == sweep["chosen"]["lr"]
+        same = not pick_moved(sweep, check)
         final = finals.get(grid_check_stem(check_dir, task, method).name)
         test = (f" {final} ({Score.of(report)}) |" if final else " - |") if finals else ""
         lines.append(f"| {task} | {method} | {sweep['chosen']['lr']:g} ({100 * sweep['best_val_acc']:.1f}) | {lrs} | "

@@ -16,7 +16,9 @@ The grid check (--grid-check DIR) reads the sweep's reports instead: every main 
 grid chose the learning rate at its top (or bottom) searches again on a grid whose lowest (highest) point is that
 pick (sweep.grid_check_centre),
 with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
-point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done.
+point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done. Where a
+check chose another rate, the sweep's protocol (its epochs and seeds, the method's extras) is then rerun at the
+new pick into DIR/final/<task>-<method>.*, for the test accuracy beside the sweep's.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors \
         --out runs/vtab-distill-mlp5 --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
@@ -32,7 +34,14 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-from training.experiments.reports import grid_check_stem, lr_grid_edge, report_path
+from training.experiments.reports import (
+    REPORT_SUFFIX,
+    grid_check_finals,
+    grid_check_stem,
+    lr_grid_edge,
+    pick_moved,
+    report_path,
+)
 from training.experiments.sweep import (
     ABLATION_ROWS,
     CURVE_FRACTIONS,
@@ -164,10 +173,40 @@ def run_grid_check(args, task: str, method: str, report: dict) -> dict:
     return row
 
 
+def moved_picks(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict, dict]]:
+    """(task, method, sweep's report, check's pick) of every finished check that chose another rate."""
+    out = []
+    for task, method, report in todo:
+        path = Path(f"{grid_check_stem(args.grid_check, task, method)}{REPORT_SUFFIX}")
+        check = json.loads(path.read_text())["hp_search"] if path.exists() else None
+        if check and pick_moved(report["hp_search"], check):
+            out.append((task, method, report, check["chosen"]))
+    return out
+
+
+def unfinished_finals(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict, dict]]:
+    return [(task, method, report, pick) for task, method, report, pick in moved_picks(args, todo)
+            if not Path(f"{grid_check_stem(grid_check_finals(args.grid_check), task, method)}{REPORT_SUFFIX}").exists()]
+
+
+def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict) -> dict:
+    """The sweep's protocol (its epochs and seeds, the method's extras, no search) at the pick the check moved to,
+    so that its test accuracy stands beside the sweep's; the sweep's own tables keep the sweep's pick."""
+    config = report["config"]
+    flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]), *METHODS[method]]
+    stem = grid_check_stem(grid_check_finals(args.grid_check), task, method)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    cmd = train_command(args, task, stem.with_suffix(".safetensors"), config["epochs"], config["seeds"], flags)
+    row = {"task": task, "grid_check_final": method, **execute(cmd, stem.with_suffix(".log"))}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def grid_check(p: argparse.ArgumentParser, args) -> None:
+    """The checks, then the sweep's protocol at each pick that moved (both resume: done work is skipped)."""
     todo = grid_check_jobs(args)
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
-    stop_on_missing_data(p, args, {task for task, *_ in left})
+    stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
           f"checked, {args.workers} at a time", flush=True)
     if args.dry_run:
@@ -175,9 +214,19 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
             edge = lr_grid_edge(report["hp_search"]) or "top"
             print(f"  {task} {method} (chose its grid's {edge}; lr grid centred on "
                   f"{grid_check_centre(report['config']['lr_grid'], edge):g})")
+    else:
+        with ThreadPoolExecutor(args.workers) as pool:
+            for f in [pool.submit(run_grid_check, args, *job) for job in left]:
+                f.result()
+    finals = unfinished_finals(args, todo)  # the checks just run may have moved more picks
+    print(f"then the sweep's protocol at each moved pick: {len(finals)} to run" +
+          (" (so far: more may follow the checks above)" if args.dry_run and left else ""), flush=True)
+    if args.dry_run:
+        for task, method, _, pick in finals:
+            print(f"  {task} {method} at lr {pick['lr']:g}, weight decay {pick['weight_decay']:g}")
         return
     with ThreadPoolExecutor(args.workers) as pool:
-        for f in [pool.submit(run_grid_check, args, *job) for job in left]:
+        for f in [pool.submit(run_grid_check_final, args, *job) for job in finals]:
             f.result()
 
 
