@@ -83,3 +83,29 @@ def test_a_grid_check_that_picks_another_rate_says_so(tmp_path):
                                  tmp_path)
     sweep_test = results_doc.Score.of(json.loads((root / "dtd10" / "e2vpt.report.json").read_text()))
     assert f"| **no** | 51.2 +- 0.4 ({sweep_test}) |" in table and "same pick | test at the check's pick" in table
+
+
+def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(tmp_path, monkeypatch):
+    """Three made-up backbones whose probe rises 5 points each: full gains 1 point per probe point and e2vpt 2, so
+    the e2vpt - full slope is +1; a fourth sweep after ROOT is left out."""
+    sweeps = []
+    for i, probe in enumerate((40.0, 45.0, 50.0)):
+        root = tmp_path / f"sweep{i}"
+        for task in ("gtsrb", "dtd10", "sign-digits", "fashion-mnist"):
+            (root / task).mkdir(parents=True)
+            for method, acc in (("linear", 50 + i), ("e2vpt", 50 + 10 * i), ("full", 70 + 5 * i)):
+                (root / task / f"{method}.report.json").write_text(json.dumps(
+                    {"metrics": {"test_acc": acc / 100}}))
+        tasks = [{"task": t, "accuracy": probe / 100} for t in ("gtsrb", "dtd10", "sign_digits")]
+        (tmp_path / f"probe{i}.json").write_text(json.dumps({"tasks": [*tasks, {"task": "fashion-mnist",
+                                                                                "accuracy": 0.0}]}))
+        sweeps.append((f"b{i}", f"sweep{i}", f"probe{i}.json"))
+    (tmp_path / "teacher.json").write_text(json.dumps({"tasks": tasks}))
+    monkeypatch.setattr(results_doc, "BACKBONE_SWEEPS", (*sweeps, ("later", "sweep9", "probe9.json")))
+    monkeypatch.setattr(results_doc, "TEACHER_PROBE", "teacher.json")
+    doc = "<!-- results: sweep2 backbones -->\n<!-- end results: sweep2 backbones -->"
+    table = results_doc.rendered(doc, tmp_path)
+    assert "| b0 | 40.0 | 50.0 | 50.0 | 70.0 | -20.0 | -20.0 | -20.0 | -20.0 | -20.0 |" in table
+    assert "| b2 | 50.0 | 52.0 | 70.0 | 80.0 | -10.0 |" in table and "later" not in table
+    assert "| teacher (probe only) | 50.0 |" in table
+    assert "linear +0.20, e2vpt +2.00, full +1.00; e2vpt - full +1.00 points per probe point" in table

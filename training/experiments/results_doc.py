@@ -8,7 +8,8 @@ A generated part sits between `<!-- results: ROOT PART -->` and `<!-- end result
 sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `tables` (summarize's tables), `means`
 (each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and
 linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
-`gridcheck:CHECK_DIR` (a grid check's picks against the sweep's).
+`gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
+against its frozen-feature probe, sweep.BACKBONE_SWEEPS).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from training.experiments.reports import (
     scores,
 )
 from training.experiments.summarize import tables
-from training.experiments.sweep import METHODS, TASKS
+from training.experiments.sweep import BACKBONE_SWEEPS, METHODS, TASKS, TEACHER_PROBE
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/results.md", "docs/results-distill-mlp-backbone.md", "docs/results-distill-s3-backbone.md",
@@ -97,6 +98,49 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     return "\n".join(lines)
 
 
+PROBED = ("gtsrb", "dtd10", "sign-digits")  # the issue's probe mean: the three tasks farthest from CIFAR-10
+
+
+def probe_mean(path: Path) -> float:
+    """Mean probe accuracy (%) over PROBED from a `promptserve probe --json` output (its task names use '_')."""
+    acc = {t["task"].replace("_", "-"): t["accuracy"] for t in json.loads(path.read_text())["tasks"]}
+    return 100 * sum(acc[t] for t in PROBED) / len(PROBED)
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys on xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+
+
+def across_backbones(root: str, repo: Path) -> str:
+    """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS) against its frozen-feature probe: how the
+    methods' means and e2vpt's distance to full fine-tuning move as the feature improves."""
+    upto = BACKBONE_SWEEPS[:[sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS].index(root) + 1]
+    head = ["backbone", "probe, mean of 3", "linear", "e2vpt", "full", "e2vpt - full",
+            *(f"e2vpt - full, {t}" for t in TASKS)]
+    lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
+    probes, cols = [], {m: [] for m in ("linear", "e2vpt", "full")}
+    for label, sweep_root, probe in upto:
+        reports = load(repo / sweep_root)
+        mean, s = method_means(reports), scores(reports)
+        probes.append(probe_mean(repo / probe))
+        for m in cols:
+            cols[m].append(mean[m])
+        gaps = [f"{100 * (s[(t, 'e2vpt')].mean - s[(t, 'full')].mean):+.1f}" for t in TASKS]
+        lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
+                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {' | '.join(gaps)} |")
+    blank = " | ".join("-" * (len(head) - 2))
+    lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
+    if len(upto) > 2:
+        per = {m: slope(probes, v) for m, v in cols.items()}
+        gap = slope(probes, [e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
+        lines += ["", f"Least-squares slopes over these {len(upto)} backbones, per point of probe mean: "
+                  + ", ".join(f"{m} {v:+.2f}" for m, v in per.items())
+                  + f"; e2vpt - full {gap:+.2f} points per probe point."]
+    return "\n".join(lines)
+
+
 MADE = {"tables": lambda reports: tables(reports, level="###"), "means": means, "demo-tasks": demo_tasks,
         "goals": goals}
 
@@ -118,11 +162,13 @@ def rendered(doc: str, repo: Path = REPO) -> str:
             text = gains(reports_of(root), reports_of(other))
         elif kind == "gridcheck":  # gridcheck:CHECK_DIR
             text = grid_check(reports_of(root), repo / other)
+        elif part == "backbones":
+            text = across_backbones(root, repo)
         elif part in MADE:
             text = MADE[part](reports_of(root))
         else:
             raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
-                              "gridcheck:DIR)")
+                              "gridcheck:DIR, backbones)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 

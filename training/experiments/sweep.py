@@ -29,9 +29,15 @@ METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-sh
 RUN_ORDER = ("e2vpt", "linear", "full", "vpt-deep", "vpt-shallow")
 HP_SOURCE = "e2vpt"  # the main run whose chosen lr / weight decay the ablation and curve runs of its task reuse
 
-# the demo backbone's sweep (docs/results.md); the retired backbones': runs/vtab-distill-mlp, runs/vtab-distill-s3,
-# runs/vtab-distill, runs/vtab
-DEFAULT_OUT = "runs/vtab-distill-mlp5"
+# every backbone's sweep, oldest first, beside its frozen-feature probe (`promptserve probe --json` of the four
+# tasks): the last is the demo backbone's (docs/results.md), the others the retired backbones'
+BACKBONE_SWEEPS = (("CIFAR-10 only", "runs/vtab", "runs/distill/probe-demo-backbone.json"),
+                   ("distilled, 2 stages", "runs/vtab-distill", "runs/distill/probe-distilled.json"),
+                   ("3 stages", "runs/vtab-distill-s3", "runs/distill/probe-distilled-s3.json"),
+                   ("4 stages (MLP projector)", "runs/vtab-distill-mlp", "runs/distill/probe-mlp.json"),
+                   ("5 stages (the demo backbone)", "runs/vtab-distill-mlp5", "runs/distill/probe-mlp5.json"))
+TEACHER_PROBE = "runs/distill/probe-teacher.json"
+DEFAULT_OUT = BACKBONE_SWEEPS[-1][1]
 
 
 class AblationRow(NamedTuple):
