@@ -226,9 +226,10 @@ def precision_rows(rec: Record, openvino: Record, train: Record) -> list[list[st
              f"{speed('bf16')} / {speed('bf16-autocast')}, top-1 agreement {' / '.join(agree)}", "-", rec.source],
             ["channels-last / torch.compile vs fp32", "-", f"{speed('channels-last')} / {speed('compile')}", "-",
              rec.source],
-            ["OpenVINO vs torch float32, engine forward, demo backbone, batch 32: float32 / bfloat16 (reported; torch "
-             "bfloat16 beside)", "-", " / ".join(f"{number(backends.cell('x torch float32', {'variant': v})):.2f}x"
-                                                for v in ("openvino float32", "openvino bfloat16"))
+            ["OpenVINO vs torch float32, engine forward, demo-sized backbone (random weights), batch 32: "
+             "float32 / bfloat16 (reported; torch bfloat16 beside)", "-",
+             " / ".join(f"{number(backends.cell('x torch float32', {'variant': v})):.2f}x"
+                        for v in ("openvino float32", "openvino bfloat16"))
              + f" (torch bfloat16 {number(backends.cell('x torch float32', {'variant': 'torch bfloat16'})):.2f}x)",
              "-", openvino.source],
             ["a pretraining step in bf16 autocast vs float32 (reported)", "-",
