@@ -11,6 +11,8 @@ import pytest
 from training import config
 from training.experiments import plots, reports, summarize, sweep, vtab
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def report(accs: list[float], tuned: int = 1000, **metrics) -> dict:
     mean = sum(accs) / len(accs)
@@ -128,7 +130,7 @@ def test_a_sweep_with_missing_data_stops_before_any_run_with_one_line(tmp_path, 
     assert "fashion-mnist: fmnist:" in err and "apt-get install dataset-fashion-mnist" in err
 
 
-def test_grid_check_searches_past_each_edge_pick_and_skips_the_picks_its_logs_show(tmp_path, monkeypatch, capsys):
+def test_grid_check_searches_past_each_edge_pick_and_skips_the_checks_with_a_report(tmp_path, monkeypatch, capsys):
     grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64) for wd in (0.01, 0.1)]
     for task, method, lr in [("gtsrb", "e2vpt", 0.64), ("dtd10", "e2vpt", 0.16), ("dtd10", "vpt-deep", 0.64),
                              ("gtsrb", "linear", 0.64), ("sign-digits", "e2vpt", 0.04)]:
@@ -147,13 +149,18 @@ def test_grid_check_searches_past_each_edge_pick_and_skips_the_picks_its_logs_sh
     assert "dtd10 e2vpt" not in out and "linear" not in out  # a pick inside its grid; a method not asked for
     check.mkdir()
     (check / "dtd10-vpt-deep.log").write_text("...\n[hp-search] chose lr 0.64 wd 0.1 (val acc 0.5)\n")
+    Path(f"{reports.grid_check_stem(check, 'dtd10', 'vpt-deep')}{reports.REPORT_SUFFIX}").write_text(json.dumps(
+        {"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}}}))  # done: its report exists
     (check / "gtsrb-e2vpt.log").write_text("a check cut short before its pick\n")
-    (check / "sign-digits-e2vpt.log").write_text("...\n[hp-search] chose lr 0.01 wd 0.1 (val acc 0.5)\n")
-    monkeypatch.setitem(sweep.TASKS, "gtsrb", str(tmp_path))  # data that exists: the check starts
+    (check / "sign-digits-e2vpt.log").write_text("...\n[hp-search] chose lr 0.01 wd 0.1 (val acc 0.5)\n")  # and
+    # cut short after it, without the report whose pick decides a rerun: checked again
+    for task in ("gtsrb", "sign-digits"):
+        monkeypatch.setitem(sweep.TASKS, task, str(tmp_path))  # data that exists: the check starts
     calls = []
     monkeypatch.setattr(vtab.subprocess, "call", lambda cmd, **_: calls.append(cmd) or 0)
     vtab.main(args)
-    [cmd] = calls  # dtd10 vpt-deep's log shows its pick: done
+    assert [c[c.index("--task-name") + 1] for c in calls] == ["gtsrb", "sign-digits"]
+    cmd = calls[0]
     flag = {name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")}
     assert (flag["--task-name"], flag["--method"], flag["--lr"]) == ("gtsrb", "e2vpt", "2.56")
     assert (flag["--epochs"], flag["--hp-epochs"], flag["--seeds"]) == ("4", "4", "1")  # the run's grid points
@@ -172,8 +179,8 @@ def test_a_grid_check_that_moved_a_pick_reruns_the_sweeps_protocol_there_once(tm
         (sweep_dir / task).mkdir(parents=True)
         reports.report_path(sweep_dir, task, method).write_text(json.dumps(
             {"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.01}},
-             "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0,
-                        "lr_grid": [0.04, 0.16, 0.64]}}))
+             "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0, "batch_size": 64,
+                        "optimizer": "sgd", "lr_grid": [0.04, 0.16, 0.64]}}))
     check.mkdir()
     for task, lr in [("gtsrb", 2.56), ("dtd10", 0.64)]:  # gtsrb's check moved up one step, dtd10's kept its pick
         stem = reports.grid_check_stem(check, task, "e2vpt")
@@ -193,11 +200,33 @@ def test_a_grid_check_that_moved_a_pick_reruns_the_sweeps_protocol_there_once(tm
     flag = {name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")}
     assert (flag["--lr"], flag["--weight-decay"], flag["--epochs"], flag["--seeds"]) == ("2.56", "0.1", "12", "3")
     assert "--no-hp-search" in cmd and "--search" in cmd  # the sweep's protocol: e2vpt's pruning search included
+    assert (flag["--batch-size"], flag["--optimizer"]) == ("64", "sgd")  # the sweep's, not this command's defaults
     final = reports.grid_check_finals(check) / "gtsrb-e2vpt"
     assert flag["--out"] == str(final.with_suffix(".safetensors")) and final.with_suffix(".log").exists()
     Path(f"{final}{reports.REPORT_SUFFIX}").write_text("{}")  # finished: not rerun
     vtab.main([*args, "--dry-run"])
     assert "at each moved pick: 0 to run" in capsys.readouterr().out
+
+
+def test_a_grid_check_on_another_backbone_than_the_sweeps_is_refused_in_one_line(tmp_path, capsys):
+    from promptserve.backbone import Backbone
+
+    demo = REPO / "assets" / "backbones" / "vit_tiny_p4_32_distill_mnv1_mlp5.safetensors"
+    grid = [{"lr": lr, "weight_decay": 0.1, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64)]
+    (tmp_path / "sweep" / "gtsrb").mkdir(parents=True)
+    report = reports.report_path(tmp_path / "sweep", "gtsrb", "e2vpt")
+    args = ["--backbone", str(demo), "--out", str(tmp_path / "sweep"), "--grid-check", str(tmp_path / "check"),
+            "--methods", "e2vpt", "--dry-run"]
+    for fingerprint in ("another backbone's", Backbone.from_file(demo).fingerprint):
+        report.write_text(json.dumps({"backbone_fingerprint": fingerprint, "hp_search": {
+            "grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}}, "config": {"lr_grid": [0.04, 0.16, 0.64]}}))
+        if fingerprint == "another backbone's":
+            with pytest.raises(SystemExit) as stop:
+                vtab.main(args)
+            assert stop.value.code == 2 and "is not the backbone the sweep under" in capsys.readouterr().err
+        else:
+            vtab.main(args)
+            assert "1 runs chose the lr at an end of their grid" in capsys.readouterr().out
 
 
 def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():

@@ -116,7 +116,11 @@ def slope(xs: list[float], ys: list[float]) -> float:
 def across_backbones(root: str, repo: Path) -> str:
     """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS) against its frozen-feature probe: how the
     methods' means and e2vpt's distance to full fine-tuning move as the feature improves."""
-    upto = BACKBONE_SWEEPS[:[sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS].index(root) + 1]
+    roots = [sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS]
+    if root not in roots:
+        raise LookupError(f"'backbones' needs a sweep listed in sweep.BACKBONE_SWEEPS ({', '.join(roots)}), "
+                          f"not {root}")
+    upto = BACKBONE_SWEEPS[:roots.index(root) + 1]
     head = ["backbone", "probe, mean of 3", "linear", "e2vpt", "full", "e2vpt - full",
             *(f"e2vpt - full, {t}" for t in TASKS)]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]

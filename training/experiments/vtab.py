@@ -16,9 +16,10 @@ The grid check (--grid-check DIR) reads the sweep's reports instead: every main 
 grid chose the learning rate at its top (or bottom) searches again on a grid whose lowest (highest) point is that
 pick (sweep.grid_check_centre),
 with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
-point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a log that shows the pick is done. Where a
-check chose another rate, the sweep's protocol (its epochs and seeds, the method's extras) is then rerun at the
-new pick into DIR/final/<task>-<method>.*, for the test accuracy beside the sweep's.
+point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a check whose report exists is done. Where a
+check chose another learning rate (a weight decay alone is not rerun), the sweep's protocol (its epochs, seeds,
+batch size and optimizer, the method's extras) is then rerun at the new pick into DIR/final/<task>-<method>.*, for
+the test accuracy beside the sweep's.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors \
         --out runs/vtab-distill-mlp5 --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
@@ -53,8 +54,6 @@ from training.experiments.sweep import (
     curve_run,
     grid_check_centre,
 )
-
-GRID_CHECK_DONE = "[hp-search] chose"  # the trainer's line with a grid's pick
 
 
 def jobs(args) -> list[tuple[str, str, list[str], bool]]:
@@ -151,9 +150,14 @@ def grid_check_log(args, task: str, method: str) -> Path:
     return grid_check_stem(args.grid_check, task, method).with_suffix(".log")
 
 
+def grid_check_report(check_dir: str | Path, task: str, method: str) -> Path:
+    return Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
+
+
 def grid_checked(args, task: str, method: str) -> bool:
-    log = grid_check_log(args, task, method)
-    return log.exists() and GRID_CHECK_DONE in log.read_text()
+    """Done once its report exists (written last, as for the sweep's runs): the pick and its grid are in it, and a
+    check cut short after its pick is run again rather than left without the report its rerun is decided on."""
+    return grid_check_report(args.grid_check, task, method).exists()
 
 
 def run_grid_check(args, task: str, method: str, report: dict) -> dict:
@@ -177,7 +181,7 @@ def moved_picks(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str,
     """(task, method, sweep's report, check's pick) of every finished check that chose another rate."""
     out = []
     for task, method, report in todo:
-        path = Path(f"{grid_check_stem(args.grid_check, task, method)}{REPORT_SUFFIX}")
+        path = grid_check_report(args.grid_check, task, method)
         check = json.loads(path.read_text())["hp_search"] if path.exists() else None
         if check and pick_moved(report["hp_search"], check):
             out.append((task, method, report, check["chosen"]))
@@ -186,7 +190,7 @@ def moved_picks(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str,
 
 def unfinished_finals(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict, dict]]:
     return [(task, method, report, pick) for task, method, report, pick in moved_picks(args, todo)
-            if not Path(f"{grid_check_stem(grid_check_finals(args.grid_check), task, method)}{REPORT_SUFFIX}").exists()]
+            if not grid_check_report(grid_check_finals(args.grid_check), task, method).exists()]
 
 
 def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict) -> dict:
@@ -196,15 +200,31 @@ def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict)
     flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]), *METHODS[method]]
     stem = grid_check_stem(grid_check_finals(args.grid_check), task, method)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    cmd = train_command(args, task, stem.with_suffix(".safetensors"), config["epochs"], config["seeds"], flags)
+    as_swept = argparse.Namespace(**{**vars(args), "batch_size": config["batch_size"],
+                                     "optimizer": config["optimizer"]})
+    cmd = train_command(as_swept, task, stem.with_suffix(".safetensors"), config["epochs"], config["seeds"], flags)
     row = {"task": task, "grid_check_final": method, **execute(cmd, stem.with_suffix(".log"))}
     print(json.dumps(row), flush=True)
     return row
 
 
+def stop_on_another_backbone(p: argparse.ArgumentParser, args, todo: list[tuple[str, str, dict]]) -> None:
+    """A check or rerun on another backbone than the sweep's would stand beside the sweep's figures as if
+    comparable: refuse it in one line (reports from before fingerprints were recorded are not checked)."""
+    swept = {report["backbone_fingerprint"] for *_, report in todo if "backbone_fingerprint" in report}
+    if not swept:
+        return
+    from promptserve.backbone import Backbone
+
+    if {Backbone.from_file(args.backbone).fingerprint} != swept:
+        p.error(f"--backbone {args.backbone} is not the backbone the sweep under {args.out} trained on "
+                "(its reports' backbone_fingerprint differs): pass that sweep's backbone")
+
+
 def grid_check(p: argparse.ArgumentParser, args) -> None:
     """The checks, then the sweep's protocol at each pick that moved (both resume: done work is skipped)."""
     todo = grid_check_jobs(args)
+    stop_on_another_backbone(p, args, todo)
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
@@ -252,7 +272,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen configuration (mean +- sd)")
     p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
     p.add_argument("--grid-check", metavar="DIR", help="instead of the sweep: check, into DIR, the grids of the "
-                   "main runs of --tasks x --methods under --out that chose the learning rate at an end of their grid")
+                   "main runs of --tasks x --methods under --out that chose the learning rate at an end of their "
+                   "grid, then rerun the sweep's protocol (its seeds and epochs) at each pick that moved")
     args = p.parse_args(argv)
     if args.curve_task and args.curve_task not in TASKS:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
