@@ -208,7 +208,7 @@ def test_a_grid_check_that_moved_a_pick_reruns_the_sweeps_protocol_there_once(tm
     assert "at each moved pick: 0 to run" in capsys.readouterr().out
 
 
-def test_a_grid_check_on_another_backbone_than_the_sweeps_is_refused_in_one_line(tmp_path, capsys):
+def test_a_sweep_or_grid_check_on_another_backbone_than_the_sweeps_is_refused_in_one_line(tmp_path, capsys):
     from promptserve.backbone import Backbone
 
     demo = REPO / "assets" / "backbones" / "vit_tiny_p4_32_distill_mnv1_mlp5.safetensors"
@@ -220,13 +220,17 @@ def test_a_grid_check_on_another_backbone_than_the_sweeps_is_refused_in_one_line
     for fingerprint in ("another backbone's", Backbone.from_file(demo).fingerprint):
         report.write_text(json.dumps({"backbone_fingerprint": fingerprint, "hp_search": {
             "grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}}, "config": {"lr_grid": [0.04, 0.16, 0.64]}}))
+        resumed = [*args[:4], "--tasks", "gtsrb", "--ablation-tasks", "--curve-task", "", "--dry-run"]
         if fingerprint == "another backbone's":
-            with pytest.raises(SystemExit) as stop:
-                vtab.main(args)
-            assert stop.value.code == 2 and "is not the backbone the sweep under" in capsys.readouterr().err
+            for command in (args, resumed):  # the grid check, and the sweep resumed
+                with pytest.raises(SystemExit) as stop:
+                    vtab.main(command)
+                assert stop.value.code == 2 and "is not the backbone the sweep under" in capsys.readouterr().err
         else:
             vtab.main(args)
             assert "1 runs chose the lr at an end of their grid" in capsys.readouterr().out
+            vtab.main(resumed)
+            assert "1 already done" in capsys.readouterr().out
 
 
 def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():

@@ -9,8 +9,8 @@ of a task take the lr and weight decay its main e2vpt run chose (so the rows dif
 changes, not in a noisy grid's pick); they wait for that run. Single-thread runs because the cores are shared:
 a two-thread run stalls at every OpenMP barrier when another process holds one of the cores. A run whose
 report exists is skipped, so a killed sweep resumes where it stopped (a run cut short restarts from its
-beginning). Logs land in OUT/<task>/<run>.log, artifacts and reports beside them, one JSON line per finished
-run in OUT/runs.jsonl.
+beginning; a --backbone other than the finished runs' is refused). Logs land in OUT/<task>/<run>.log, artifacts
+and reports beside them, one JSON line per finished run in OUT/runs.jsonl.
 
 The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods whose
 grid chose the learning rate at its top (or bottom) searches again on a grid whose lowest (highest) point is that
@@ -208,10 +208,10 @@ def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict)
     return row
 
 
-def stop_on_another_backbone(p: argparse.ArgumentParser, args, todo: list[tuple[str, str, dict]]) -> None:
-    """A check or rerun on another backbone than the sweep's would stand beside the sweep's figures as if
-    comparable: refuse it in one line (reports from before fingerprints were recorded are not checked)."""
-    swept = {report["backbone_fingerprint"] for *_, report in todo if "backbone_fingerprint" in report}
+def stop_on_another_backbone(p: argparse.ArgumentParser, args, reports: list[dict]) -> None:
+    """Runs on another backbone than the sweep's finished ones (a resumed sweep, its grid check and reruns) would
+    stand beside its figures as if comparable: refuse in one line (reports without a fingerprint are not checked)."""
+    swept = {report["backbone_fingerprint"] for report in reports if "backbone_fingerprint" in report}
     if not swept:
         return
     from promptserve.backbone import Backbone
@@ -224,7 +224,7 @@ def stop_on_another_backbone(p: argparse.ArgumentParser, args, todo: list[tuple[
 def grid_check(p: argparse.ArgumentParser, args) -> None:
     """The checks, then the sweep's protocol at each pick that moved (both resume: done work is skipped)."""
     todo = grid_check_jobs(args)
-    stop_on_another_backbone(p, args, todo)
+    stop_on_another_backbone(p, args, [report for *_, report in todo])
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
@@ -281,7 +281,9 @@ def main(argv=None) -> None:
         grid_check(p, args)
         return
     todo = jobs(args)
-    left = [j for j in todo if not report_path(args.out, j[0], j[1]).exists()]
+    done = [(task, name) for task, name, *_ in todo if report_path(args.out, task, name).exists()]
+    left = [j for j in todo if (j[0], j[1]) not in done]
+    stop_on_another_backbone(p, args, [json.loads(report_path(args.out, *run).read_text()) for run in done])
     stop_on_missing_data(p, args, {task for task, *_ in left})
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
