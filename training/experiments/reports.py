@@ -26,6 +26,10 @@ def grid_check_stem(check_dir: str | Path, task: str, method: str) -> Path:
     return Path(check_dir) / f"{task}-{method}"
 
 
+def grid_check_report(check_dir: str | Path, task: str, method: str) -> Path:
+    return Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
+
+
 def grid_check_finals(check_dir: str | Path) -> Path:
     """Where the sweep's protocol, rerun at the picks a grid check moved, writes: <this>/<task>-<method>.*"""
     return Path(check_dir) / "final"

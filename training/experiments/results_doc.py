@@ -18,12 +18,15 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from statistics import linear_regression
 
 from training.experiments.reports import (
     REPORT_SUFFIX,
     Score,
     grid_check_finals,
+    grid_check_report,
     grid_check_stem,
     load,
     pick_moved,
@@ -84,7 +87,7 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     head += ["test at the check's pick (sweep's)"] if finals else []
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     for (task, method), report in sorted(reports.items()):
-        path = Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
+        path = grid_check_report(check_dir, task, method)
         if not path.exists():
             continue
         check, sweep = json.loads(path.read_text())["hp_search"], report["hp_search"]
@@ -107,15 +110,10 @@ def probe_mean(path: Path) -> float:
     return 100 * sum(acc[t] for t in PROBED) / len(PROBED)
 
 
-def slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys on xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-
-
-def across_backbones(root: str, repo: Path) -> str:
-    """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS) against its frozen-feature probe: how the
-    methods' means and e2vpt's distance to full fine-tuning move as the feature improves."""
+def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -> str:
+    """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS; `reports_of` loads one) against its
+    frozen-feature probe: how the methods' means and e2vpt's distance to full fine-tuning move as the feature
+    improves."""
     roots = [sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS]
     if root not in roots:
         raise LookupError(f"'backbones' needs a sweep listed in sweep.BACKBONE_SWEEPS ({', '.join(roots)}), "
@@ -126,7 +124,7 @@ def across_backbones(root: str, repo: Path) -> str:
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     probes, cols = [], {m: [] for m in ("linear", "e2vpt", "full")}
     for label, sweep_root, probe in upto:
-        reports = load(repo / sweep_root)
+        reports = reports_of(sweep_root)
         mean, s = method_means(reports), scores(reports)
         probes.append(probe_mean(repo / probe))
         for m in cols:
@@ -134,11 +132,11 @@ def across_backbones(root: str, repo: Path) -> str:
         gaps = [f"{100 * (s[(t, 'e2vpt')].mean - s[(t, 'full')].mean):+.1f}" for t in TASKS]
         lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
                      f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {' | '.join(gaps)} |")
-    blank = " | ".join("-" * (len(head) - 2))
+    blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
     if len(upto) > 2:
-        per = {m: slope(probes, v) for m, v in cols.items()}
-        gap = slope(probes, [e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
+        per = {m: linear_regression(probes, v).slope for m, v in cols.items()}
+        gap = linear_regression(probes, [e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)]).slope
         lines += ["", f"Least-squares slopes over these {len(upto)} backbones, per point of probe mean: "
                   + ", ".join(f"{m} {v:+.2f}" for m, v in per.items())
                   + f"; e2vpt - full {gap:+.2f} points per probe point."]
@@ -167,7 +165,7 @@ def rendered(doc: str, repo: Path = REPO) -> str:
         elif kind == "gridcheck":  # gridcheck:CHECK_DIR
             text = grid_check(reports_of(root), repo / other)
         elif part == "backbones":
-            text = across_backbones(root, repo)
+            text = across_backbones(root, reports_of, repo)
         elif part in MADE:
             text = MADE[part](reports_of(root))
         else:

@@ -36,8 +36,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from training.experiments.reports import (
-    REPORT_SUFFIX,
     grid_check_finals,
+    grid_check_report,
     grid_check_stem,
     lr_grid_edge,
     pick_moved,
@@ -148,10 +148,6 @@ def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for
 
 def grid_check_log(args, task: str, method: str) -> Path:
     return grid_check_stem(args.grid_check, task, method).with_suffix(".log")
-
-
-def grid_check_report(check_dir: str | Path, task: str, method: str) -> Path:
-    return Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
 
 
 def grid_checked(args, task: str, method: str) -> bool:
