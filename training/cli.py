@@ -96,6 +96,9 @@ def train(
     val_fraction: float = typer.Option(_D.val_fraction, help="validation split when the data has no val/: this "
                                        "fraction of the training images, class-balanced (0: none)"),
     val_max: int = typer.Option(_D.val_max, help="at most this many validation images (VTAB-1k: 800/200)"),
+    val_group: str = typer.Option(None, help="regex on '<class>/<file name>': images whose match (its first group "
+                                  "if any) is alike are never split between train and val, e.g. frames of one "
+                                  "video: '^([^/]+/[0-9]+)_'", show_default="every image its own group"),
     seeds: int = typer.Option(_D.seeds, help="train the final config with N seeds: report mean +- sd, save the "
                               "best seed on validation (val is then kept out of the final runs)"),
     prompt_dropout: float = typer.Option(_D.prompt_dropout, help="dropout on the visual prompts while training "
@@ -143,6 +146,7 @@ def train(
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                           warmup_epochs=warmup_epochs, augment=augment, amp=amp,
                           train_size=parse_train_size(train_size), val_fraction=val_fraction, val_max=val_max,
+                          val_group=val_group,
                           seeds=seeds, prompt_dropout=prompt_dropout,
                           segment_rule=segment_rule, min_segments_kept=min_segments_kept, hp_epochs=hp_epochs,
                           cache=cache,

@@ -8,6 +8,7 @@ here, so the saved config always holds the value that ran.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 METHODS = ("linear", "vpt-shallow", "vpt-deep", "e2vpt", "full")
@@ -59,6 +60,7 @@ class TrainConfig:
     train_size: int | None = 1000  # None: every training image
     val_fraction: float = 0.2  # of the training images, when the data has no val/ split
     val_max: int = 200  # ... but at most this many (VTAB-1k: 800/200)
+    val_group: str | None = None  # a regex on `<class>/<file>`: images it matches alike stay on one side of the split
     final_on_all: bool = True  # one seed: after tuning, train the final artifact on train + val
     seed: int = 0
     seeds: int = 1  # train the final config with seeds seed..seed+N-1; save the best on validation
@@ -110,6 +112,11 @@ class TrainConfig:
             raise TrainConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) (0: no validation split)")
         if self.val_max < 0:
             raise TrainConfigError("val_max must be >= 0")
+        if self.val_group:
+            try:
+                re.compile(self.val_group)
+            except re.error as e:
+                raise TrainConfigError(f"val_group={self.val_group!r} is not a regular expression: {e}") from None
         if self.train_size is not None and self.train_size < 1:
             raise TrainConfigError(f"train_size {self.train_size}: use a positive image count, or None (--train-size "
                                    "all) for every training image")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,10 +188,12 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int, cap: np.ndarray | None 
 
 
 def validation_split(labels: np.ndarray, classes: list[str], fraction: float, at_most: int,
-                     seed: int) -> np.ndarray:
+                     seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Indices held out for validation: round(fraction * N) images, at most `at_most`, at least one per
     class, class-balanced and seeded; no class gives more than its share (fraction of its images, at least
-    one) and none gives its last image, so an unbalanced folder keeps its small classes in training."""
+    one) and none gives its last image, so an unbalanced folder keeps its small classes in training.
+    groups (N,) (optional): images of one group (frames of one video, photos of one person) are held out
+    together or not at all, so validation never scores an image whose near-twin trained (see `group_ids`)."""
     counts = np.bincount(labels, minlength=len(classes))
     thin = [f"{classes[c]} ({counts[c]})" for c in range(len(classes)) if counts[c] < 2]
     if thin:
@@ -199,11 +202,50 @@ def validation_split(labels: np.ndarray, classes: list[str], fraction: float, at
                            "split, or pass --val-fraction 0 --no-hp-search")
     n = min(at_most, max(len(classes), round(fraction * len(labels))))
     cap = np.minimum(counts - 1, np.maximum(1, np.round(fraction * counts).astype(np.int64)))
-    return balanced_pick(labels, n, seed, cap=cap)
+    if groups is None:
+        return balanced_pick(labels, n, seed, cap=cap)
+    return _grouped_pick(labels, groups, n, cap, seed)
+
+
+def _grouped_pick(labels: np.ndarray, groups: np.ndarray, n: int, cap: np.ndarray, seed: int) -> np.ndarray:
+    """balanced_pick over whole groups: classes take turns (seeded order) giving their next shuffled group
+    (a group's class: its first image's). A group joins only if the total stays <= n, every class it holds
+    stays within its cap and keeps a training image; a class with no validation image yet may exceed its cap
+    by one group (so small classes still get one). A group that does not fit now never will: it is dropped."""
+    rng = np.random.default_rng(seed)
+    _, group_of = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
+    counts = np.bincount(labels, minlength=len(cap))
+    queues = {int(c): [g for g in rng.permutation(len(members)) if labels[members[g][0]] == c]
+              for c in rng.permutation(np.unique(labels))}
+    taken, chosen = np.zeros_like(counts), []
+    while any(queues.values()):
+        for queue in queues.values():
+            while queue:
+                idx = members[queue.pop(0)]
+                gives = np.bincount(labels[idx], minlength=len(cap))
+                after = taken + gives
+                within = (gives == 0) | (after <= cap) | (taken == 0)  # only the classes it holds
+                if len(chosen) + len(idx) <= n and within.all() and (after < counts).all():
+                    taken, chosen = after, chosen + idx.tolist()
+                    break
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def group_ids(names: list[str], pattern: str) -> np.ndarray:
+    """Each name's group for `validation_split`: what `pattern` matches in `<class>/<file name>` (its first
+    capture group if it has one); a name it does not match is a group of its own."""
+    rule = re.compile(pattern)
+    keys = []
+    for name in names:
+        m = rule.search(name)
+        keys.append(name if m is None else (m.group(1) if rule.groups else m.group(0)))
+    return np.unique(np.asarray(keys), return_inverse=True)[1]
 
 
 def _take(a: ImageArray, idx: np.ndarray) -> ImageArray:
-    return ImageArray(a.images[idx], a.labels[idx], a.classes)
+    names = None if a.names is None else [a.names[i] for i in idx]
+    return ImageArray(a.images[idx], a.labels[idx], a.classes, names)
 
 
 def warn_thin_classes(train: ImageArray, log=logger.info, at_least: int = 10) -> None:
@@ -217,10 +259,11 @@ def warn_thin_classes(train: ImageArray, log=logger.info, at_least: int = 10) ->
 
 def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: int | None = None,
               val_fraction: float = 0.2, val_max: int = 200, seed: int = 0, log=logger.info, use_cache: bool = True,
-              progress: bool = True) -> TaskData:
+              progress: bool = True, val_group: str | None = None) -> TaskData:
     """train_size: a class-balanced seeded subset of that many images (VTAB-1k: 1000; None: all). Without a
     val/ split, a validation split is held out of it (see `validation_split`; val_fraction 0: none) and `train`
-    keeps the rest; the caller decides whether the final run trains on train + val (VTAB-1k protocol)."""
+    keeps the rest; the caller decides whether the final run trains on train + val (VTAB-1k protocol).
+    val_group: a regular expression naming each image's group (`group_ids`): no group straddles train and val."""
     train, val, test = load_splits(data, size, interpolation, use_cache, progress)
     if train_size:
         if train_size >= len(train):
@@ -228,10 +271,24 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
         else:
             log(f"using a class-balanced subset of {train_size} of the {len(train)} training images (--train-size)")
             train = _take(train, balanced_pick(train.labels, train_size, seed))
-    if val is None and val_fraction > 0 and val_max > 0:
-        v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1)
+    held_out = val is None and val_fraction > 0 and val_max > 0
+    groups = None
+    if val_group and held_out:
+        if train.names is None:
+            raise DatasetError(f"--val-group needs image file names and {data} has none (IDX files): leave it out")
+        groups = group_ids(train.names, val_group)
+        log(f"validation split by group (--val-group {val_group!r}): {groups.max() + 1} groups in "
+            f"{len(train)} training images")
+    elif val_group and val is not None:
+        log(f"note: {data} has its own val/ split; --val-group is ignored")
+    if held_out:
+        v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1, groups)
         rest = np.setdiff1d(np.arange(len(train)), v)
         train, val = _take(train, rest), _take(train, v)
+        unscored = len(train.classes) - len(np.unique(val.labels))
+        if unscored:
+            log(f"warning: {unscored} class(es) have no validation image (each one group holds all their "
+                "training images, or all but too few): validation scores the others")
     missing = sorted(set(range(len(train.classes))) - set(np.unique(train.labels).tolist()))
     if missing:
         raise DatasetError(f"classes {[train.classes[i] for i in missing]} have no training images after "
@@ -243,7 +300,8 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
 def merge(a: ImageArray, b: ImageArray | None) -> ImageArray:
     if b is None:
         return a
-    return ImageArray(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]), a.classes)
+    names = None if a.names is None or b.names is None else a.names + b.names
+    return ImageArray(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]), a.classes, names)
 
 
 # ---- batches ------------------------------------------------------------------------------------------

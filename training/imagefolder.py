@@ -32,11 +32,13 @@ class DatasetError(ValueError):
 
 @dataclass
 class ImageArray:
-    """A decoded split: images (N, S, S, 3) uint8, labels (N,) int64, class names in label order."""
+    """A decoded split: images (N, S, S, 3) uint8, labels (N,) int64, class names in label order, and each
+    image's `<class>/<file name>` (None where the source has no file names: IDX files)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: list[str]
+    names: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -140,10 +142,11 @@ def load_unlabeled(source: str | Path, size: int, interpolation: str = "bicubic"
 def _decoded(source: Path, entries: list[tuple[str, Member]], labels: np.ndarray, classes: list[str], size: int,
              interpolation: str, use_cache: bool, progress: bool, desc: str) -> ImageArray:
     """The entries' images decoded (through the decode cache), with the given labels and classes."""
+    names = [f"{c}/{Path(m.name).name}" if c else m.name for c, m in entries]  # from the listing: cache or not
     cached = cache_dir() / f"{cache_key(entries, size, interpolation, classes)}.npz"
     if use_cache and cached.exists():
         with np.load(cached, allow_pickle=False) as z:
-            return ImageArray(z["images"], z["labels"], [str(c) for c in z["classes"]])
+            return ImageArray(z["images"], z["labels"], [str(c) for c in z["classes"]], names)
 
     images = np.empty((len(entries), size, size, 3), np.uint8)
     steps = bar(enumerate(entries), desc=desc, total=len(entries), enabled=progress)
@@ -155,7 +158,7 @@ def _decoded(source: Path, entries: list[tuple[str, Member]], labels: np.ndarray
             for i, (_, m) in steps:
                 images[i] = _decode(tar.extractfile(m.name).read(), size, interpolation)
     steps.close()
-    result = ImageArray(images, labels, list(classes))
+    result = ImageArray(images, labels, list(classes), names)
     if use_cache:
         with atomic_target(cached) as tmp:
             np.savez(tmp, images=images, labels=labels, classes=np.array(classes, dtype=str))

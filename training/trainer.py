@@ -153,7 +153,7 @@ def train_task(cfg: TrainConfig, data: str | TaskData, backbone: Backbone, log=l
     if isinstance(data, str):
         dc = backbone.data_config
         data = load_task(data, dc.input_size, dc.interpolation, cfg.train_size, cfg.val_fraction, cfg.val_max,
-                         cfg.seed, log=log, use_cache=cfg.cache, progress=cfg.progress)
+                         cfg.seed, log=log, use_cache=cfg.cache, progress=cfg.progress, val_group=cfg.val_group)
     if cfg.tunes and data.val is None:
         raise TrainConfigError("--hp-search / --search choose on a validation split, and there is none: set "
                                "--val-fraction > 0 (or add a val/ split), or pass --no-hp-search")

@@ -137,7 +137,8 @@ def test_grid_check_searches_past_each_edge_pick_and_skips_the_checks_with_a_rep
         (tmp_path / "sweep" / task).mkdir(parents=True, exist_ok=True)
         reports.report_path(tmp_path / "sweep", task, method).write_text(json.dumps(
             {"hp_search": {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}},
-             "config": {"epochs": 12, "hp_epochs": 4, "warmup_epochs": 2.0, "lr_grid": [0.04, 0.16, 0.64]}}))
+             "config": {"epochs": 12, "hp_epochs": 4, "warmup_epochs": 2.0, "lr_grid": [0.04, 0.16, 0.64],
+                        "val_group": sweep.VAL_GROUP.get(task)}}))
     check = tmp_path / "check"
     args = ["--backbone", "b.safetensors", "--out", str(tmp_path / "sweep"), "--grid-check", str(check),
             "--methods", "e2vpt", "vpt-deep"]
@@ -167,6 +168,7 @@ def test_grid_check_searches_past_each_edge_pick_and_skips_the_checks_with_a_rep
     assert float(flag["--warmup-epochs"]) == pytest.approx(2.0 * 4 / 12)  # what the trainer gave each grid point
     assert "--hp-search" in cmd and "--search" not in cmd  # only the lr pick is asked: no pruning search
     assert flag["--out"] == str(check / "gtsrb-e2vpt.safetensors") and flag["--data"] == str(tmp_path)
+    assert flag["--val-group"] == sweep.VAL_GROUP["gtsrb"] and "--val-group" not in calls[1]  # its task's split
     assert "[hp-search]" not in (check / "gtsrb-e2vpt.log").read_text()  # rewritten by the new attempt
     assert sweep.grid_check_centre([0.04, 0.16, 0.64]) == 2.56  # the new grid's lowest point is the old top
     assert sweep.grid_check_centre([0.04, 0.16, 0.64], "bottom") == 0.01  # its highest point the old bottom
@@ -180,7 +182,7 @@ def test_a_grid_check_that_moved_a_pick_reruns_the_sweeps_protocol_there_once(tm
         reports.report_path(sweep_dir, task, method).write_text(json.dumps(
             {"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.01}},
              "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0, "batch_size": 64,
-                        "optimizer": "sgd", "lr_grid": [0.04, 0.16, 0.64]}}))
+                        "optimizer": "sgd", "lr_grid": [0.04, 0.16, 0.64], "val_group": sweep.VAL_GROUP.get(task)}}))
     check.mkdir()
     for task, lr in [("gtsrb", 2.56), ("dtd10", 0.64)]:  # gtsrb's check moved up one step, dtd10's kept its pick
         stem = reports.grid_check_stem(check, task, "e2vpt")
@@ -219,7 +221,8 @@ def test_a_sweep_or_grid_check_on_another_backbone_than_the_sweeps_is_refused_in
             "--methods", "e2vpt", "--dry-run"]
     for fingerprint in ("another backbone's", Backbone.from_file(demo).fingerprint):
         report.write_text(json.dumps({"backbone_fingerprint": fingerprint, "hp_search": {
-            "grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}}, "config": {"lr_grid": [0.04, 0.16, 0.64]}}))
+            "grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}},
+            "config": {"lr_grid": [0.04, 0.16, 0.64], "val_group": sweep.VAL_GROUP["gtsrb"]}}))
         resumed = [*args[:4], "--tasks", "gtsrb", "--ablation-tasks", "--curve-task", "", "--dry-run"]
         if fingerprint == "another backbone's":
             for command in (args, resumed):  # the grid check, and the sweep resumed
@@ -263,3 +266,29 @@ def test_the_experiment_modules_import_each_other_without_a_cycle():
         return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in imports.get(start, ()))
 
     assert [m for m in imports if reaches(m, m)] == []
+
+
+def test_a_finished_run_whose_validation_split_the_sweep_now_draws_otherwise_is_refused_in_one_line(tmp_path, capsys):
+    """GTSRB's runs held out validation image by image before sweep.VAL_GROUP split it by track: resuming (or grid
+    checking) such a sweep would put runs tuned on two different validation sets in one table."""
+    grid = [{"lr": lr, "weight_decay": 0.1, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64)]
+    (tmp_path / "sweep" / "gtsrb").mkdir(parents=True)
+    report = reports.report_path(tmp_path / "sweep", "gtsrb", "e2vpt")
+    grid_check = ["--backbone", "b.safetensors", "--out", str(tmp_path / "sweep"), "--grid-check",
+                  str(tmp_path / "check"), "--methods", "e2vpt", "--dry-run"]
+    resumed = [*grid_check[:4], "--tasks", "gtsrb", "--ablation-tasks", "--curve-task", "", "--dry-run"]
+    for val_group in (None, sweep.VAL_GROUP["gtsrb"]):
+        report.write_text(json.dumps({"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}},
+                                      "config": {"lr_grid": [0.04, 0.16, 0.64], "val_group": val_group}}))
+        if val_group is None:
+            for command in (grid_check, resumed):
+                with pytest.raises(SystemExit) as stop:
+                    vtab.main(command)
+                err = capsys.readouterr().err
+                assert stop.value.code == 2 and "(gtsrb e2vpt) held out validation otherwise" in err
+                assert f"move {tmp_path / 'sweep' / 'gtsrb'} aside" in err
+        else:
+            vtab.main(grid_check)
+            assert "1 runs chose the lr at an end of their grid" in capsys.readouterr().out
+            vtab.main(resumed)
+            assert "1 already done" in capsys.readouterr().out
