@@ -111,3 +111,26 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     assert "linear +0.20, e2vpt +2.00, full +1.00; e2vpt - full +1.00 points per probe point" in table
     with pytest.raises(LookupError, match="needs a sweep listed in sweep.BACKBONE_SWEEPS"):
         results_doc.rendered("<!-- results: sweep7 backbones --><!-- end results: sweep7 backbones -->", tmp_path)
+
+
+def test_the_splits_table_sets_runs_held_out_by_group_beside_the_same_runs_held_out_by_image(tmp_path):
+    def report(val_group, lr, vals, tests, reused=False):
+        return json.dumps({"config": {"val_group": val_group},
+                           "hp_search": None if reused else {"chosen": {"lr": lr, "weight_decay": 0.01}},
+                           "seeds": {"runs": [{"val_acc": v, "test_acc": t} for v, t in zip(vals, tests, strict=True)]},
+                           "metrics": {"test_acc": tests[0], "test_acc_mean": sum(tests) / 3,
+                                       "test_acc_sd": 0.002}})
+
+    for root, group, lr, vals, tests in [("before", None, 0.64, [0.6, 0.62, 0.64], [0.40, 0.40, 0.40]),
+                                         ("now", "^([^/]+/\\d+)_", 0.16, [0.44, 0.45, 0.46], [0.43, 0.43, 0.43])]:
+        for task in ("gtsrb", "dtd10"):
+            (tmp_path / root / task).mkdir(parents=True)
+            same = None if task == "dtd10" else group  # dtd10 split alike in both: left out of the table
+            (tmp_path / root / task / "e2vpt.report.json").write_text(report(same, lr, vals, tests))
+        (tmp_path / root / "gtsrb" / "abl-kv-only.report.json").write_text(report(group, lr, vals, tests, True))
+    table = results_doc.rendered("<!-- results: now splits:before -->\n<!-- end results: now splits:before -->",
+                                 tmp_path)
+    assert ("| gtsrb | e2vpt | by image -> by group | 0.64 / 0.01 -> 0.16 / 0.01 | 62.0 -> 45.0 | 40.0 +- 0.2 -> "
+            "43.0 +- 0.2 * | +22.0 -> +2.0 |") in table
+    assert "| gtsrb | abl-kv-only | by image -> by group | (reused) -> (reused) |" in table
+    assert "dtd10" not in table

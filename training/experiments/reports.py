@@ -76,6 +76,12 @@ class Score:
         return abs(self.mean - other.mean) > 2 * math.sqrt(self.sd ** 2 / self.n + other.sd ** 2 / other.n)
 
 
+def val_mean(report: dict) -> float | None:
+    """Validation accuracy over a run's seeds (each seed's model scored on the split its grid chose on)."""
+    vals = [row["val_acc"] for row in report.get("seeds", {}).get("runs", []) if row.get("val_acc") is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
 def scores(reports: dict) -> dict[tuple[str, str], Score]:
     return {key: Score.of(r) for key, r in reports.items()}
 

@@ -8,6 +8,7 @@ A generated part sits between `<!-- results: ROOT PART -->` and `<!-- end result
 sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `tables` (summarize's tables), `means`
 (each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and
 linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
+`splits:OTHER_ROOT` (runs whose validation split was drawn otherwise in another directory, against this sweep's),
 `gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
 against its frozen-feature probe, sweep.BACKBONE_SWEEPS).
 """
@@ -31,6 +32,7 @@ from training.experiments.reports import (
     load,
     pick_moved,
     scores,
+    val_mean,
 )
 from training.experiments.summarize import tables
 from training.experiments.sweep import BACKBONE_SWEEPS, METHODS, TASKS, TEACHER_PROBE
@@ -101,6 +103,29 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def splits(reports: dict, before: dict) -> str:
+    """The runs of `before` (another sweep directory, same backbone and protocol) whose validation split was held
+    out otherwise (the trainer's --val-group, sweep.VAL_GROUP) against this sweep's runs of the same name: what
+    each grid chose, validation and test accuracy (mean of seeds), and how far validation overstated the test."""
+    head = ["task", "run", "split: before -> now", "lr / wd chosen: before -> now", "val acc: before -> now",
+            "test acc: before -> now", "val - test: before -> now"]
+    lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
+    for key in sorted(set(reports) & set(before), key=lambda k: (list(TASKS).index(k[0]), k[1])):
+        was, now = before[key], reports[key]
+        split = [r["config"].get("val_group") for r in (was, now)]
+        if split[0] == split[1]:
+            continue
+        picks = [r["hp_search"]["chosen"] if r.get("hp_search") else None for r in (was, now)]
+        pick = " -> ".join(f"{p['lr']:g} / {p['weight_decay']:g}" if p else "(reused)" for p in picks)
+        val, test = [val_mean(r) for r in (was, now)], [Score.of(r) for r in (was, now)]
+        shift = " -> ".join(f"{100 * (v - t.mean):+.1f}" for v, t in zip(val, test, strict=True))
+        noise = " *" if test[1].beyond_noise(test[0]) else ""
+        lines.append(f"| {key[0]} | {key[1]} | {' -> '.join('by image' if g is None else 'by group' for g in split)}"
+                     f" | {pick} | {100 * val[0]:.1f} -> {100 * val[1]:.1f} | {test[0]} -> {test[1]}{noise} | "
+                     f"{shift} |")
+    return "\n".join(lines)
+
+
 PROBED = ("gtsrb", "dtd10", "sign-digits")  # the issue's probe mean: the three tasks farthest from CIFAR-10
 
 
@@ -162,6 +187,8 @@ def rendered(doc: str, repo: Path = REPO) -> str:
         kind, _, other = part.partition(":")
         if kind == "gains":  # gains:OTHER_ROOT
             text = gains(reports_of(root), reports_of(other))
+        elif kind == "splits":  # splits:OTHER_ROOT
+            text = splits(reports_of(root), reports_of(other))
         elif kind == "gridcheck":  # gridcheck:CHECK_DIR
             text = grid_check(reports_of(root), repo / other)
         elif part == "backbones":
@@ -170,7 +197,7 @@ def rendered(doc: str, repo: Path = REPO) -> str:
             text = MADE[part](reports_of(root))
         else:
             raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
-                              "gridcheck:DIR, backbones)")
+                              "splits:ROOT, gridcheck:DIR, backbones)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 

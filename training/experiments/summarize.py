@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training.experiments.reports import Score, curve_points, load, lr_grid_edge, scores
+from training.experiments.reports import Score, curve_points, load, lr_grid_edge, scores, val_mean
 from training.experiments.sweep import ABLATION_ROWS, DEFAULT_OUT, METHODS, TASKS
 
 # pairs whose difference the main table screens against the seed noise
@@ -82,9 +82,9 @@ def fit_table(reports: dict) -> str:
             if r is None:
                 continue
             train = [h["train_acc"] for h in r.get("history", []) if "train_acc" in h]
-            vals = [row["val_acc"] for row in r.get("seeds", {}).get("runs", []) if row.get("val_acc") is not None]
+            val = val_mean(r)
             cells = [f"{100 * train[-1]:.1f}" if train else "-",
-                     f"{100 * sum(vals) / len(vals):.1f}" if vals else "-", f"{100 * Score.of(r).mean:.1f}"]
+                     "-" if val is None else f"{100 * val:.1f}", f"{100 * Score.of(r).mean:.1f}"]
             lines.append(f"| {t} | {m} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
