@@ -103,6 +103,7 @@ def keep_seeded_subset(split: ImageArray, n: int, seed: int) -> None:
     """Keep a seeded subset of n images, in file order (`--limit-train`: a smoke run)."""
     keep = np.sort(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].numpy())
     split.images, split.labels = split.images[keep], split.labels[keep]
+    split.names = None if split.names is None else [split.names[i] for i in keep]
 
 
 def optimizer(module: nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -10,7 +10,9 @@ Data sources (`--data`):
 
 Validation split (when the data has no val/): a fraction of the training images (default 20%, at most
 200: VTAB-1k's 800/200), class-balanced and seeded, at least one image per class and never a class's
-last training image. Decoded splits are cached on disk: see training/imagefolder.py.
+last training image; with `--val-group`, whole groups of images (frames of one track), so fewer where groups
+do not add up to the share, and none for a class whose groups are all too big. Decoded splits are cached on
+disk: see training/imagefolder.py.
 """
 
 from __future__ import annotations
@@ -211,11 +213,14 @@ def _grouped_pick(labels: np.ndarray, groups: np.ndarray, n: int, cap: np.ndarra
     """balanced_pick over whole groups: classes take turns (seeded order) giving their next shuffled group
     (a group's class: its first image's). A group joins only if the total stays <= n, every class it holds
     stays within its cap and keeps a training image; a class with no validation image yet may exceed its cap
-    by one group (so small classes still get one). A group that does not fit now never will: it is dropped."""
+    with a group no bigger than an even share of n (so small classes still get one, and one big group does not
+    spend the budget of the others). A group that does not fit now never will: it is dropped."""
     rng = np.random.default_rng(seed)
     _, group_of = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(group_of == g) for g in range(group_of.max() + 1)]
+    order = np.argsort(group_of, kind="stable")  # each group's indices, ascending, in one pass
+    members = np.split(order, np.flatnonzero(np.diff(group_of[order])) + 1)
     counts = np.bincount(labels, minlength=len(cap))
+    even_share = max(1, n // len(np.unique(labels)))
     queues = {int(c): [g for g in rng.permutation(len(members)) if labels[members[g][0]] == c]
               for c in rng.permutation(np.unique(labels))}
     taken, chosen = np.zeros_like(counts), []
@@ -225,21 +230,30 @@ def _grouped_pick(labels: np.ndarray, groups: np.ndarray, n: int, cap: np.ndarra
                 idx = members[queue.pop(0)]
                 gives = np.bincount(labels[idx], minlength=len(cap))
                 after = taken + gives
-                within = (gives == 0) | (after <= cap) | (taken == 0)  # only the classes it holds
+                first = (taken == 0) & (len(idx) <= even_share)
+                within = (gives == 0) | (after <= cap) | first  # only the classes it holds
                 if len(chosen) + len(idx) <= n and within.all() and (after < counts).all():
                     taken, chosen = after, chosen + idx.tolist()
                     break
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
-def group_ids(names: list[str], pattern: str) -> np.ndarray:
+def group_ids(names: list[str], pattern: str, log=logger.info) -> np.ndarray:
     """Each name's group for `validation_split`: what `pattern` matches in `<class>/<file name>` (its first
-    capture group if it has one); a name it does not match is a group of its own."""
+    capture group if it has one and it took part); a name it does not match is a group of its own."""
     rule = re.compile(pattern)
-    keys = []
+    keys, unmatched = [], 0
     for name in names:
         m = rule.search(name)
-        keys.append(name if m is None else (m.group(1) if rule.groups else m.group(0)))
+        key = None if m is None else (m.group(1) if rule.groups else m.group(0))
+        unmatched += m is None
+        keys.append(name if key is None else key)
+    if unmatched == len(names):
+        raise DatasetError(f"--val-group {pattern!r} matches none of the {len(names)} training images' names; it "
+                           f"is matched against '<class>/<file name>', e.g. {names[0]!r}")
+    if unmatched:
+        log(f"warning: --val-group {pattern!r} matches {len(names) - unmatched} of {len(names)} names; each of "
+            "the others is a group of its own")
     return np.unique(np.asarray(keys), return_inverse=True)[1]
 
 
@@ -276,19 +290,27 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
     if val_group and held_out:
         if train.names is None:
             raise DatasetError(f"--val-group needs image file names and {data} has none (IDX files): leave it out")
-        groups = group_ids(train.names, val_group)
+        groups = group_ids(train.names, val_group, log)
         log(f"validation split by group (--val-group {val_group!r}): {groups.max() + 1} groups in "
             f"{len(train)} training images")
     elif val_group and val is not None:
         log(f"note: {data} has its own val/ split; --val-group is ignored")
+    elif val_group:
+        log("note: no validation split is held out (--val-fraction 0 or --val-max 0); --val-group is ignored")
     if held_out:
         v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1, groups)
+        if groups is not None and len(v) == 0:
+            raise DatasetError(f"--val-group {val_group!r}: no group fits the validation split (at most "
+                               f"{min(val_max, round(val_fraction * len(train)))} images, none a class's last): "
+                               "use a pattern that makes smaller groups, raise --val-fraction, or add a val/ split")
         rest = np.setdiff1d(np.arange(len(train)), v)
         train, val = _take(train, rest), _take(train, v)
-        unscored = len(train.classes) - len(np.unique(val.labels))
+        unscored = [c for i, c in enumerate(train.classes) if i not in set(val.labels.tolist())]
         if unscored:
-            log(f"warning: {unscored} class(es) have no validation image (each one group holds all their "
-                "training images, or all but too few): validation scores the others")
+            why = ("every group of theirs is bigger than the split leaves room for, or holds their last training "
+                   "image" if groups is not None else "the split has fewer images than there are classes")
+            log(f"warning: {len(unscored)} class(es) have no validation image ({', '.join(unscored[:5])}"
+                f"{' ...' if len(unscored) > 5 else ''}): {why}; validation scores the others")
     missing = sorted(set(range(len(train.classes))) - set(np.unique(train.labels).tolist()))
     if missing:
         raise DatasetError(f"classes {[train.classes[i] for i in missing]} have no training images after "

@@ -270,25 +270,38 @@ def test_the_experiment_modules_import_each_other_without_a_cycle():
 
 def test_a_finished_run_whose_validation_split_the_sweep_now_draws_otherwise_is_refused_in_one_line(tmp_path, capsys):
     """GTSRB's runs held out validation image by image before sweep.VAL_GROUP split it by track: resuming (or grid
-    checking) such a sweep would put runs tuned on two different validation sets in one table."""
+    checking) such a sweep, or reusing such a grid check, would put runs tuned on two different validation sets in
+    one table."""
     grid = [{"lr": lr, "weight_decay": 0.1, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64)]
     (tmp_path / "sweep" / "gtsrb").mkdir(parents=True)
     report = reports.report_path(tmp_path / "sweep", "gtsrb", "e2vpt")
+    check = reports.grid_check_report(tmp_path / "check", "gtsrb", "e2vpt")
     grid_check = ["--backbone", "b.safetensors", "--out", str(tmp_path / "sweep"), "--grid-check",
                   str(tmp_path / "check"), "--methods", "e2vpt", "--dry-run"]
     resumed = [*grid_check[:4], "--tasks", "gtsrb", "--ablation-tasks", "--curve-task", "", "--dry-run"]
-    for val_group in (None, sweep.VAL_GROUP["gtsrb"]):
-        report.write_text(json.dumps({"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}},
-                                      "config": {"lr_grid": [0.04, 0.16, 0.64], "val_group": val_group}}))
-        if val_group is None:
-            for command in (grid_check, resumed):
-                with pytest.raises(SystemExit) as stop:
-                    vtab.main(command)
-                err = capsys.readouterr().err
-                assert stop.value.code == 2 and "(gtsrb e2vpt) held out validation otherwise" in err
-                assert f"move {tmp_path / 'sweep' / 'gtsrb'} aside" in err
-        else:
-            vtab.main(grid_check)
-            assert "1 runs chose the lr at an end of their grid" in capsys.readouterr().out
-            vtab.main(resumed)
-            assert "1 already done" in capsys.readouterr().out
+
+    def run(val_group):
+        return json.dumps({"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}},
+                           "config": {"lr_grid": [0.04, 0.16, 0.64], "val_group": val_group}})
+
+    def refused(command, stale: Path):
+        with pytest.raises(SystemExit) as stop:
+            vtab.main(command)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and "held out validation otherwise than sweep.VAL_GROUP now asks for gtsrb" in err
+        assert f"({stale}): move them" in err
+
+    report.write_text(run(None))
+    refused(grid_check, report)
+    refused(resumed, report)
+    report.write_text(run(sweep.VAL_GROUP["gtsrb"]))
+    vtab.main(grid_check)
+    assert "1 runs chose the lr at an end of their grid, 0 already checked" in capsys.readouterr().out
+    vtab.main(resumed)
+    assert "1 already done" in capsys.readouterr().out
+    check.parent.mkdir()
+    check.write_text(run(None))  # a check left from the by-image sweep: not reused
+    refused(grid_check, check)
+    check.write_text(run(sweep.VAL_GROUP["gtsrb"]))
+    vtab.main(grid_check)
+    assert "1 already checked" in capsys.readouterr().out

@@ -116,3 +116,32 @@ def test_train_takes_val_group_from_its_config_and_saves_it_beside_the_artifact(
                                                       num_classes=3), log=logs.append)
     assert out["report"]["config"]["val_group"] == TRACK
     assert out["report"]["data"]["val"] == 12 and any("14 groups in 56" in m for m in logs)
+
+
+def test_a_class_with_no_validation_image_yet_may_not_spend_the_others_budget_on_one_big_group():
+    labels = np.repeat(np.arange(10), 20)
+    groups = np.arange(200) // 10  # every class: two groups of 10
+    v = validation_split(labels, [str(c) for c in range(10)], 0.2, 40, seed=0, groups=groups)
+    assert len(v) == 0  # an even share of 40 is 4: no group of 10 may jump its class's cap of 4
+    groups = np.concatenate([np.arange(100) // 10, 10 + np.arange(100) // 2])  # classes 5-9: groups of 2
+    v = validation_split(labels, [str(c) for c in range(10)], 0.2, 40, seed=0, groups=groups)
+    assert sorted(set(labels[v].tolist())) == [5, 6, 7, 8, 9] and len(v) == 20  # each its cap of 4
+
+
+def test_a_split_with_no_room_for_any_group_or_a_pattern_that_matches_nothing_is_one_clear_line(tmp_path):
+    root = tracks_folder(tmp_path / "ds", tracks_per_class=(2, 2, 2), frames=4)
+    with pytest.raises(DatasetError, match="no group fits the validation split"):  # one group per class folder
+        load_task(str(root), 8, val_fraction=0.25, seed=0, val_group=r"^[^/]+", log=lambda m: None)
+    with pytest.raises(DatasetError, match=r"matches none of the 24 .*'<class>/<file name>', e.g. 'a/00000_00000"):
+        load_task(str(root), 8, val_fraction=0.25, seed=0, val_group=r"^(\d+)_", log=lambda m: None)
+    logs = []
+    load_task(str(root), 8, val_fraction=0.25, seed=0, val_group=r"^a/(\d+)_", log=logs.append)
+    assert any("matches 8 of 24 names" in m for m in logs), logs
+    logs.clear()
+    load_task(str(root), 8, val_fraction=0, seed=0, val_group=TRACK, log=logs.append)
+    assert any("--val-group is ignored" in m for m in logs), logs
+
+
+def test_an_optional_capture_group_that_did_not_take_part_falls_back_to_the_name():
+    ids = group_ids(["a/1_x.png", "a/1_y.png", "b/z.png"], r"^(?:(\w/\d+)_)?")
+    assert ids[0] == ids[1] != ids[2]

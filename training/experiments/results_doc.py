@@ -115,14 +115,16 @@ def splits(reports: dict, before: dict) -> str:
         split = [r["config"].get("val_group") for r in (was, now)]
         if split[0] == split[1]:
             continue
-        picks = [r["hp_search"]["chosen"] if r.get("hp_search") else None for r in (was, now)]
-        pick = " -> ".join(f"{p['lr']:g} / {p['weight_decay']:g}" if p else "(reused)" for p in picks)
+        picks = [r["hp_search"]["chosen"] if r.get("hp_search") else None for r in (was, now)]  # None: given
+        pick = " -> ".join(f"{p['lr']:g} / {p['weight_decay']:g}" if p else
+                           f"{r['config']['lr']:g} / {r['config']['weight_decay']:g} (given)"
+                           for p, r in zip(picks, (was, now), strict=True))
         val, test = [val_mean(r) for r in (was, now)], [Score.of(r) for r in (was, now)]
-        shift = " -> ".join(f"{100 * (v - t.mean):+.1f}" for v, t in zip(val, test, strict=True))
+        vals = " -> ".join("-" if v is None else f"{100 * v:.1f}" for v in val)
+        shift = " -> ".join("-" if v is None else f"{100 * (v - t.mean):+.1f}" for v, t in zip(val, test, strict=True))
         noise = " *" if test[1].beyond_noise(test[0]) else ""
-        lines.append(f"| {key[0]} | {key[1]} | {' -> '.join('by image' if g is None else 'by group' for g in split)}"
-                     f" | {pick} | {100 * val[0]:.1f} -> {100 * val[1]:.1f} | {test[0]} -> {test[1]}{noise} | "
-                     f"{shift} |")
+        how = " -> ".join("by image" if g is None else "by group `" + g.replace("|", "\\|") + "`" for g in split)
+        lines.append(f"| {key[0]} | {key[1]} | {how} | {pick} | {vals} | {test[0]} -> {test[1]}{noise} | {shift} |")
     return "\n".join(lines)
 
 

@@ -219,24 +219,29 @@ def stop_on_another_backbone(p: argparse.ArgumentParser, args, reports: list[dic
                 "(its reports' backbone_fingerprint differs): pass that sweep's backbone")
 
 
-def stop_on_another_split(p: argparse.ArgumentParser, args, runs: list[tuple[str, str, dict]]) -> None:
-    """A finished run (task, name, report) whose validation split was drawn another way than the sweep now
-    draws its task's (sweep.VAL_GROUP) chose its lr on other images: refuse in one line rather than mix the two
-    (reports without a config are not checked)."""
-    stale = sorted({(task, name) for task, name, report in runs
-                    if "config" in report and report["config"].get("val_group") != VAL_GROUP.get(task)})
+def stop_on_another_split(p: argparse.ArgumentParser, runs: list[tuple[str, Path]]) -> None:
+    """A finished run (its task, its report's path) whose validation split was drawn another way than the sweep
+    now draws its task's (sweep.VAL_GROUP) chose its lr on other images: refuse in one line rather than mix the two
+    (missing reports, and reports without a config, are not checked)."""
+    stale = []
+    for task, path in runs:
+        report = json.loads(path.read_text()) if path.exists() else {}
+        if "config" in report and report["config"].get("val_group") != VAL_GROUP.get(task):
+            stale.append((task, path))
     if stale:
         tasks = sorted({task for task, _ in stale})
-        p.error(f"{len(stale)} finished run(s) under {args.out} ({', '.join(f'{t} {n}' for t, n in stale[:4])}"
-                f"{' ...' if len(stale) > 4 else ''}) held out validation otherwise than sweep.VAL_GROUP now asks "
-                f"for {', '.join(tasks)}: move {', '.join(f'{args.out}/{t}' for t in tasks)} aside to rerun them")
+        shown = ", ".join(str(path) for _, path in stale[:3]) + (" ..." if len(stale) > 3 else "")
+        p.error(f"{len(stale)} finished run(s) held out validation otherwise than sweep.VAL_GROUP now asks for "
+                f"{', '.join(tasks)} ({shown}): move them (with their .log and .safetensors) aside to rerun them")
 
 
 def grid_check(p: argparse.ArgumentParser, args) -> None:
     """The checks, then the sweep's protocol at each pick that moved (both resume: done work is skipped)."""
     todo = grid_check_jobs(args)
     stop_on_another_backbone(p, args, [report for *_, report in todo])
-    stop_on_another_split(p, args, todo)
+    stop_on_another_split(p, [(task, path) for task, method, _ in todo for path in (
+        report_path(args.out, task, method), grid_check_report(args.grid_check, task, method),
+        grid_check_report(grid_check_finals(args.grid_check), task, method))])
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
@@ -295,9 +300,8 @@ def main(argv=None) -> None:
     todo = jobs(args)
     done = [(task, name) for task, name, *_ in todo if report_path(args.out, task, name).exists()]
     left = [j for j in todo if (j[0], j[1]) not in done]
-    reports = [json.loads(report_path(args.out, *run).read_text()) for run in done]
-    stop_on_another_backbone(p, args, reports)
-    stop_on_another_split(p, args, [(*run, report) for run, report in zip(done, reports, strict=True)])
+    stop_on_another_backbone(p, args, [json.loads(report_path(args.out, *run).read_text()) for run in done])
+    stop_on_another_split(p, [(task, report_path(args.out, task, name)) for task, name in done])
     stop_on_missing_data(p, args, {task for task, *_ in left})
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
