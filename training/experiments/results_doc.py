@@ -35,7 +35,7 @@ from training.experiments.reports import (
     val_mean,
 )
 from training.experiments.summarize import tables
-from training.experiments.sweep import BACKBONE_SWEEPS, METHODS, TASKS, TEACHER_PROBE
+from training.experiments.sweep import ABLATION_ROWS, BACKBONE_SWEEPS, METHODS, TASKS, TEACHER_PROBE
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/results.md", "docs/results-distill-mlp-backbone.md", "docs/results-distill-s3-backbone.md",
@@ -110,7 +110,12 @@ def splits(reports: dict, before: dict) -> str:
     head = ["task", "run", "split: before -> now", "lr / wd chosen: before -> now", "val acc: before -> now",
             "test acc: before -> now", "val - test: before -> now"]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
-    for key in sorted(set(reports) & set(before), key=lambda k: (list(TASKS).index(k[0]), k[1])):
+    order = [*METHODS, *(row.run for row in ABLATION_ROWS)]  # the tables' order; other runs after, by name
+
+    def rank(key: tuple[str, str]) -> tuple:
+        return list(TASKS).index(key[0]), order.index(key[1]) if key[1] in order else len(order), key[1]
+
+    for key in sorted(set(reports) & set(before), key=rank):
         was, now = before[key], reports[key]
         split = [r["config"].get("val_group") for r in (was, now)]
         if split[0] == split[1]:
