@@ -269,9 +269,9 @@ def test_the_experiment_modules_import_each_other_without_a_cycle():
 
 
 def test_a_finished_run_whose_validation_split_the_sweep_now_draws_otherwise_is_refused_in_one_line(tmp_path, capsys):
-    """GTSRB's runs held out validation image by image before sweep.VAL_GROUP split it by track: resuming (or grid
-    checking) such a sweep, or reusing such a grid check, would put runs tuned on two different validation sets in
-    one table."""
+    """GTSRB's runs held out validation image by image before sweep.VAL_GROUP split it by track: adding runs or
+    checks to such a sweep, or a by-image check beside by-track runs, would put runs tuned on two different
+    validation sets in one table; an older sweep with nothing left to run still resumes (its docs' commands)."""
     grid = [{"lr": lr, "weight_decay": 0.1, "val_acc": 0.5} for lr in (0.04, 0.16, 0.64)]
     (tmp_path / "sweep" / "gtsrb").mkdir(parents=True)
     report = reports.report_path(tmp_path / "sweep", "gtsrb", "e2vpt")
@@ -294,6 +294,8 @@ def test_a_finished_run_whose_validation_split_the_sweep_now_draws_otherwise_is_
     report.write_text(run(None))
     refused(grid_check, report)
     refused(resumed, report)
+    vtab.main([*resumed, "--methods", "e2vpt"])  # an older sweep with nothing left to run stays as it is
+    assert "1 runs, 1 already done" in capsys.readouterr().out
     report.write_text(run(sweep.VAL_GROUP["gtsrb"]))
     vtab.main(grid_check)
     assert "1 runs chose the lr at an end of their grid, 0 already checked" in capsys.readouterr().out
@@ -303,5 +305,9 @@ def test_a_finished_run_whose_validation_split_the_sweep_now_draws_otherwise_is_
     check.write_text(run(None))  # a check left from the by-image sweep: not reused
     refused(grid_check, check)
     check.write_text(run(sweep.VAL_GROUP["gtsrb"]))
+    vtab.main(grid_check)
+    assert "1 already checked" in capsys.readouterr().out
+    report.write_text(run(None))
+    check.write_text(run(None))  # an older sweep and its finished check: nothing to add, so no refusal
     vtab.main(grid_check)
     assert "1 already checked" in capsys.readouterr().out

@@ -219,18 +219,22 @@ def stop_on_another_backbone(p: argparse.ArgumentParser, args, reports: list[dic
                 "(its reports' backbone_fingerprint differs): pass that sweep's backbone")
 
 
-def stop_on_another_split(p: argparse.ArgumentParser, runs: list[tuple[str, Path]]) -> None:
-    """A finished run (its task, its report's path) whose validation split was drawn another way than the sweep
-    now draws its task's (sweep.VAL_GROUP) chose its lr on other images: refuse in one line rather than mix the two
-    (missing reports, and reports without a config, are not checked)."""
-    stale = []
+def stop_on_another_split(p: argparse.ArgumentParser, runs: list[tuple[str, Path]], left: set[str]) -> None:
+    """Finished runs (task, report path) of one task tuned on validation splits drawn two ways, or a task with work
+    `left` whose finished runs were split otherwise than the sweep now splits it (sweep.VAL_GROUP), would put runs
+    tuned on different images in one table: refuse in one line. A finished sweep of an older split stays as it
+    is (nothing to add). Missing reports, and reports without a config, are not checked."""
+    splits: dict[str, dict[str | None, list[Path]]] = {}
     for task, path in runs:
         report = json.loads(path.read_text()) if path.exists() else {}
-        if "config" in report and report["config"].get("val_group") != VAL_GROUP.get(task):
-            stale.append((task, path))
+        if "config" in report:
+            splits.setdefault(task, {}).setdefault(report["config"].get("val_group"), []).append(path)
+    stale = [path for task, by in splits.items() if len(by) > 1 or (task in left and set(by) != {VAL_GROUP.get(task)})
+             for group, paths in by.items() if group != VAL_GROUP.get(task) for path in paths]
     if stale:
-        tasks = sorted({task for task, _ in stale})
-        shown = ", ".join(str(path) for _, path in stale[:3]) + (" ..." if len(stale) > 3 else "")
+        tasks = sorted({task for task, by in splits.items() if any(path in stale for paths in by.values()
+                                                                   for path in paths)})
+        shown = ", ".join(str(path) for path in stale[:3]) + (" ..." if len(stale) > 3 else "")
         p.error(f"{len(stale)} finished run(s) held out validation otherwise than sweep.VAL_GROUP now asks for "
                 f"{', '.join(tasks)} ({shown}): move them (with their .log and .safetensors) aside to rerun them")
 
@@ -239,10 +243,11 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
     """The checks, then the sweep's protocol at each pick that moved (both resume: done work is skipped)."""
     todo = grid_check_jobs(args)
     stop_on_another_backbone(p, args, [report for *_, report in todo])
+    left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     stop_on_another_split(p, [(task, path) for task, method, _ in todo for path in (
         report_path(args.out, task, method), grid_check_report(args.grid_check, task, method),
-        grid_check_report(grid_check_finals(args.grid_check), task, method))])
-    left = [j for j in todo if not grid_checked(args, j[0], j[1])]
+        grid_check_report(grid_check_finals(args.grid_check), task, method))],
+        {task for task, *_ in left + unfinished_finals(args, todo)})
     stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
           f"checked, {args.workers} at a time", flush=True)
@@ -301,7 +306,8 @@ def main(argv=None) -> None:
     done = [(task, name) for task, name, *_ in todo if report_path(args.out, task, name).exists()]
     left = [j for j in todo if (j[0], j[1]) not in done]
     stop_on_another_backbone(p, args, [json.loads(report_path(args.out, *run).read_text()) for run in done])
-    stop_on_another_split(p, [(task, report_path(args.out, task, name)) for task, name in done])
+    stop_on_another_split(p, [(task, report_path(args.out, task, name)) for task, name in done],
+                          {task for task, *_ in left})
     stop_on_missing_data(p, args, {task for task, *_ in left})
     print(f"{len(todo)} runs, {len(todo) - len(left)} already done, {args.workers} at a time", flush=True)
     if args.dry_run:
