@@ -98,7 +98,7 @@ def train(
     val_max: int = typer.Option(_D.val_max, help="at most this many validation images (VTAB-1k: 800/200)"),
     val_group: str = typer.Option(None, help="regex on '<class>/<file name>': images whose match (its first group "
                                   "if any) is alike are never split between train and val, e.g. frames of one "
-                                  "video: '^([^/]+/[0-9]+)_'", show_default="every image its own group"),
+                                  "video: '^([^/]+/\\d+)_'", show_default="every image its own group"),
     seeds: int = typer.Option(_D.seeds, help="train the final config with N seeds: report mean +- sd, save the "
                               "best seed on validation (val is then kept out of the final runs)"),
     prompt_dropout: float = typer.Option(_D.prompt_dropout, help="dropout on the visual prompts while training "

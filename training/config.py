@@ -116,7 +116,7 @@ class TrainConfig:
             try:
                 re.compile(self.val_group)
             except re.error as e:
-                raise TrainConfigError(f"val_group={self.val_group!r} is not a regular expression: {e}") from None
+                raise TrainConfigError(f"val_group '{self.val_group}' is not a regular expression: {e}") from None
         if self.train_size is not None and self.train_size < 1:
             raise TrainConfigError(f"train_size {self.train_size}: use a positive image count, or None (--train-size "
                                    "all) for every training image")

@@ -22,6 +22,7 @@ import hashlib
 import logging
 import re
 import tarfile
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,13 +222,13 @@ def _grouped_pick(labels: np.ndarray, groups: np.ndarray, n: int, cap: np.ndarra
     members = np.split(order, np.flatnonzero(np.diff(group_of[order])) + 1)
     counts = np.bincount(labels, minlength=len(cap))
     even_share = max(1, n // len(np.unique(labels)))
-    queues = {int(c): [g for g in rng.permutation(len(members)) if labels[members[g][0]] == c]
+    queues = {int(c): deque(g for g in rng.permutation(len(members)) if labels[members[g][0]] == c)
               for c in rng.permutation(np.unique(labels))}
     taken, chosen = np.zeros_like(counts), []
     while any(queues.values()):
         for queue in queues.values():
             while queue:
-                idx = members[queue.pop(0)]
+                idx = members[queue.popleft()]
                 gives = np.bincount(labels[idx], minlength=len(cap))
                 after = taken + gives
                 first = (taken == 0) & (len(idx) <= even_share)
@@ -245,14 +246,14 @@ def group_ids(names: list[str], pattern: str, log=logger.info) -> np.ndarray:
     keys, unmatched = [], 0
     for name in names:
         m = rule.search(name)
-        key = None if m is None else (m.group(1) if rule.groups else m.group(0))
+        key = None if m is None else (m.group(1) if rule.groups else m.group(0))  # None: its group took no part
         unmatched += m is None
-        keys.append(name if key is None else key)
+        keys.append(key or name)  # an empty match names no group
     if unmatched == len(names):
-        raise DatasetError(f"--val-group {pattern!r} matches none of the {len(names)} training images' names; it "
+        raise DatasetError(f"--val-group '{pattern}' matches none of the {len(names)} training images' names; it "
                            f"is matched against '<class>/<file name>', e.g. {names[0]!r}")
     if unmatched:
-        log(f"warning: --val-group {pattern!r} matches {len(names) - unmatched} of {len(names)} names; each of "
+        log(f"warning: --val-group '{pattern}' matches {len(names) - unmatched} of {len(names)} names; each of "
             "the others is a group of its own")
     return np.unique(np.asarray(keys), return_inverse=True)[1]
 
@@ -291,7 +292,7 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
         if train.names is None:
             raise DatasetError(f"--val-group needs image file names and {data} has none (IDX files): leave it out")
         groups = group_ids(train.names, val_group, log)
-        log(f"validation split by group (--val-group {val_group!r}): {groups.max() + 1} groups in "
+        log(f"validation split by group (--val-group '{val_group}'): {groups.max() + 1} groups in "
             f"{len(train)} training images")
     elif val_group and val is not None:
         log(f"note: {data} has its own val/ split; --val-group is ignored")
@@ -300,12 +301,14 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
     if held_out:
         v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1, groups)
         if groups is not None and len(v) == 0:
-            raise DatasetError(f"--val-group {val_group!r}: no group fits the validation split (at most "
-                               f"{min(val_max, round(val_fraction * len(train)))} images, none a class's last): "
+            budget = min(val_max, max(len(train.classes), round(val_fraction * len(train))))
+            raise DatasetError(f"--val-group '{val_group}': no group fits the validation split (at most {budget} "
+                               "images, none a class's last): "
                                "use a pattern that makes smaller groups, raise --val-fraction, or add a val/ split")
         rest = np.setdiff1d(np.arange(len(train)), v)
         train, val = _take(train, rest), _take(train, v)
-        unscored = [c for i, c in enumerate(train.classes) if i not in set(val.labels.tolist())]
+        scored = set(val.labels.tolist())
+        unscored = [c for i, c in enumerate(train.classes) if i not in scored]
         if unscored:
             why = ("every group of theirs is bigger than the split leaves room for, or holds their last training "
                    "image" if groups is not None else "the split has fewer images than there are classes")

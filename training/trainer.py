@@ -1,7 +1,8 @@
 """One `promptserve train` run: data -> plan -> hp search -> pruning choice -> seeds -> artifact + report.
 
 Protocol (VTAB-1k, as the paper and the official E2VPT code): a class-balanced `train_size` subset with a
-validation split held out of it (20%, at most 200). Everything chosen from data is chosen on that split
+validation split held out of it (20%, at most 200; whole groups of near-twins with `--val-group`, see
+training/data.py). Everything chosen from data is chosen on that split
 with models trained on the rest:
 - `--hp-search` (on for prompt methods): a 3 lr x 2 wd grid around the method's defaults, each point
   trained with a short schedule (`hp_epochs`, unpruned prompts for e2vpt) and scored on validation;

@@ -113,7 +113,8 @@ def splits(reports: dict, before: dict) -> str:
     order = [*METHODS, *(row.run for row in ABLATION_ROWS)]  # the tables' order; other runs after, by name
 
     def rank(key: tuple[str, str]) -> tuple:
-        return list(TASKS).index(key[0]), order.index(key[1]) if key[1] in order else len(order), key[1]
+        task = list(TASKS).index(key[0]) if key[0] in TASKS else len(TASKS)
+        return task, key[0], order.index(key[1]) if key[1] in order else len(order), key[1]
 
     for key in sorted(set(reports) & set(before), key=rank):
         was, now = before[key], reports[key]

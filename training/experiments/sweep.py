@@ -21,9 +21,9 @@ DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),
          "sign-digits": str(DATASETS / "sign_digits.tar"), "fashion-mnist": "fmnist:/usr/share/datasets/fashion-mnist"}
 # task -> its --val-group (every run of it). GTSRB's training images are frames of tracks
-# (`<class>/<track>_<frame>.png`, a few frames of one physical sign each): held out image by image, half the
-# validation images had a twin from their track in training, and every method scored 10-22 points higher on
-# validation than on the test set's unseen tracks; a split by track keeps validation as unseen as the test
+# (`<class>/<track>_<frame>.png`, a few frames of one physical sign each): held out image by image, many
+# validation images had a twin from their track in training, and every method scored far higher on validation
+# than on the test set's unseen signs (docs/results.md, the splits table); a split by track keeps validation unseen
 VAL_GROUP = {"gtsrb": r"^([^/]+/\d+)_"}
 # method -> the trainer's flags of its main run, in the order the tables and figures list them (the trainer's)
 METHODS = {"linear": ["--method", "linear"], "vpt-shallow": ["--method", "vpt-shallow"],

@@ -9,7 +9,8 @@ of a task take the lr and weight decay its main e2vpt run chose (so the rows dif
 changes, not in a noisy grid's pick); they wait for that run. Single-thread runs because the cores are shared:
 a two-thread run stalls at every OpenMP barrier when another process holds one of the cores. A run whose
 report exists is skipped, so a killed sweep resumes where it stopped (a run cut short restarts from its
-beginning; a --backbone other than the finished runs' is refused). Logs land in OUT/<task>/<run>.log, artifacts
+beginning; a --backbone other than the finished runs' is refused, and so is new work on a task whose finished
+runs held validation out otherwise than sweep.VAL_GROUP now does). Logs land in OUT/<task>/<run>.log, artifacts
 and reports beside them, one JSON line per finished run in OUT/runs.jsonl.
 
 The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods whose
