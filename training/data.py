@@ -258,6 +258,26 @@ def group_ids(names: list[str], pattern: str, log=logger.info) -> np.ndarray:
     return np.unique(np.asarray(keys), return_inverse=True)[1]
 
 
+FRAME_PREFIX = r"^(.+)_[^_/]*$"  # `<class>/<prefix>_<frame>.png`: the prefix, e.g. GTSRB's track
+
+
+def twins_hint(names: list[str], n_classes: int) -> str | None:
+    """A note for a split held out image by image when many file names look like frames of shared prefixes
+    (GTSRB's `<track>_<frame>.png`): such near-twins on both sides of the split inflate validation. None when
+    few names share a prefix, or when the prefixes are no finer than the classes (`banded_0001.jpg`)."""
+    rule = re.compile(FRAME_PREFIX)
+    prefix_of = {n: m.group(1) for n in names if (m := rule.match(n))}
+    keys, sizes = np.unique(list(prefix_of.values()), return_counts=True) if prefix_of else ([], np.zeros(0, int))
+    shared = int(sizes[sizes > 1].sum())
+    if len(sizes) <= 2 * n_classes or shared < 0.2 * len(names):
+        return None
+    size_of = dict(zip(keys, sizes, strict=True))
+    example = next(n for n, prefix in prefix_of.items() if size_of[prefix] > 1)
+    return (f"note: {shared} of the {len(names)} training images share a file-name prefix (before the last '_', "
+            f"e.g. '{example}') with another; if those are near-twins (frames of one track or video), validation "
+            f"held out image by image overstates accuracy: --val-group '{FRAME_PREFIX}' holds each prefix out whole")
+
+
 def _take(a: ImageArray, idx: np.ndarray) -> ImageArray:
     names = None if a.names is None else [a.names[i] for i in idx]
     return ImageArray(a.images[idx], a.labels[idx], a.classes, names)
@@ -298,6 +318,8 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
         log(f"note: {data} has its own val/ split; --val-group is ignored")
     elif val_group:
         log("note: no validation split is held out (--val-fraction 0 or --val-max 0); --val-group is ignored")
+    elif held_out and train.names is not None and (hint := twins_hint(train.names, len(train.classes))):
+        log(hint)
     if held_out:
         v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1, groups)
         if groups is not None and len(v) == 0:

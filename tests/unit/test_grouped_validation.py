@@ -145,3 +145,23 @@ def test_a_split_with_no_room_for_any_group_or_a_pattern_that_matches_nothing_is
 def test_an_optional_capture_group_that_did_not_take_part_falls_back_to_the_name():
     ids = group_ids(["a/1_x.png", "a/1_y.png", "b/z.png"], r"^(?:(\w/\d+)_)?")
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_a_split_by_image_of_names_that_look_like_frames_of_tracks_suggests_val_group(tmp_path):
+    logs = []
+    load_task(str(tracks_folder(tmp_path / "tracks")), 8, val_fraction=0.25, seed=0, log=logs.append)
+    [hint] = [m for m in logs if "share a file-name prefix" in m]
+    assert "56 of the 56 training images" in hint and "--val-group '^(.+)_[^_/]*$'" in hint
+    flat = tmp_path / "flat"  # `banded_0001.jpg`: the prefix is the class, no finer: no hint
+    for c in "abc":
+        (flat / "train" / c).mkdir(parents=True)
+        for j in range(8):
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(flat / "train" / c / f"{c}_{j:04d}.png")
+    logs.clear()
+    load_task(str(flat), 8, val_fraction=0.25, seed=0, log=logs.append)
+    assert not any("prefix" in m for m in logs), logs
+    logs.clear()  # the hint's own pattern, followed, draws the same tracks as the sweep's
+    data = load_task(str(tmp_path / "tracks"), 8, val_fraction=0.25, seed=0, val_group="^(.+)_[^_/]*$",
+                     log=logs.append)
+    same = load_task(str(tmp_path / "tracks"), 8, val_fraction=0.25, seed=0, val_group=TRACK, log=lambda m: None)
+    assert data.val.names == same.val.names and not any("prefix" in m for m in logs)
