@@ -102,8 +102,8 @@ def vit_and_data(cfg: Config, name: str, kwargs: dict
 def keep_seeded_subset(split: ImageArray, n: int, seed: int) -> None:
     """Keep a seeded subset of n images, in file order (`--limit-train`: a smoke run)."""
     keep = np.sort(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].numpy())
-    split.images, split.labels = split.images[keep], split.labels[keep]
-    split.names = None if split.names is None else [split.names[i] for i in keep]
+    kept = split.take(keep)
+    split.images, split.labels, split.names = kept.images, kept.labels, kept.names
 
 
 def optimizer(module: nn.Module, cfg: Config) -> torch.optim.Optimizer:

@@ -190,6 +190,11 @@ def balanced_pick(labels: np.ndarray, n: int, seed: int, cap: np.ndarray | None 
     return np.sort(np.asarray(order[:n], dtype=np.int64))
 
 
+def validation_size(n_images: int, n_classes: int, fraction: float, at_most: int) -> int:
+    """How many images `validation_split` holds out at most: the fraction, at least one per class, <= at_most."""
+    return min(at_most, max(n_classes, round(fraction * n_images)))
+
+
 def validation_split(labels: np.ndarray, classes: list[str], fraction: float, at_most: int,
                      seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """Indices held out for validation: round(fraction * N) images, at most `at_most`, at least one per
@@ -203,7 +208,7 @@ def validation_split(labels: np.ndarray, classes: list[str], fraction: float, at
         raise DatasetError(f"too few images to hold out a validation split: class(es) {', '.join(thin)} need at "
                            "least 2 training images (one to train, one to validate): add images, add a val/ "
                            "split, or pass --val-fraction 0 --no-hp-search")
-    n = min(at_most, max(len(classes), round(fraction * len(labels))))
+    n = validation_size(len(labels), len(classes), fraction, at_most)
     cap = np.minimum(counts - 1, np.maximum(1, np.round(fraction * counts).astype(np.int64)))
     if groups is None:
         return balanced_pick(labels, n, seed, cap=cap)
@@ -278,11 +283,6 @@ def twins_hint(names: list[str], n_classes: int) -> str | None:
             f"held out image by image overstates accuracy: --val-group '{FRAME_PREFIX}' holds each prefix out whole")
 
 
-def _take(a: ImageArray, idx: np.ndarray) -> ImageArray:
-    names = None if a.names is None else [a.names[i] for i in idx]
-    return ImageArray(a.images[idx], a.labels[idx], a.classes, names)
-
-
 def warn_thin_classes(train: ImageArray, log=logger.info, at_least: int = 10) -> None:
     counts = np.bincount(train.labels, minlength=len(train.classes))
     thin = [f"{train.classes[c]} ({counts[c]})" for c in np.argsort(counts, kind="stable") if counts[c] < at_least]
@@ -305,7 +305,7 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
             log(f"--train-size {train_size} >= the {len(train)} training images: using all of them")
         else:
             log(f"using a class-balanced subset of {train_size} of the {len(train)} training images (--train-size)")
-            train = _take(train, balanced_pick(train.labels, train_size, seed))
+            train = train.take(balanced_pick(train.labels, train_size, seed))
     held_out = val is None and val_fraction > 0 and val_max > 0
     groups = None
     if val_group and held_out:
@@ -323,12 +323,12 @@ def load_task(data: str, size: int, interpolation: str = "bicubic", train_size: 
     if held_out:
         v = validation_split(train.labels, train.classes, val_fraction, val_max, seed + 1, groups)
         if groups is not None and len(v) == 0:
-            budget = min(val_max, max(len(train.classes), round(val_fraction * len(train))))
+            budget = validation_size(len(train), len(train.classes), val_fraction, val_max)
             raise DatasetError(f"--val-group '{val_group}': no group fits the validation split (at most {budget} "
                                "images, none a class's last): "
                                "use a pattern that makes smaller groups, raise --val-fraction, or add a val/ split")
         rest = np.setdiff1d(np.arange(len(train)), v)
-        train, val = _take(train, rest), _take(train, v)
+        train, val = train.take(rest), train.take(v)
         scored = set(val.labels.tolist())
         unscored = [c for i, c in enumerate(train.classes) if i not in scored]
         if unscored:

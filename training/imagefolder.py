@@ -43,6 +43,11 @@ class ImageArray:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, idx: np.ndarray) -> ImageArray:
+        """The images at `idx`, with their labels and names."""
+        names = None if self.names is None else [self.names[i] for i in idx]
+        return ImageArray(self.images[idx], self.labels[idx], self.classes, names)
+
 
 @dataclass(frozen=True)
 class Member:

@@ -230,12 +230,12 @@ def stop_on_another_split(p: argparse.ArgumentParser, runs: list[tuple[str, Path
         report = json.loads(path.read_text()) if path.exists() else {}
         if "config" in report:
             splits.setdefault(task, {}).setdefault(report["config"].get("val_group"), []).append(path)
-    stale = [path for task, by in splits.items() if len(by) > 1 or (task in left and set(by) != {VAL_GROUP.get(task)})
+    stale = [(task, path) for task, by in splits.items()
+             if len(by) > 1 or (task in left and set(by) != {VAL_GROUP.get(task)})
              for group, paths in by.items() if group != VAL_GROUP.get(task) for path in paths]
     if stale:
-        tasks = sorted({task for task, by in splits.items() if any(path in stale for paths in by.values()
-                                                                   for path in paths)})
-        shown = ", ".join(str(path) for path in stale[:3]) + (" ..." if len(stale) > 3 else "")
+        tasks = sorted({task for task, _ in stale})
+        shown = ", ".join(str(path) for _, path in stale[:3]) + (" ..." if len(stale) > 3 else "")
         p.error(f"{len(stale)} finished run(s) held out validation otherwise than sweep.VAL_GROUP now asks for "
                 f"{', '.join(tasks)} ({shown}): move them (with their .log and .safetensors) aside to rerun them")
 
@@ -245,11 +245,11 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
     todo = grid_check_jobs(args)
     stop_on_another_backbone(p, args, [report for *_, report in todo])
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
+    pending = {task for task, *_ in left + unfinished_finals(args, todo)}
     stop_on_another_split(p, [(task, path) for task, method, _ in todo for path in (
         report_path(args.out, task, method), grid_check_report(args.grid_check, task, method),
-        grid_check_report(grid_check_finals(args.grid_check), task, method))],
-        {task for task, *_ in left + unfinished_finals(args, todo)})
-    stop_on_missing_data(p, args, {task for task, *_ in left + unfinished_finals(args, todo)})
+        grid_check_report(grid_check_finals(args.grid_check), task, method))], pending)
+    stop_on_missing_data(p, args, pending)
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
           f"checked, {args.workers} at a time", flush=True)
     if args.dry_run:
