@@ -109,6 +109,7 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     assert "| b2 | 50.0 | 52.0 | 70.0 | 80.0 | -10.0 |" in table and "later" not in table
     assert "| teacher (probe only) | 50.0 |" in table
     assert "linear +0.20, e2vpt +2.00, full +1.00; e2vpt - full +1.00 points per probe point" in table
+    assert "| slope per probe point | | +0.20 | +2.00 | +1.00 | +1.00 | +1.00 | +1.00 | +1.00 | +1.00 |" in table
     with pytest.raises(LookupError, match="needs a sweep listed in sweep.BACKBONE_SWEEPS"):
         results_doc.rendered("<!-- results: sweep7 backbones --><!-- end results: sweep7 backbones -->", tmp_path)
 

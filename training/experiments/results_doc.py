@@ -156,23 +156,31 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
             *(f"e2vpt - full, {t}" for t in TASKS)]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     probes, cols = [], {m: [] for m in ("linear", "e2vpt", "full")}
+    task_gaps = {t: [] for t in TASKS}  # e2vpt - full per task, one entry per backbone
     for label, sweep_root, probe in upto:
         reports = reports_of(sweep_root)
         mean, s = method_means(reports), scores(reports)
         probes.append(probe_mean(repo / probe))
         for m in cols:
             cols[m].append(mean[m])
-        gaps = [f"{100 * (s[(t, 'e2vpt')].mean - s[(t, 'full')].mean):+.1f}" for t in TASKS]
+        for t in TASKS:
+            task_gaps[t].append(100 * (s[(t, "e2vpt")].mean - s[(t, "full")].mean))
+        gaps = " | ".join(f"{task_gaps[t][-1]:+.1f}" for t in TASKS)
         lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
-                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {' | '.join(gaps)} |")
+                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} |")
     blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
     if len(upto) > 2:
-        per = {m: linear_regression(probes, v).slope for m, v in cols.items()}
-        gap = linear_regression(probes, [e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)]).slope
+        def slope(values: list[float]) -> float:
+            return linear_regression(probes, values).slope
+
+        per = {m: slope(v) for m, v in cols.items()}
+        gap = slope([e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
+        lines.append(f"| slope per probe point | | {' | '.join(f'{v:+.2f}' for v in per.values())} | {gap:+.2f} | "
+                     + " | ".join(f"{slope(task_gaps[t]):+.2f}" for t in TASKS) + " |")
         lines += ["", f"Least-squares slopes over these {len(upto)} backbones, per point of probe mean: "
                   + ", ".join(f"{m} {v:+.2f}" for m, v in per.items())
-                  + f"; e2vpt - full {gap:+.2f} points per probe point."]
+                  + f"; e2vpt - full {gap:+.2f} points per probe point (per task: the last row)."]
     return "\n".join(lines)
 
 
