@@ -105,6 +105,9 @@ def train(
                                          "(official code: 0.1)"),
     seed: int = typer.Option(_D.seed, help="seed of the subset, the split, the inits and the batch order"),
     augment: bool = typer.Option(_D.augment, help="random crop + flip"),
+    trainable: str = typer.Option(None, help="--method full: fine-tune only the backbone weights whose names this "
+                                  "regex finds, e.g. '^blocks\\.[01]\\.' (the first two blocks); the new head always "
+                                  "trains", show_default="every weight"),
     amp: bool = typer.Option(_D.amp, help="bf16 autocast where the hardware runs it natively (CUDA; a CPU with "
                              "AMX or AVX512-BF16); --no-amp: float32 everywhere"),
     token_prune: float = typer.Option(_D.token_prune, help="fraction of visual tokens pruned per layer"),
@@ -144,7 +147,7 @@ def train(
     try:
         cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, augment=augment, amp=amp,
+                          warmup_epochs=warmup_epochs, augment=augment, trainable=trainable, amp=amp,
                           train_size=parse_train_size(train_size), val_fraction=val_fraction, val_max=val_max,
                           val_group=val_group,
                           seeds=seeds, prompt_dropout=prompt_dropout,

@@ -55,6 +55,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0  # None: no clipping
     augment: bool = False
+    # method full only: a regex searched in the backbone's weight names (timm's: blocks.0.attn.qkv.weight);
+    # only matching weights train, the new head always does (VPT's Partial-k baselines). None: every weight
+    trainable: str | None = None
     amp: bool = True  # bf16 autocast where native (CUDA; a CPU with AMX/AVX512-BF16): promptserve.hardware
     # data: a class-balanced seeded subset (VTAB-1k: 1000), a validation split held out of it
     train_size: int | None = 1000  # None: every training image
@@ -117,6 +120,14 @@ class TrainConfig:
                 re.compile(self.val_group)
             except re.error as e:
                 raise TrainConfigError(f"val_group '{self.val_group}' is not a regular expression: {e}") from None
+        if self.trainable is not None:
+            if self.method != "full":
+                raise TrainConfigError(f"trainable '{self.trainable}' chooses backbone weights to fine-tune: it "
+                                       "goes with --method full (prompt methods never train the backbone)")
+            try:
+                re.compile(self.trainable)
+            except re.error as e:
+                raise TrainConfigError(f"trainable '{self.trainable}' is not a regular expression: {e}") from None
         if self.train_size is not None and self.train_size < 1:
             raise TrainConfigError(f"train_size {self.train_size}: use a positive image count, or None (--train-size "
                                    "all) for every training image")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 
 import torch
 from safetensors.torch import save as st_save
@@ -19,6 +20,7 @@ from promptserve.backbone import Backbone
 from promptserve.bank import PromptBatch
 from promptserve.config import PromptConfig
 from promptserve.promptset import PromptSet
+from training.config import TrainConfigError
 
 
 def _uniform(shape, bound: float, gen: torch.Generator) -> torch.Tensor:
@@ -174,6 +176,33 @@ def full_model(backbone: Backbone, num_classes: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     model.reset_classifier(num_classes)
     return model.requires_grad_(True).eval()  # eval: timm's ViT has no dropout here, keep BN-free semantics
+
+
+def trainable_weights(model: nn.Module, pattern: str) -> list[str]:
+    """Names of the backbone weights `pattern` finds (re.search; the classifier is not one of them). None found:
+    a TrainConfigError showing what the names look like."""
+    head = {id(p) for p in model.get_classifier().parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) not in head]
+    hits = [n for n in names if re.search(pattern, n)]
+    if not hits:
+        shown = ", ".join(dict.fromkeys([names[0], *(n for n in names if n.startswith("blocks.0.")), names[-1]]))
+        raise TrainConfigError(f"--trainable '{pattern}' matches none of the backbone's weight names: they look "
+                               f"like {shown} (blocks.1. ... for later blocks)")
+    return hits
+
+
+def freeze_all_but(model: nn.Module, pattern: str) -> int:
+    """Only the weights `pattern` finds, and the classifier, keep requires_grad; returns how many numbers train."""
+    keep = set(trainable_weights(model, pattern))
+    head = {id(p) for p in model.get_classifier().parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in keep or id(p) in head)
+    return sum(p.numel() for p in trainable_parameters(model))
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What the optimizer gets: frozen weights stay out of it (no decay, no state)."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def full_artifact_bytes(model: nn.Module, backbone: Backbone, labels: list[str], config: dict, metrics: dict) -> bytes:

@@ -20,7 +20,14 @@ from training.config import TrainConfig
 from training.e2vpt import Importance, Pruning, apply_pruning, one_pass_importance, prune
 from training.imagefolder import ImageArray
 from training.loop import ModuleForward, PromptForward, accuracy_module, accuracy_prompt_set, features, fit
-from training.methods import PromptParams, build_prompt_params, full_model, prompt_config
+from training.methods import (
+    PromptParams,
+    build_prompt_params,
+    freeze_all_but,
+    full_model,
+    prompt_config,
+    trainable_parameters,
+)
 from training.progress import StepClock, bar
 
 logger = logging.getLogger(__name__)  # the CLI passes its own `log`; library use goes to logging
@@ -79,7 +86,11 @@ def run_method(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=logge
         log(f"method full: a trainable copy of all {backbone.num_params:,} backbone weights plus a new head "
             "(the shared backbone itself stays untouched)")
         model = full_model(backbone, C, cfg.seed)
-        res.history = fit(ModuleForward(model, backbone.data_config), list(model.parameters()), data.images,
+        if cfg.trainable is not None:
+            n = freeze_all_but(model, cfg.trainable)
+            log(f"--trainable '{cfg.trainable}': {n:,} of {sum(p.numel() for p in model.parameters()):,} weights "
+                "train (the new head included); the rest keep the backbone's values")
+        res.history = fit(ModuleForward(model, backbone.data_config), trainable_parameters(model), data.images,
                           data.labels, cfg, desc="full", log=log, clock=clock)
         res.model = model
         return res

@@ -31,7 +31,7 @@ from training.config import TrainConfig, TrainConfigError
 from training.data import TaskData, load_task, merge
 from training.imagefolder import ImageArray
 from training.loop import accuracy_module, accuracy_prompt_set
-from training.methods import full_artifact_bytes, full_model
+from training.methods import full_artifact_bytes, full_model, trainable_parameters, trainable_weights
 from training.progress import StepClock
 from training.stages import (
     RunResult,
@@ -151,6 +151,8 @@ def train_task(cfg: TrainConfig, data: str | TaskData, backbone: Backbone, log=l
     """Run the protocol; returns {"artifact": bytes, "kind": "prompt_set"|"full", "report": {...}, "result"}."""
     setup_runtime(cfg)
     t0 = time.time()
+    if cfg.trainable is not None:
+        trainable_weights(backbone.model, cfg.trainable)  # a pattern that finds nothing fails before the data loads
     if isinstance(data, str):
         dc = backbone.data_config
         data = load_task(data, dc.input_size, dc.interpolation, cfg.train_size, cfg.val_fraction, cfg.val_max,
@@ -224,7 +226,7 @@ def _finish(cfg, backbone, data, final, res, row, seed_rows, report, t0, log) ->
     else:
         from safetensors.torch import load as st_load
 
-        n = sum(p.numel() for p in res.model.parameters())
+        n = sum(p.numel() for p in trainable_parameters(res.model))
         metrics.update(tuned_params=n, tuned_percent=100 * n / backbone.num_params)
         blob = full_artifact_bytes(res.model, backbone, labels, {"train": cfg.to_dict()}, metrics)
         model = full_model(backbone, len(labels), cfg.seed)

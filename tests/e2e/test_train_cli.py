@@ -124,6 +124,37 @@ def test_full_artifact_and_eval(app, backbone_file, folder, tmp_path):
         PromptSet.load(out)  # a full model is not a prompt set: the server refuses it
 
 
+def test_full_with_trainable_tunes_only_the_weights_it_names(app, backbone_file, folder, tmp_path):
+    """--trainable: the first block and the head move, every other weight keeps the backbone's value (as the fp16
+    artifact stores it), and the report counts only what trained."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "first.safetensors"
+    _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--method", "full",
+                 "--trainable", r"^blocks\.0\.", "--lr", "0.05"])
+    before, after = load_file(str(backbone_file)), load_file(str(out))
+    same_shape = [k for k in before if k in after and before[k].shape == after[k].shape]
+    moved = {k for k in same_shape if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("blocks.0.") or k.startswith("head.") for k in moved), moved
+    report = json.loads((tmp_path / "first.report.json").read_text())
+    block0 = sum(v.numel() for k, v in before.items() if k.startswith("blocks.0."))
+    head = sum(v.numel() for k, v in after.items() if k.startswith("head."))
+    assert report["metrics"]["tuned_params"] == block0 + head
+    assert report["config"]["trainable"] == r"^blocks\.0\."
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--method", "full", "--trainable", "^nothing_like_this"], "matches none of the backbone's weight names"),
+    (["--method", "full", "--trainable", "blocks.(0"], "is not a regular expression"),
+    (["--method", "e2vpt", "--trainable", "^blocks"], "goes with --method full"),
+])
+def test_a_trainable_pattern_that_cannot_work_is_one_line(app, backbone_file, folder, tmp_path, args, says):
+    result = CliRunner().invoke(app, ["train", "--data", str(folder), "--backbone", str(backbone_file),
+                                      "--out", str(tmp_path / "x.safetensors"), "--no-progress", *args])
+    assert result.exit_code != 0 and says in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_push_to_http_server_with_token(app, backbone_file, folder, tmp_path):
     got = {}
 

@@ -242,8 +242,29 @@ def test_the_sweep_is_defined_once_in_terms_the_trainer_knows():
     assert [row.run for row in sweep.ABLATION_ROWS if row.flags is None] == [sweep.ABLATION_ROWS[-1].run] \
         == [sweep.HP_SOURCE]  # only the last row, the main e2vpt run, has no run of its own
     names = [*sweep.METHODS, *(row.run for row in sweep.ABLATION_ROWS[:-1]),
-             *(sweep.curve_run(f)[0] for f in sweep.CURVE_FRACTIONS)]
+             *(sweep.curve_run(f)[0] for f in sweep.CURVE_FRACTIONS), *(row.run for row in sweep.PARTIAL_ROWS)]
     assert len(names) == len(set(names))  # one report per name in a task's folder: none overwrites another
+
+
+def test_partial_rows_fine_tune_part_of_the_demo_architecture_only_when_asked(tmp_path, capsys):
+    """Each --trainable pattern finds some, not all, of the demo student's weights, and the trainer takes the
+    row's flags; the sweep runs them only for --partial-tasks."""
+    import timm
+
+    from training.methods import trainable_weights
+
+    args = ["--backbone", "b.safetensors", "--out", str(tmp_path), "--dry-run", "--ablation-tasks", "--curve-task", ""]
+    vtab.main(args)
+    assert "partial" not in capsys.readouterr().out
+    vtab.main([*args, "--partial-tasks", "gtsrb"])
+    out = capsys.readouterr().out
+    assert out.startswith("23 runs") and all(f"  gtsrb {row.run}\n" in out for row in sweep.PARTIAL_ROWS)
+    student = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=6, num_classes=10)
+    weights = [n for n, _ in student.named_parameters() if not n.startswith("head.")]
+    for row in sweep.PARTIAL_ROWS:
+        assert 0 < len(trainable_weights(student, row.trainable)) < len(weights)
+        flags = sweep.partial_flags(row)
+        assert config.TrainConfig(method=flags[1], trainable=flags[3], lr=row.lr).trainable == row.trainable
 
 
 def test_the_experiment_modules_import_each_other_without_a_cycle():

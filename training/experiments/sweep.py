@@ -66,6 +66,30 @@ ABLATION_ROWS = [
     AblationRow("visual + pruning", "abl-visual-prune", ["--method", "e2vpt", "--kv-tokens", "0", "--search"]),
     AblationRow("visual + key-value + pruning (e2vpt)", "e2vpt", None)]
 
+
+
+class PartialRow(NamedTuple):
+    label: str
+    run: str
+    trainable: str  # the trainer's --trainable: which of the backbone copy's weights full fine-tuning may move
+    lr: float | None = None  # the lr grid's centre; None: full fine-tuning's
+
+
+# Where full fine-tuning's lead comes from: `full` with only part of the copy trainable, each row with its own lr
+# grid (VPT's Partial-k tunes the last k blocks; the first blocks are tried too). The demo student has 6 blocks;
+# the stem (about 1% of the weights, near e2vpt's size) takes the prompts' rate: so few weights need a large step.
+PARTIAL_ROWS = [
+    PartialRow("the first two blocks", "partial-first2", r"^blocks\.[01]\."),
+    PartialRow("the last two blocks and the final norm", "partial-last2", r"^(blocks\.[45]\.|norm\.)"),
+    PartialRow("the stem: patch and position embeddings, class token", "partial-stem",
+               r"^(patch_embed|pos_embed|cls_token)", lr=0.04),
+]
+
+
+def partial_flags(row: PartialRow) -> list[str]:
+    return ["--method", "full", "--trainable", row.trainable, *(["--lr", str(row.lr)] if row.lr else [])]
+
+
 # accuracy against the fraction of visual prompt tokens pruned (token pruning only)
 CURVE_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 CURVE_PREFIX = "curve-tp"

@@ -50,11 +50,13 @@ from training.experiments.sweep import (
     DEFAULT_OUT,
     HP_SOURCE,
     METHODS,
+    PARTIAL_ROWS,
     RUN_ORDER,
     TASKS,
     VAL_GROUP,
     curve_run,
     grid_check_centre,
+    partial_flags,
     task_flags,
 )
 
@@ -69,6 +71,7 @@ def jobs(args) -> list[tuple[str, str, list[str], bool]]:
             if row.flags is not None]
     if args.curve_task:
         out += [(args.curve_task, *curve_run(f), reuse) for f in CURVE_FRACTIONS]
+    out += [(task, row.run, partial_flags(row), False) for task in args.partial_tasks for row in PARTIAL_ROWS]
     return out
 
 
@@ -289,6 +292,9 @@ def main(argv=None) -> None:
     p.add_argument("--ablation-tasks", nargs="*", default=["gtsrb", "dtd10"], choices=list(TASKS),
                    help="tasks of the Table-4 ablation (none: skip it)")
     p.add_argument("--curve-task", default="dtd10", help="task of the pruning curve ('' to skip it)")
+    p.add_argument("--partial-tasks", nargs="*", default=[], choices=list(TASKS),
+                   help="tasks on which full fine-tuning also runs with only part of the backbone trainable "
+                   "(sweep.PARTIAL_ROWS, each with its own lr grid); none by default")
     p.add_argument("--hp-search", action=argparse.BooleanOptionalAction, default=True,
                    help="the trainer's lr x wd grid on the validation split, per run")
     p.add_argument("--hp-epochs", type=int, default=0, help="epochs per grid point (0: the trainer's default)")
