@@ -136,3 +136,27 @@ def test_the_splits_table_sets_runs_held_out_by_group_beside_the_same_runs_held_
             "43.0 +- 0.2 * | +22.0 -> +2.0 |") in table
     assert f"| gtsrb | abl-kv-only | {by_track} | 0.64 / 0.01 (given) -> 0.16 / 0.01 (given) |" in table
     assert "dtd10" not in table
+
+
+def test_the_partial_table_sets_each_partial_run_between_the_linear_head_and_full(tmp_path):
+    """Made-up reports: gtsrb has a partial run (its grid chose its top rate), dtd10 has none and is left out."""
+    def write(task, run, acc, tuned, lr_grid=None, chosen=None):
+        (tmp_path / "s" / task).mkdir(parents=True, exist_ok=True)
+        hp = {"grid": [{"lr": lr} for lr in lr_grid], "chosen": {"lr": chosen}} if lr_grid else None
+        (tmp_path / "s" / task / f"{run}.report.json").write_text(json.dumps({
+            "metrics": {"test_acc": acc, "tuned_params": tuned}, "hp_search": hp, "config": {"lr": 0.1},
+            "seeds": {"runs": [{"test_acc": acc, "val_acc": acc + 0.05}]}}))
+
+    for task in ("gtsrb", "dtd10"):
+        write(task, "linear", 0.30, 100, [0.04, 0.16, 0.64], 0.16)
+        write(task, "e2vpt", 0.40, 2_000, [0.04, 0.16, 0.64], 0.16)
+        write(task, "full", 0.70, 300_000, [0.00025, 0.001, 0.004], 0.004)
+    write("gtsrb", "partial-first2", 0.60, 100_000, [0.00025, 0.001, 0.004], 0.004)
+    doc = "<!-- results: s partial -->\n<!-- end results: s partial -->"
+    table = results_doc.rendered(doc, tmp_path)
+    rows = [line for line in table.splitlines() if line.startswith("| gtsrb")]
+    assert [row.split(" | ")[1] for row in rows] == ["the head (linear)", "prompts and the head (e2vpt)",
+                                                     "the first two blocks", "every weight (full)"]
+    assert "| gtsrb | the first two blocks | 100,000 | 0.004 (top of its grid) | 65.0 | 60.0 |" in rows
+    assert "| gtsrb | prompts and the head (e2vpt) | 2,000 | 0.16 | 45.0 | 40.0 |" in rows
+    assert "dtd10" not in table

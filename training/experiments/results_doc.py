@@ -10,7 +10,8 @@ sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `ta
 linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
 `splits:OTHER_ROOT` (runs whose validation split was drawn otherwise in another directory, against this sweep's),
 `gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
-against its frozen-feature probe, sweep.BACKBONE_SWEEPS).
+against its frozen-feature probe, sweep.BACKBONE_SWEEPS), `partial` (full fine-tuning of part of the backbone,
+sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full).
 """
 
 from __future__ import annotations
@@ -30,12 +31,20 @@ from training.experiments.reports import (
     grid_check_report,
     grid_check_stem,
     load,
+    lr_grid_edge,
     pick_moved,
     scores,
     val_mean,
 )
 from training.experiments.summarize import tables
-from training.experiments.sweep import ABLATION_ROWS, BACKBONE_SWEEPS, METHODS, TASKS, TEACHER_PROBE
+from training.experiments.sweep import (
+    ABLATION_ROWS,
+    BACKBONE_SWEEPS,
+    METHODS,
+    PARTIAL_ROWS,
+    TASKS,
+    TEACHER_PROBE,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/results.md", "docs/results-distill-mlp-backbone.md", "docs/results-distill-s3-backbone.md",
@@ -184,8 +193,31 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
     return "\n".join(lines)
 
 
+def partial(reports: dict) -> str:
+    """On each task with partial fine-tuning runs (sweep.PARTIAL_ROWS): what trains, how many weights, the lr its
+    grid chose, validation and test accuracy, from the linear head through e2vpt and the partial rows to full."""
+    rows = [("linear", "the head (linear)"), ("e2vpt", "prompts and the head (e2vpt)"),
+            *((row.run, row.label) for row in PARTIAL_ROWS), ("full", "every weight (full)")]
+    head = ["task", "what trains", "weights trained", "lr chosen", "val acc (mean of seeds)", "test acc"]
+    lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
+    for task in TASKS:
+        if not any((task, row.run) in reports for row in PARTIAL_ROWS):
+            continue
+        for run, label in rows:
+            r = reports.get((task, run))
+            if r is None:
+                continue
+            hp = r.get("hp_search")
+            lr = f"{hp['chosen']['lr']:g}" + (f" ({lr_grid_edge(hp)} of its grid)" if lr_grid_edge(hp) else "") \
+                if hp else f"{r['config']['lr']:g} (given)"
+            val = val_mean(r)
+            lines.append(f"| {task} | {label} | {r['metrics']['tuned_params']:,} | {lr} | "
+                         f"{'-' if val is None else f'{100 * val:.1f}'} | {Score.of(r)} |")
+    return "\n".join(lines)
+
+
 MADE = {"tables": lambda reports: tables(reports, level="###"), "means": means, "demo-tasks": demo_tasks,
-        "goals": goals}
+        "goals": goals, "partial": partial}
 
 
 def rendered(doc: str, repo: Path = REPO) -> str:
