@@ -121,6 +121,9 @@ class TrainConfig:
             except re.error as e:
                 raise TrainConfigError(f"val_group '{self.val_group}' is not a regular expression: {e}") from None
         if self.trainable is not None:
+            if not self.trainable:
+                raise TrainConfigError("trainable '' would find every weight: leave --trainable out for full "
+                                       "fine-tuning of them all")
             if self.method != "full":
                 raise TrainConfigError(f"trainable '{self.trainable}' chooses backbone weights to fine-tune: it "
                                        "goes with --method full (prompt methods never train the backbone)")

@@ -178,14 +178,25 @@ def full_model(backbone: Backbone, num_classes: int, seed: int) -> nn.Module:
     return model.requires_grad_(True).eval()  # eval: timm's ViT has no dropout here, keep BN-free semantics
 
 
+def _classifier_ids(model: nn.Module) -> set[int]:
+    """ids of the classifier's parameters (timm: one head, or a tuple of two on distilled DeiTs)."""
+    heads = model.get_classifier()
+    return {id(p) for h in (heads if isinstance(heads, tuple) else (heads,)) for p in h.parameters()}
+
+
 def trainable_weights(model: nn.Module, pattern: str) -> list[str]:
     """Names of the backbone weights `pattern` finds (re.search; the classifier is not one of them). None found:
     a TrainConfigError showing what the names look like."""
-    head = {id(p) for p in model.get_classifier().parameters()}
+    head = _classifier_ids(model)
     names = [n for n, p in model.named_parameters() if id(p) not in head]
     hits = [n for n in names if re.search(pattern, n)]
     if not hits:
-        shown = ", ".join(dict.fromkeys([names[0], *(n for n in names if n.startswith("blocks.0.")), names[-1]]))
+        firsts: dict[str, str] = {}  # one name per top-level module, per sub-module of the first block
+        for n in names:
+            parts = n.split(".")
+            if parts[0] != "blocks" or parts[1] == "0":
+                firsts.setdefault(".".join(parts[:3] if parts[0] == "blocks" else parts[:1]), n)
+        shown = ", ".join(firsts.values())
         raise TrainConfigError(f"--trainable '{pattern}' matches none of the backbone's weight names: they look "
                                f"like {shown} (blocks.1. ... for later blocks)")
     return hits
@@ -193,8 +204,7 @@ def trainable_weights(model: nn.Module, pattern: str) -> list[str]:
 
 def freeze_all_but(model: nn.Module, pattern: str) -> int:
     """Only the weights `pattern` finds, and the classifier, keep requires_grad; returns how many numbers train."""
-    keep = set(trainable_weights(model, pattern))
-    head = {id(p) for p in model.get_classifier().parameters()}
+    keep, head = set(trainable_weights(model, pattern)), _classifier_ids(model)
     for name, p in model.named_parameters():
         p.requires_grad_(name in keep or id(p) in head)
     return sum(p.numel() for p in trainable_parameters(model))

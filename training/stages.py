@@ -83,13 +83,15 @@ def run_method(cfg: TrainConfig, backbone: Backbone, data: ImageArray, log=logge
     C = len(data.classes)
     res = RunResult(cfg)
     if cfg.method == "full":
-        log(f"method full: a trainable copy of all {backbone.num_params:,} backbone weights plus a new head "
-            "(the shared backbone itself stays untouched)")
         model = full_model(backbone, C, cfg.seed)
-        if cfg.trainable is not None:
+        if cfg.trainable is None:
+            log(f"method full: a trainable copy of all {backbone.num_params:,} backbone weights plus a new head "
+                "(the shared backbone itself stays untouched)")
+        else:
             n = freeze_all_but(model, cfg.trainable)
-            log(f"--trainable '{cfg.trainable}': {n:,} of {sum(p.numel() for p in model.parameters()):,} weights "
-                "train (the new head included); the rest keep the backbone's values")
+            log(f"method full, --trainable '{cfg.trainable}': a copy of the backbone plus a new head, of which "
+                f"{n:,} of {sum(p.numel() for p in model.parameters()):,} weights train (the head included); the "
+                "rest keep the backbone's values")
         res.history = fit(ModuleForward(model, backbone.data_config), trainable_parameters(model), data.images,
                           data.labels, cfg, desc="full", log=log, clock=clock)
         res.model = model

@@ -130,8 +130,8 @@ def test_full_with_trainable_tunes_only_the_weights_it_names(app, backbone_file,
     from safetensors.torch import load_file
 
     out = tmp_path / "first.safetensors"
-    _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--method", "full",
-                 "--trainable", r"^blocks\.0\.", "--lr", "0.05"])
+    result = _train(app, ["--data", str(folder), "--backbone", str(backbone_file), "--out", str(out), "--method",
+                          "full", "--trainable", r"^blocks\.0\.", "--lr", "0.05", "--seeds", "2"])
     before, after = load_file(str(backbone_file)), load_file(str(out))
     same_shape = [k for k in before if k in after and before[k].shape == after[k].shape]
     moved = {k for k in same_shape if not torch.equal(before[k], after[k])}
@@ -140,12 +140,15 @@ def test_full_with_trainable_tunes_only_the_weights_it_names(app, backbone_file,
     block0 = sum(v.numel() for k, v in before.items() if k.startswith("blocks.0."))
     head = sum(v.numel() for k, v in after.items() if k.startswith("head."))
     assert report["metrics"]["tuned_params"] == block0 + head
+    # the optimizer got exactly those (frozen weights would be in its count, and in its weight decay), every seed
+    assert result.output.count(f"trainable {block0 + head:,} params") == 2, result.output
     assert report["config"]["trainable"] == r"^blocks\.0\."
 
 
 @pytest.mark.parametrize("args, says", [
     (["--method", "full", "--trainable", "^nothing_like_this"], "matches none of the backbone's weight names"),
     (["--method", "full", "--trainable", "blocks.(0"], "is not a regular expression"),
+    (["--method", "full", "--trainable", ""], "would find every weight"),
     (["--method", "e2vpt", "--trainable", "^blocks"], "goes with --method full"),
 ])
 def test_a_trainable_pattern_that_cannot_work_is_one_line(app, backbone_file, folder, tmp_path, args, says):

@@ -91,9 +91,10 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     sweeps = []
     for i, probe in enumerate((40.0, 45.0, 50.0)):
         root = tmp_path / f"sweep{i}"
-        for task in ("gtsrb", "dtd10", "sign-digits", "fashion-mnist"):
+        for k, task in enumerate(("gtsrb", "dtd10", "sign-digits", "fashion-mnist")):
             (root / task).mkdir(parents=True)
-            for method, acc in (("linear", 50 + i), ("e2vpt", 50 + 10 * i), ("full", 70 + 5 * i)):
+            # task k's e2vpt - full gap has slope k - 0.5 per probe point; over the four tasks they average 1.0
+            for method, acc in (("linear", 50 + i), ("e2vpt", 50 + 10 * i + (k - 1.5) * 5 * i), ("full", 70 + 5 * i)):
                 (root / task / f"{method}.report.json").write_text(json.dumps(
                     {"metrics": {"test_acc": acc / 100}}))
         tasks = [{"task": t, "accuracy": probe / 100} for t in ("gtsrb", "dtd10", "sign_digits")]
@@ -109,7 +110,7 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     assert "| b2 | 50.0 | 52.0 | 70.0 | 80.0 | -10.0 |" in table and "later" not in table
     assert "| teacher (probe only) | 50.0 |" in table
     assert "linear +0.20, e2vpt +2.00, full +1.00; e2vpt - full +1.00 points per probe point" in table
-    assert "| slope per probe point | | +0.20 | +2.00 | +1.00 | +1.00 | +1.00 | +1.00 | +1.00 | +1.00 |" in table
+    assert "| slope per probe point | | +0.20 | +2.00 | +1.00 | +1.00 | -0.50 | +0.50 | +1.50 | +2.50 |" in table
     with pytest.raises(LookupError, match="needs a sweep listed in sweep.BACKBONE_SWEEPS"):
         results_doc.rendered("<!-- results: sweep7 backbones --><!-- end results: sweep7 backbones -->", tmp_path)
 

@@ -458,3 +458,22 @@ def test_train_acc_counts_only_the_examples_a_criterion_counts_and_a_newer_setti
     check_same_recipe({"lr": 1.0}, {"lr": 1.0, "unlabeled": None}, frozenset(), defaults={"unlabeled": None})
     with pytest.raises(ValueError, match="unlabeled=None vs 'x'"):
         check_same_recipe({"lr": 1.0}, {"lr": 1.0, "unlabeled": "x"}, frozenset(), defaults={"unlabeled": None})
+
+
+def test_trainable_keeps_every_classifier_of_a_distilled_deit_and_names_weights_when_none_match():
+    """A distilled DeiT has two heads (get_classifier() is a tuple): both always train, neither counts as a
+    backbone weight the pattern chose."""
+    import timm
+
+    from training.methods import freeze_all_but, trainable_weights
+
+    model = timm.create_model("deit_tiny_distilled_patch16_224", img_size=16, patch_size=4, depth=2, embed_dim=32,
+                              num_heads=2, num_classes=3)
+    assert not any(n.startswith(("head.", "head_dist.")) for n in trainable_weights(model, "."))
+    n = freeze_all_but(model, r"^blocks\.1\.")
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert {"head.weight", "head_dist.weight"} <= trained and all(
+        t.startswith(("blocks.1.", "head.", "head_dist.")) for t in trained), trained
+    assert n == sum(p.numel() for name, p in model.named_parameters() if name in trained)
+    with pytest.raises(TrainConfigError, match=r"they look like .*patch_embed\.proj\.weight, blocks\.0\.norm1"):
+        trainable_weights(model, "^decoder")

@@ -77,7 +77,7 @@ class PartialRow(NamedTuple):
 
 # Where full fine-tuning's lead comes from: `full` with only part of the copy trainable, each row with its own lr
 # grid (VPT's Partial-k tunes the last k blocks; the first blocks are tried too). The demo student has 6 blocks;
-# the stem (about 1% of the weights, near e2vpt's size) takes the prompts' rate: so few weights need a large step.
+# the stem (about 1% of the weights, near e2vpt's size) gets a grid centred 40x above full's: few weights, large steps.
 PARTIAL_ROWS = [
     PartialRow("the first two blocks", "partial-first2", r"^blocks\.[01]\."),
     PartialRow("the last two blocks and the final norm", "partial-last2", r"^(blocks\.[45]\.|norm\.)"),
