@@ -1,9 +1,6 @@
 """Scratch diagnostic (not shipped): `full` fine-tuning with only some of the copy's weights trainable.
 PARTIAL=stem: patch embedding, position embedding, class token + head; PARTIAL=nostem: everything but those."""
 import os
-import sys
-
-import typer
 
 import training.stages as st
 
@@ -35,9 +32,6 @@ def full_model(backbone, num_classes, seed):
 
 
 st.full_model = full_model
-from training.cli import train  # noqa: E402
+from _launch import run_train  # noqa: E402
 
-app = typer.Typer(add_completion=False)
-app.command("train")(train)
-app.command("other")(lambda: None)
-app(sys.argv[1:])
+run_train()

@@ -1,12 +1,10 @@
 """Scratch experiment (not shipped): SPT-style visual prompt init (Wang et al., ICML 2024): each layer's visual
 prompts start at k-means centres of that layer's input patch tokens over the task's training images.
 Patches the trainer's prompt builder in-process, then runs `promptserve train` with the given args."""
-import sys
 
 import numpy as np
 import torch
 
-import training.methods as me
 import training.stages as st
 from promptserve.preprocess import normalise
 
@@ -76,13 +74,10 @@ def run_method(cfg, backbone, data, *a, **k):
 
 st.build_prompt_params, st.stage1, st.run_method = build, stage1, run_method
 import training.trainer as tr  # noqa: E402
+
 for name in ("stage1", "run_method"):
     if hasattr(tr, name):
         setattr(tr, name, globals()[name])
-import typer  # noqa: E402
-from training.cli import train  # noqa: E402
+from _launch import run_train  # noqa: E402
 
-app = typer.Typer(add_completion=False)
-app.command('train')(train)
-app.command('other')(lambda: None)
-app(sys.argv[1:])
+run_train()
