@@ -161,3 +161,14 @@ def test_the_partial_table_sets_each_partial_run_between_the_linear_head_and_ful
     assert "| gtsrb | the first two blocks | 100,000 | 0.004 (top of its grid) | 65.0 | 60.0 |" in rows
     assert "| gtsrb | prompts and the head (e2vpt) | 2,000 | 0.16 | 45.0 | 40.0 |" in rows
     assert "dtd10" not in table
+    # with a grid check of the row: the check's pick, and the sweep's protocol rerun there
+    check = tmp_path / "gc"
+    (check / "final").mkdir(parents=True)
+    (check / "gtsrb-partial-first2.report.json").write_text(json.dumps(
+        {"hp_search": {"grid": [{"lr": lr} for lr in (0.004, 0.016, 0.064)], "chosen": {"lr": 0.016}}}))
+    (check / "final" / "gtsrb-partial-first2.report.json").write_text(json.dumps(
+        {"metrics": {"test_acc": 0.66}, "seeds": {"runs": [{"test_acc": 0.66}]}}))
+    doc = "<!-- results: s partial:gc -->\n<!-- end results: s partial:gc -->"
+    rows = [line for line in results_doc.rendered(doc, tmp_path).splitlines() if line.startswith("| gtsrb")]
+    assert "| gtsrb | the first two blocks | 100,000 | 0.004 (top of its grid) | 65.0 | 60.0 | 0.016 | 66.0 |" in rows
+    assert rows[-1].endswith("| 70.0 | - | - |")  # full: not checked in this directory

@@ -11,7 +11,7 @@ linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean aga
 `splits:OTHER_ROOT` (runs whose validation split was drawn otherwise in another directory, against this sweep's),
 `gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
 against its frozen-feature probe, sweep.BACKBONE_SWEEPS), `partial` (full fine-tuning of part of the backbone,
-sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full).
+sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full; `partial:CHECK_DIR` adds a grid check of those rows).
 """
 
 from __future__ import annotations
@@ -193,12 +193,15 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
     return "\n".join(lines)
 
 
-def partial(reports: dict) -> str:
+def partial(reports: dict, check_dir: Path | None = None) -> str:
     """On each task with partial fine-tuning runs (sweep.PARTIAL_ROWS): what trains, how many weights, the lr its
-    grid chose, validation and test accuracy, from the linear head through e2vpt and the partial rows to full."""
+    grid chose, validation and test accuracy, from the linear head through e2vpt and the partial rows to full. With
+    check_dir (a grid check of the rows whose grid chose an end, as `gridcheck:` reads one): the check's pick, and
+    the test accuracy of the sweep's protocol rerun there (check_dir/final/<task>-<run>.report.json)."""
     rows = [("linear", "the head (linear)"), ("e2vpt", "prompts and the head (e2vpt)"),
             *((row.run, row.label) for row in PARTIAL_ROWS), ("full", "every weight (full)")]
     head = ["task", "what trains", "weights trained", "lr chosen", "val acc (mean of seeds)", "test acc"]
+    head += ["grid check: lr chosen", "test at the check's pick"] if check_dir else []
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     for task in TASKS:
         if not any((task, row.run) in reports for row in PARTIAL_ROWS):
@@ -211,9 +214,23 @@ def partial(reports: dict) -> str:
             lr = f"{hp['chosen']['lr']:g}" + (f" ({lr_grid_edge(hp)} of its grid)" if lr_grid_edge(hp) else "") \
                 if hp else f"{r['config']['lr']:g} (given)"
             val = val_mean(r)
-            lines.append(f"| {task} | {label} | {r['metrics']['tuned_params']:,} | {lr} | "
-                         f"{'-' if val is None else f'{100 * val:.1f}'} | {Score.of(r)} |")
+            cells = [task, label, f"{r['metrics']['tuned_params']:,}", lr, "-" if val is None else f"{100 * val:.1f}",
+                     str(Score.of(r))]
+            if check_dir:
+                cells += checked(check_dir, task, run)
+            lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def checked(check_dir: Path, task: str, run: str) -> list[str]:
+    """[the grid check's pick, the test at it] of one run, '-' where it was not checked or not rerun."""
+    path = grid_check_report(check_dir, task, run)
+    if not path.exists():
+        return ["-", "-"]
+    check = json.loads(path.read_text())["hp_search"]
+    final = Path(f"{grid_check_finals(check_dir) / grid_check_stem(check_dir, task, run).name}{REPORT_SUFFIX}")
+    lr = f"{check['chosen']['lr']:g}" + (f" ({lr_grid_edge(check)} of its grid)" if lr_grid_edge(check) else "")
+    return [lr, str(Score.of(json.loads(final.read_text()))) if final.exists() else "-"]
 
 
 MADE = {"tables": lambda reports: tables(reports, level="###"), "means": means, "demo-tasks": demo_tasks,
@@ -239,13 +256,15 @@ def rendered(doc: str, repo: Path = REPO) -> str:
             text = splits(reports_of(root), reports_of(other))
         elif kind == "gridcheck":  # gridcheck:CHECK_DIR
             text = grid_check(reports_of(root), repo / other)
+        elif kind == "partial" and other:  # partial:CHECK_DIR
+            text = partial(reports_of(root), repo / other)
         elif part == "backbones":
             text = across_backbones(root, reports_of, repo)
         elif part in MADE:
             text = MADE[part](reports_of(root))
         else:
             raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
-                              "splits:ROOT, gridcheck:DIR, backbones)")
+                              "splits:ROOT, gridcheck:DIR, partial:DIR, backbones)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 
