@@ -210,9 +210,7 @@ def partial(reports: dict, check_dir: Path | None = None) -> str:
             r = reports.get((task, run))
             if r is None:
                 continue
-            hp = r.get("hp_search")
-            lr = f"{hp['chosen']['lr']:g}" + (f" ({lr_grid_edge(hp)} of its grid)" if lr_grid_edge(hp) else "") \
-                if hp else f"{r['config']['lr']:g} (given)"
+            lr = lr_chosen(r["hp_search"]) if r.get("hp_search") else f"{r['config']['lr']:g} (given)"
             val = val_mean(r)
             cells = [task, label, f"{r['metrics']['tuned_params']:,}", lr, "-" if val is None else f"{100 * val:.1f}",
                      str(Score.of(r))]
@@ -227,10 +225,15 @@ def checked(check_dir: Path, task: str, run: str) -> list[str]:
     path = grid_check_report(check_dir, task, run)
     if not path.exists():
         return ["-", "-"]
-    check = json.loads(path.read_text())["hp_search"]
-    final = Path(f"{grid_check_finals(check_dir) / grid_check_stem(check_dir, task, run).name}{REPORT_SUFFIX}")
-    lr = f"{check['chosen']['lr']:g}" + (f" ({lr_grid_edge(check)} of its grid)" if lr_grid_edge(check) else "")
-    return [lr, str(Score.of(json.loads(final.read_text()))) if final.exists() else "-"]
+    final = grid_check_report(grid_check_finals(check_dir), task, run)
+    return [lr_chosen(json.loads(path.read_text())["hp_search"]),
+            str(Score.of(json.loads(final.read_text()))) if final.exists() else "-"]
+
+
+def lr_chosen(hp_search: dict) -> str:
+    """The learning rate a validation grid chose, and which end of the grid it is, if it is one."""
+    edge = lr_grid_edge(hp_search)
+    return f"{hp_search['chosen']['lr']:g}" + (f" ({edge} of its grid)" if edge else "")
 
 
 MADE = {"tables": lambda reports: tables(reports, level="###"), "means": means, "demo-tasks": demo_tasks,

@@ -67,7 +67,6 @@ ABLATION_ROWS = [
     AblationRow("visual + key-value + pruning (e2vpt)", "e2vpt", None)]
 
 
-
 class PartialRow(NamedTuple):
     label: str
     run: str
