@@ -1,6 +1,6 @@
 #!/bin/bash
-# A grid check of the partial fine-tuning rows whose lr grid chose its top (vtab.py --grid-check covers only the
-# five methods): the same check by hand, as vtab.py does it: a grid whose lowest rate is the old pick (lr centre 4x
+# A grid check of the partial fine-tuning rows whose lr grid chose its top (vtab.py --grid-check covered only the
+# five methods then; with --partial-tasks it now checks these rows itself): the same check by hand, as vtab.py does it: a grid whose lowest rate is the old pick (lr centre 4x
 # the pick), the run's weight decays and warm-up, 4-epoch points, one seed, a final as short as a point (the pick is the answer).
 # usage: partial-check.sh TASK ROW TRAINABLE CENTRE   (ROW: first2, last2, stem; as sweep.PARTIAL_ROWS)
 cd "$(git rev-parse --show-toplevel)"

@@ -13,14 +13,13 @@ beginning; a --backbone other than the finished runs' is refused, and so is new 
 runs held validation out otherwise than sweep.VAL_GROUP now does). Logs land in OUT/<task>/<run>.log, artifacts
 and reports beside them, one JSON line per finished run in OUT/runs.jsonl.
 
-The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods whose
-grid chose the learning rate at its top (or bottom) searches again on a grid whose lowest (highest) point is that
-pick (sweep.grid_check_centre),
-with the run's weight decays, grid-point epochs and warm-up, one seed, and a final training as short as a grid
-point (the pick is the answer). Logs land in DIR/<task>-<method>.log; a check whose report exists is done. Where a
-check chose another learning rate (a weight decay alone is not rerun), the sweep's protocol (its epochs, seeds,
-batch size and optimizer, the method's extras) is then rerun at the new pick into DIR/final/<task>-<method>.*, for
-the test accuracy beside the sweep's.
+The grid check (--grid-check DIR) reads the sweep's reports instead: every main run of --tasks x --methods, and
+partial row of --partial-tasks, whose grid chose the learning rate at its top (or bottom) searches again on a grid
+whose lowest (highest) point is that pick (sweep.grid_check_centre), with the run's weight decays, grid-point epochs
+and warm-up, one seed, and a final training as short as a grid point (the pick is the answer). Logs land in
+DIR/<task>-<method>.log; a check whose report exists is done. Where a check chose another learning rate (a weight
+decay alone is not rerun), the sweep's protocol (its epochs, seeds, batch size and optimizer, the method's extras)
+is then rerun at the new pick into DIR/final/<task>-<method>.*, for the test accuracy beside the sweep's.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors \
         --out runs/vtab-distill-mlp5 --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
@@ -57,6 +56,7 @@ from training.experiments.sweep import (
     curve_run,
     grid_check_centre,
     partial_flags,
+    run_flags,
     task_flags,
 )
 
@@ -76,14 +76,16 @@ def jobs(args) -> list[tuple[str, str, list[str], bool]]:
 
 
 def grid_check_jobs(args) -> list[tuple[str, str, dict]]:
-    """(task, method, its report) of every main run whose validation grid chose the learning rate at an end."""
+    """(task, run, its report) of every main run of --tasks x --methods, and partial row of --partial-tasks, whose
+    validation grid chose the learning rate at an end."""
+    runs = [(task, m) for m in RUN_ORDER if m in args.methods for task in args.tasks]
+    runs += [(task, row.run) for task in args.partial_tasks for row in PARTIAL_ROWS]
     out = []
-    for method in [m for m in RUN_ORDER if m in args.methods]:
-        for task in args.tasks:
-            path = report_path(args.out, task, method)
-            report = json.loads(path.read_text()) if path.exists() else {}
-            if report.get("hp_search") and lr_grid_edge(report["hp_search"]):
-                out.append((task, method, report))
+    for task, run in runs:
+        path = report_path(args.out, task, run)
+        report = json.loads(path.read_text()) if path.exists() else {}
+        if report.get("hp_search") and lr_grid_edge(report["hp_search"]):
+            out.append((task, run, report))
     return out
 
 
@@ -170,7 +172,7 @@ def run_grid_check(args, task: str, method: str, report: dict) -> dict:
     grid_epochs = config["hp_epochs"]
     flags = ["--warmup-epochs", str(config["warmup_epochs"] * grid_epochs / config["epochs"]),
              "--hp-search", "--hp-epochs", str(grid_epochs), "--lr", str(grid_check_centre(config["lr_grid"], edge)),
-             "--method", method]
+             *run_flags(method, extras=False)]
     log = grid_check_log(args, task, method)
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(args, task, log.with_suffix(".safetensors"), grid_epochs, 1, flags)
@@ -199,7 +201,8 @@ def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict)
     """The sweep's protocol (its epochs and seeds, the method's extras, no search) at the pick the check moved to,
     so that its test accuracy stands beside the sweep's; the sweep's own tables keep the sweep's pick."""
     config = report["config"]
-    flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]), *METHODS[method]]
+    flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]),
+             *run_flags(method)]
     stem = grid_check_stem(grid_check_finals(args.grid_check), task, method)
     stem.parent.mkdir(parents=True, exist_ok=True)
     as_swept = argparse.Namespace(**{**vars(args), "batch_size": config["batch_size"],
@@ -294,15 +297,17 @@ def main(argv=None) -> None:
     p.add_argument("--curve-task", default="dtd10", help="task of the pruning curve ('' to skip it)")
     p.add_argument("--partial-tasks", nargs="*", default=[], choices=list(TASKS),
                    help="tasks on which full fine-tuning also runs with only part of the backbone trainable "
-                   "(sweep.PARTIAL_ROWS, each with its own lr grid); none by default")
+                   "(sweep.PARTIAL_ROWS, each with its own lr grid), and whose partial rows --grid-check checks; "
+                   "none by default")
     p.add_argument("--hp-search", action=argparse.BooleanOptionalAction, default=True,
                    help="the trainer's lr x wd grid on the validation split, per run")
     p.add_argument("--hp-epochs", type=int, default=0, help="epochs per grid point (0: the trainer's default)")
     p.add_argument("--seeds", type=int, default=3, help="seeds of the chosen configuration (mean +- sd)")
     p.add_argument("--dry-run", action="store_true", help="print the runs still to do and exit")
     p.add_argument("--grid-check", metavar="DIR", help="instead of the sweep: check, into DIR, the grids of the "
-                   "main runs of --tasks x --methods under --out that chose the learning rate at an end of their "
-                   "grid, then rerun the sweep's protocol (its seeds and epochs) at each pick that moved")
+                   "main runs of --tasks x --methods (and partial rows of --partial-tasks) under --out that chose "
+                   "the learning rate at an end of their grid, then rerun the sweep's protocol (its seeds and epochs) "
+                   "at each pick that moved")
     args = p.parse_args(argv)
     if args.curve_task and args.curve_task not in TASKS:
         p.error(f"--curve-task must be one of {', '.join(TASKS)} or ''")
