@@ -114,6 +114,24 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     with pytest.raises(LookupError, match="needs a sweep listed in sweep.BACKBONE_SWEEPS"):
         results_doc.rendered("<!-- results: sweep7 backbones --><!-- end results: sweep7 backbones -->", tmp_path)
 
+    # sweep0's gtsrb e2vpt run redone on another split stands in for its own: the row's gtsrb gap and means move
+    assert table.count("| by image |") == 3  # the made-up reports have no val_group
+    rerun = tmp_path / "reruns" / "sweep0" / "gtsrb"
+    rerun.mkdir(parents=True)
+    (rerun / "e2vpt.report.json").write_text(json.dumps({"metrics": {"test_acc": 0.62},
+                                                         "config": {"val_group": "^(a|b)_"}}))
+    doc = "<!-- results: sweep2 backbones:reruns -->\n<!-- end results: sweep2 backbones:reruns -->"
+    table = results_doc.rendered(doc, tmp_path)
+    mixed = "by group `^(a\\|b)_`, by image"  # linear and full were not redone: the cell says the row mixes splits
+    assert f"| b0 | 40.0 | 50.0 | 53.0 | 70.0 | -17.0 | -8.0 | -20.0 | -20.0 | -20.0 | {mixed} |" in table
+    assert "| b1 | 45.0 | 51.0 | 60.0 | 75.0 | -15.0 |" in table  # no reruns of its own: as before
+    (rerun / "e2vpt.report.json").write_text(json.dumps({"metrics": {"test_acc": 0.62},
+                                                         "backbone_fingerprint": "another"}))
+    (tmp_path / "sweep0" / "gtsrb" / "full.report.json").write_text(json.dumps(
+        {"metrics": {"test_acc": 0.7}, "backbone_fingerprint": "the sweep's"}))
+    with pytest.raises(LookupError, match="trained on another backbone than the sweep sweep0"):
+        results_doc.rendered(doc, tmp_path)
+
 
 def test_the_splits_table_sets_runs_held_out_by_group_beside_the_same_runs_held_out_by_image(tmp_path):
     def report(val_group, lr, vals, tests, reused=False):

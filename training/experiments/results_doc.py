@@ -10,7 +10,8 @@ sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `ta
 linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
 `splits:OTHER_ROOT` (runs whose validation split was drawn otherwise in another directory, against this sweep's),
 `gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
-against its frozen-feature probe, sweep.BACKBONE_SWEEPS), `partial` (full fine-tuning of part of the backbone,
+against its frozen-feature probe, sweep.BACKBONE_SWEEPS; `backbones:RERUNS_DIR` with the runs redone under
+RERUNS_DIR/<sweep folder> in place of each sweep's own), `partial` (full fine-tuning of part of the backbone,
 sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full; `partial:CHECK_DIR` adds a grid check of those rows).
 """
 
@@ -112,6 +113,11 @@ def grid_check(reports: dict, check_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def split_name(val_group: str | None) -> str:
+    """How a run held its validation split out (the trainer's --val-group), as a table cell."""
+    return "by image" if not val_group else "by group `" + val_group.replace("|", "\\|") + "`"
+
+
 def splits(reports: dict, before: dict) -> str:
     """The runs of `before` (another sweep directory, same backbone and protocol) whose validation split was held
     out otherwise (the trainer's --val-group, sweep.VAL_GROUP) against this sweep's runs of the same name: what
@@ -138,7 +144,7 @@ def splits(reports: dict, before: dict) -> str:
         vals = " -> ".join("-" if v is None else f"{100 * v:.1f}" for v in val)
         shift = " -> ".join("-" if v is None else f"{100 * (v - t.mean):+.1f}" for v, t in zip(val, test, strict=True))
         noise = " *" if test[1].beyond_noise(test[0]) else ""
-        how = " -> ".join("by image" if g is None else "by group `" + g.replace("|", "\\|") + "`" for g in split)
+        how = " -> ".join(split_name(g) for g in split)
         lines.append(f"| {key[0]} | {key[1]} | {how} | {pick} | {vals} | {test[0]} -> {test[1]}{noise} | {shift} |")
     return "\n".join(lines)
 
@@ -152,22 +158,38 @@ def probe_mean(path: Path) -> float:
     return 100 * sum(acc[t] for t in PROBED) / len(PROBED)
 
 
-def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -> str:
+def with_reruns(reports: dict, sweep_root: str, reruns: Path | None) -> dict:
+    """A sweep's reports, with those of its runs redone under reruns/<the sweep's folder name> (some runs again, a
+    split drawn otherwise) in their place; the reruns must have trained on the sweep's backbone."""
+    folder = reruns / Path(sweep_root).name if reruns is not None else None
+    if folder is None or not folder.is_dir():
+        return reports
+    redone = load(folder)
+    prints = {r.get("backbone_fingerprint") for r in (*reports.values(), *redone.values())} - {None}
+    if len(prints) > 1:
+        raise LookupError(f"the reruns in {folder} trained on another backbone than the sweep {sweep_root}")
+    return {**reports, **redone}
+
+
+
+
+def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path, reruns: Path | None = None) -> str:
     """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS; `reports_of` loads one) against its
     frozen-feature probe: how the methods' means and e2vpt's distance to full fine-tuning move as the feature
-    improves."""
+    improves. Runs redone under `reruns` (with_reruns) stand in for the sweep's own; the gtsrb split column says
+    how each row's gtsrb runs held validation out."""
     roots = [sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS]
     if root not in roots:
         raise LookupError(f"'backbones' needs a sweep listed in sweep.BACKBONE_SWEEPS ({', '.join(roots)}), "
                           f"not {root}")
     upto = BACKBONE_SWEEPS[:roots.index(root) + 1]
     head = ["backbone", "probe, mean of 3", "linear", "e2vpt", "full", "e2vpt - full",
-            *(f"e2vpt - full, {t}" for t in TASKS)]
+            *(f"e2vpt - full, {t}" for t in TASKS), "gtsrb's validation split"]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
     probes, cols = [], {m: [] for m in ("linear", "e2vpt", "full")}
     task_gaps = {t: [] for t in TASKS}  # e2vpt - full per task, one entry per backbone
     for label, sweep_root, probe in upto:
-        reports = reports_of(sweep_root)
+        reports = with_reruns(reports_of(sweep_root), sweep_root, reruns)
         mean, s = method_means(reports), scores(reports)
         probes.append(probe_mean(repo / probe))
         for m in cols:
@@ -175,8 +197,11 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
         for t in TASKS:
             task_gaps[t].append(100 * (s[(t, "e2vpt")].mean - s[(t, "full")].mean))
         gaps = " | ".join(f"{task_gaps[t][-1]:+.1f}" for t in TASKS)
+        split = {split_name(reports[("gtsrb", m)].get("config", {}).get("val_group")) for m in cols
+                 if ("gtsrb", m) in reports}
         lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
-                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} |")
+                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} | "
+                     f"{', '.join(sorted(split)) or '-'} |")
     blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
     if len(upto) > 2:
@@ -186,7 +211,7 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
         per = {m: slope(v) for m, v in cols.items()}
         gap = slope([e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
         lines.append(f"| slope per probe point | | {' | '.join(f'{v:+.2f}' for v in per.values())} | {gap:+.2f} | "
-                     + " | ".join(f"{slope(task_gaps[t]):+.2f}" for t in TASKS) + " |")
+                     + " | ".join(f"{slope(task_gaps[t]):+.2f}" for t in TASKS) + " | |")
         lines += ["", f"Least-squares slopes over these {len(upto)} backbones, per point of probe mean: "
                   + ", ".join(f"{m} {v:+.2f}" for m, v in per.items())
                   + f"; e2vpt - full {gap:+.2f} points per probe point (per task: the last row)."]
@@ -261,13 +286,13 @@ def rendered(doc: str, repo: Path = REPO) -> str:
             text = grid_check(reports_of(root), repo / other)
         elif kind == "partial" and other:  # partial:CHECK_DIR
             text = partial(reports_of(root), repo / other)
-        elif part == "backbones":
-            text = across_backbones(root, reports_of, repo)
+        elif kind == "backbones":  # backbones or backbones:RERUNS_DIR
+            text = across_backbones(root, reports_of, repo, repo / other if other else None)
         elif part in MADE:
             text = MADE[part](reports_of(root))
         else:
             raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
-                              "splits:ROOT, gridcheck:DIR, partial:DIR, backbones)")
+                              "splits:ROOT, gridcheck:DIR, partial:DIR, backbones, backbones:DIR)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 
