@@ -5,7 +5,8 @@
 # Run it alone on the machine (2 single-thread runs at once), and never edit this file while it runs (bash reads
 # it as it goes); `--dry-run` as an extra argument lists what is left,
 # `--grid-check DIR` (with --dry-run or not) checks the grids that chose an end of their lr grid instead (see vtab.py).
-# `--partial-tasks gtsrb sign-digits` adds full fine-tuning of parts of the backbone (sweep.PARTIAL_ROWS) on those tasks.
+# `--partial-tasks gtsrb sign-digits` adds full fine-tuning of parts of the backbone (sweep.PARTIAL_ROWS) on those tasks
+# (beside --grid-check: checks those rows' grids too).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # defaults: the demo backbone's sweep (docs/results.md); retired ones: OUT=runs/vtab-distill-mlp, OUT=runs/vtab-distill-s3,
