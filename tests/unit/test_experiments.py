@@ -269,40 +269,53 @@ def test_partial_rows_fine_tune_part_of_the_demo_architecture_only_when_asked(tm
 
 def test_the_grid_check_covers_partial_rows_of_partial_tasks_with_their_own_weights(tmp_path, monkeypatch, capsys):
     """A partial row that chose its grid's top is checked (and rerun at a moved pick) as the weights it trains,
-    with the check's lr centre instead of the row's own; only for --partial-tasks."""
-    stem_row = sweep.PARTIAL_BY_RUN["partial-stem"]
-    grid = [{"lr": lr, "weight_decay": wd, "val_acc": 0.5} for lr in (0.01, 0.04, 0.16) for wd in (0.01, 0.1)]
+    with the check's lr centre instead of the row's own; only for --partial-tasks. The stem has a grid centre of
+    its own, the first two blocks full fine-tuning's."""
+    first2, stem = sweep.PARTIAL_BY_RUN["partial-first2"], sweep.PARTIAL_BY_RUN["partial-stem"]
+    grids = {first2.run: [0.00025, 0.001, 0.004], stem.run: [0.01, 0.04, 0.16]}
+    picks = {first2.run: 0.004, stem.run: 0.64}  # the check keeps first2's pick and moves the stem's up
+
+    def hp_search(lrs: list[float], lr: float) -> dict:
+        grid = [{"lr": x, "weight_decay": wd, "val_acc": 0.5} for x in lrs for wd in (0.01, 0.1)]
+        return {"grid": grid, "chosen": {"lr": lr, "weight_decay": 0.1}}
+
     sweep_dir, check = tmp_path / "sweep", tmp_path / "check"
     (sweep_dir / "sign-digits").mkdir(parents=True)
-    reports.report_path(sweep_dir, "sign-digits", stem_row.run).write_text(json.dumps(
-        {"hp_search": {"grid": grid, "chosen": {"lr": 0.16, "weight_decay": 0.01}},
-         "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0, "batch_size": 32,
-                    "optimizer": "adamw", "lr_grid": [0.01, 0.04, 0.16], "val_group": None}}))
+    for run, lrs in grids.items():
+        reports.report_path(sweep_dir, "sign-digits", run).write_text(json.dumps(
+            {"hp_search": hp_search(lrs, lrs[-1]),
+             "config": {"epochs": 12, "seeds": 3, "hp_epochs": 4, "warmup_epochs": 2.0, "batch_size": 32,
+                        "optimizer": "adamw", "lr_grid": lrs, "val_group": None}}))
     args = ["--backbone", "b.safetensors", "--out", str(sweep_dir), "--grid-check", str(check)]
     vtab.main([*args, "--dry-run"])
     assert capsys.readouterr().out.startswith("grid check: 0 runs")  # partial rows only when asked for
     vtab.main([*args, "--partial-tasks", "sign-digits", "--dry-run"])
-    assert "  sign-digits partial-stem (chose its grid's top; lr grid centred on 0.64)" in capsys.readouterr().out
-    monkeypatch.setitem(sweep.TASKS, "sign-digits", str(tmp_path))  # data that exists: the check starts
+    out = capsys.readouterr().out
+    assert "  sign-digits partial-stem (chose its grid's top; lr grid centred on 0.64)" in out
+    assert "  sign-digits partial-first2 (chose its grid's top; lr grid centred on 0.016)" in out
+    monkeypatch.setitem(sweep.TASKS, "sign-digits", str(tmp_path))  # data that exists: the checks start
     calls = []
 
-    def train(cmd, **_):  # the check "moves" the pick one step up, as its report says
+    def train(cmd, **_):  # a check writes the pick of `picks` into its report
         calls.append(cmd)
         if "--hp-search" in cmd:
-            Path(f"{reports.grid_check_stem(check, 'sign-digits', stem_row.run)}{reports.REPORT_SUFFIX}").write_text(
-                json.dumps({"hp_search": {"grid": grid, "chosen": {"lr": 0.64, "weight_decay": 0.1}}}))
+            run = next(r for r in picks if cmd[cmd.index("--out") + 1].endswith(f"-{r}.safetensors"))
+            Path(f"{reports.grid_check_stem(check, 'sign-digits', run)}{reports.REPORT_SUFFIX}").write_text(
+                json.dumps({"hp_search": hp_search(grids[run], picks[run])}))
         return 0
 
     monkeypatch.setattr(vtab.subprocess, "call", train)
     vtab.main([*args, "--partial-tasks", "sign-digits"])
-    checked, rerun = calls
-    for cmd, lr in ((checked, "0.64"), (rerun, "0.64")):
-        flag = {name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")}
-        assert (flag["--method"], flag["--trainable"], flag["--lr"]) == ("full", stem_row.trainable, lr)
-        assert cmd.count("--lr") == 1  # the check's centre (or its pick), not the row's own centre beside it
-    assert "--no-hp-search" in rerun and rerun[rerun.index("--seeds") + 1] == "3"
-    assert rerun[rerun.index("--out") + 1] == str(
-        (reports.grid_check_finals(check) / "sign-digits-partial-stem").with_suffix(".safetensors"))
+    flags = [{name: cmd[i + 1] for i, name in enumerate(cmd[:-1]) if name.startswith("--")} for cmd in calls]
+    checks = sorted((f["--trainable"], f["--lr"]) for f in flags[:2])  # the two checks run side by side
+    assert checks == sorted([(first2.trainable, "0.016"), (stem.trainable, "0.64")])
+    assert (flags[2]["--trainable"], flags[2]["--lr"]) == (stem.trainable, "0.64")  # then one rerun
+    assert all(f["--method"] == "full" and cmd.count("--lr") == 1 for f, cmd in zip(flags, calls, strict=True))
+    rerun = flags[-1]  # the sweep's protocol at the stem's new pick; first2 kept its pick: no rerun
+    assert "--no-hp-search" in calls[-1] and (rerun["--seeds"], rerun["--epochs"], rerun["--weight-decay"]) == (
+        "3", "12", "0.1")
+    assert rerun["--out"] == str((reports.grid_check_finals(check) / "sign-digits-partial-stem").with_suffix(
+        ".safetensors"))
 
 
 def test_the_experiment_modules_import_each_other_without_a_cycle():

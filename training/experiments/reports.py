@@ -21,17 +21,17 @@ def report_path(out: str | Path, task: str, run: str) -> Path:
     return Path(out) / task / f"{run}{REPORT_SUFFIX}"
 
 
-def grid_check_stem(check_dir: str | Path, task: str, method: str) -> Path:
-    """Where the grid check of (task, method) writes: <stem>.log, <stem>.safetensors, <stem>.report.json."""
-    return Path(check_dir) / f"{task}-{method}"
+def grid_check_stem(check_dir: str | Path, task: str, run: str) -> Path:
+    """Where the grid check of (task, run) writes: <stem>.log, <stem>.safetensors, <stem>.report.json."""
+    return Path(check_dir) / f"{task}-{run}"
 
 
-def grid_check_report(check_dir: str | Path, task: str, method: str) -> Path:
-    return Path(f"{grid_check_stem(check_dir, task, method)}{REPORT_SUFFIX}")
+def grid_check_report(check_dir: str | Path, task: str, run: str) -> Path:
+    return Path(f"{grid_check_stem(check_dir, task, run)}{REPORT_SUFFIX}")
 
 
 def grid_check_finals(check_dir: str | Path) -> Path:
-    """Where the sweep's protocol, rerun at the picks a grid check moved, writes: <this>/<task>-<method>.*"""
+    """Where the sweep's protocol, rerun at the picks a grid check moved, writes: <this>/<task>-<run>.*"""
     return Path(check_dir) / "final"
 
 

@@ -90,8 +90,8 @@ def gains(reports: dict, before: dict) -> str:
 
 def grid_check(reports: dict, check_dir: Path) -> str:
     """The grid check's picks (vtab.py --grid-check: each run whose grid chose an end, searched again past it)
-    against the sweep's, from the check's own reports (check_dir/<task>-<method>.report.json). Where a pick
-    changed and the sweep's protocol was rerun at the new pick (check_dir/final/<task>-<method>.report.json: 3
+    against the sweep's, from the check's own reports (check_dir/<task>-<run>.report.json). Where a pick
+    changed and the sweep's protocol was rerun at the new pick (check_dir/final/<task>-<run>.report.json: 3
     seeds, 12 epochs), a last column gives its test accuracy beside the sweep's."""
     finals = {p.name.removesuffix(REPORT_SUFFIX): Score.of(json.loads(p.read_text()))
               for p in sorted(grid_check_finals(check_dir).glob(f"*{REPORT_SUFFIX}"))}
@@ -160,7 +160,7 @@ def probe_mean(path: Path) -> float:
 
 def with_reruns(reports: dict, sweep_root: str, reruns: Path | None) -> dict:
     """A sweep's reports, with those of its runs redone under reruns/<the sweep's folder name> (some runs again, a
-    split drawn otherwise) in their place; the reruns must have trained on the sweep's backbone."""
+    split drawn otherwise) in their place; where both carry a backbone fingerprint, they must be the same."""
     folder = reruns / Path(sweep_root).name if reruns is not None else None
     if folder is None or not folder.is_dir():
         return reports
@@ -171,6 +171,15 @@ def with_reruns(reports: dict, sweep_root: str, reruns: Path | None) -> dict:
     return {**reports, **redone}
 
 
+def gtsrb_splits(reports: dict, runs: tuple[str, ...]) -> str:
+    """How `runs` of gtsrb held validation out, as one cell; where they differ, which run used which split."""
+    by: dict[str, list[str]] = {}
+    for run in runs:
+        if ("gtsrb", run) in reports:
+            by.setdefault(split_name(reports[("gtsrb", run)].get("config", {}).get("val_group")), []).append(run)
+    if len(by) < 2:
+        return next(iter(by), "-")
+    return "; ".join(f"{', '.join(names)}: {split}" for split, names in by.items())
 
 
 def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path, reruns: Path | None = None) -> str:
@@ -197,11 +206,9 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path, r
         for t in TASKS:
             task_gaps[t].append(100 * (s[(t, "e2vpt")].mean - s[(t, "full")].mean))
         gaps = " | ".join(f"{task_gaps[t][-1]:+.1f}" for t in TASKS)
-        split = {split_name(reports[("gtsrb", m)].get("config", {}).get("val_group")) for m in cols
-                 if ("gtsrb", m) in reports}
         lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
                      f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} | "
-                     f"{', '.join(sorted(split)) or '-'} |")
+                     f"{gtsrb_splits(reports, tuple(cols))} |")
     blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
     if len(upto) > 2:

@@ -88,11 +88,11 @@ PARTIAL_ROWS = [
 PARTIAL_BY_RUN = {row.run: row for row in PARTIAL_ROWS}
 
 
-def partial_flags(row: PartialRow, grid_centre: bool = True) -> list[str]:
+def partial_flags(row: PartialRow, with_lr_centre: bool = True) -> list[str]:
     """The trainer's flags of a partial row; without its grid's centre for a run that sets its own lr (the grid
     check and its reruns)."""
     return ["--method", "full", "--trainable", row.trainable,
-            *(["--lr", str(row.lr)] if row.lr and grid_centre else [])]
+            *(["--lr", str(row.lr)] if row.lr and with_lr_centre else [])]
 
 
 def run_flags(run: str, extras: bool = True) -> list[str]:
@@ -100,7 +100,7 @@ def run_flags(run: str, extras: bool = True) -> list[str]:
     grid check and its reruns): a method's flags (without `extras`, such as e2vpt's pruning search, only which
     method), or a partial row's without its grid's centre."""
     if run in PARTIAL_BY_RUN:
-        return partial_flags(PARTIAL_BY_RUN[run], grid_centre=False)
+        return partial_flags(PARTIAL_BY_RUN[run], with_lr_centre=False)
     return METHODS[run] if extras else ["--method", run]
 
 

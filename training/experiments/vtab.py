@@ -17,13 +17,15 @@ The grid check (--grid-check DIR) reads the sweep's reports instead: every main 
 partial row of --partial-tasks, whose grid chose the learning rate at its top (or bottom) searches again on a grid
 whose lowest (highest) point is that pick (sweep.grid_check_centre), with the run's weight decays, grid-point epochs
 and warm-up, one seed, and a final training as short as a grid point (the pick is the answer). Logs land in
-DIR/<task>-<method>.log; a check whose report exists is done. Where a check chose another learning rate (a weight
-decay alone is not rerun), the sweep's protocol (its epochs, seeds, batch size and optimizer, the method's extras)
-is then rerun at the new pick into DIR/final/<task>-<method>.*, for the test accuracy beside the sweep's.
+DIR/<task>-<run>.log; a check whose report exists is done. Where a check chose another learning rate (a weight
+decay alone is not rerun), the sweep's protocol (its epochs, seeds, batch size and optimizer, the method's extras
+or the partial row's --trainable) is then rerun at the new pick into DIR/final/<task>-<run>.*, for the test
+accuracy beside the sweep's.
 
     python -m training.experiments.vtab --backbone assets/backbones/vit_tiny_p4_32_distill_mnv1_mlp5.safetensors \
         --out runs/vtab-distill-mlp5 --epochs 12 --hp-epochs 4 --seeds 3 --workers 2 --dry-run   # the plan and its size
-    python -m training.experiments.vtab --backbone ... --out runs/vtab-distill-mlp5 --grid-check runs/gc-mlp5 --dry-run
+    python -m training.experiments.vtab --backbone ... --out runs/vtab-distill-mlp5 --grid-check runs/gc-mlp5 \
+        --partial-tasks gtsrb sign-digits --dry-run
 """
 from __future__ import annotations
 
@@ -101,8 +103,8 @@ def stop_on_missing_data(p: argparse.ArgumentParser, args, tasks: set[str]) -> N
         except DatasetError as e:
             missing.append(f"{task}: {e}")
     if missing and not args.dry_run:
-        p.error("missing data; fix it or leave those tasks out with --tasks / --ablation-tasks / --curve-task: "
-                + "; ".join(missing))
+        p.error("missing data; fix it or leave those tasks out with --tasks / --ablation-tasks / --curve-task / "
+                "--partial-tasks: " + "; ".join(missing))
 
 
 def hp_args(args, task: str, reuse: bool) -> list[str]:
@@ -154,61 +156,62 @@ def run_one(args, task: str, name: str, extra: list[str], reuse: bool, waits_for
     return row
 
 
-def grid_check_log(args, task: str, method: str) -> Path:
-    return grid_check_stem(args.grid_check, task, method).with_suffix(".log")
+def grid_check_log(args, task: str, run: str) -> Path:
+    return grid_check_stem(args.grid_check, task, run).with_suffix(".log")
 
 
-def grid_checked(args, task: str, method: str) -> bool:
+def grid_checked(args, task: str, run: str) -> bool:
     """Done once its report exists (written last, as for the sweep's runs): the pick and its grid are in it, and a
     check cut short after its pick is run again rather than left without the report its rerun is decided on."""
-    return grid_check_report(args.grid_check, task, method).exists()
+    return grid_check_report(args.grid_check, task, run).exists()
 
 
-def run_grid_check(args, task: str, method: str, report: dict) -> dict:
+def run_grid_check(args, task: str, run: str, report: dict) -> dict:
     """The run's grid again, moved past the end it chose (grid-point epochs and warm-up from its report; no
     --weight-decay, like the sweep's runs, so the same decays), one seed; the method's own extras (e2vpt's pruning
-    search) are left out, since only the lr pick is asked."""
+    search) are left out, since only the lr pick is asked; a partial row keeps its --trainable."""
     config, edge = report["config"], lr_grid_edge(report["hp_search"]) or "top"
     grid_epochs = config["hp_epochs"]
     flags = ["--warmup-epochs", str(config["warmup_epochs"] * grid_epochs / config["epochs"]),
              "--hp-search", "--hp-epochs", str(grid_epochs), "--lr", str(grid_check_centre(config["lr_grid"], edge)),
-             *run_flags(method, extras=False)]
-    log = grid_check_log(args, task, method)
+             *run_flags(run, extras=False)]
+    log = grid_check_log(args, task, run)
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = train_command(args, task, log.with_suffix(".safetensors"), grid_epochs, 1, flags)
-    row = {"task": task, "grid_check": method, **execute(cmd, log)}
+    row = {"task": task, "grid_check": run, **execute(cmd, log)}
     print(json.dumps(row), flush=True)
     return row
 
 
 def moved_picks(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict, dict]]:
-    """(task, method, sweep's report, check's pick) of every finished check that chose another rate."""
+    """(task, run, sweep's report, check's pick) of every finished check that chose another rate."""
     out = []
-    for task, method, report in todo:
-        path = grid_check_report(args.grid_check, task, method)
+    for task, run, report in todo:
+        path = grid_check_report(args.grid_check, task, run)
         check = json.loads(path.read_text())["hp_search"] if path.exists() else None
         if check and pick_moved(report["hp_search"], check):
-            out.append((task, method, report, check["chosen"]))
+            out.append((task, run, report, check["chosen"]))
     return out
 
 
 def unfinished_finals(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str, str, dict, dict]]:
-    return [(task, method, report, pick) for task, method, report, pick in moved_picks(args, todo)
-            if not grid_check_report(grid_check_finals(args.grid_check), task, method).exists()]
+    return [(task, run, report, pick) for task, run, report, pick in moved_picks(args, todo)
+            if not grid_check_report(grid_check_finals(args.grid_check), task, run).exists()]
 
 
-def run_grid_check_final(args, task: str, method: str, report: dict, pick: dict) -> dict:
-    """The sweep's protocol (its epochs and seeds, the method's extras, no search) at the pick the check moved to,
+def run_grid_check_final(args, task: str, run: str, report: dict, pick: dict) -> dict:
+    """The sweep's protocol (its epochs and seeds, the method's extras or the partial row's --trainable, no search)
+    at the pick the check moved to,
     so that its test accuracy stands beside the sweep's; the sweep's own tables keep the sweep's pick."""
     config = report["config"]
     flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]),
-             *run_flags(method)]
-    stem = grid_check_stem(grid_check_finals(args.grid_check), task, method)
+             *run_flags(run)]
+    stem = grid_check_stem(grid_check_finals(args.grid_check), task, run)
     stem.parent.mkdir(parents=True, exist_ok=True)
     as_swept = argparse.Namespace(**{**vars(args), "batch_size": config["batch_size"],
                                      "optimizer": config["optimizer"]})
     cmd = train_command(as_swept, task, stem.with_suffix(".safetensors"), config["epochs"], config["seeds"], flags)
-    row = {"task": task, "grid_check_final": method, **execute(cmd, stem.with_suffix(".log"))}
+    row = {"task": task, "grid_check_final": run, **execute(cmd, stem.with_suffix(".log"))}
     print(json.dumps(row), flush=True)
     return row
 
@@ -252,16 +255,16 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
     stop_on_another_backbone(p, args, [report for *_, report in todo])
     left = [j for j in todo if not grid_checked(args, j[0], j[1])]
     pending = {task for task, *_ in left + unfinished_finals(args, todo)}
-    stop_on_another_split(p, [(task, path) for task, method, _ in todo for path in (
-        report_path(args.out, task, method), grid_check_report(args.grid_check, task, method),
-        grid_check_report(grid_check_finals(args.grid_check), task, method))], pending)
+    stop_on_another_split(p, [(task, path) for task, run, _ in todo for path in (
+        report_path(args.out, task, run), grid_check_report(args.grid_check, task, run),
+        grid_check_report(grid_check_finals(args.grid_check), task, run))], pending)
     stop_on_missing_data(p, args, pending)
     print(f"grid check: {len(todo)} runs chose the lr at an end of their grid, {len(todo) - len(left)} already "
           f"checked, {args.workers} at a time", flush=True)
     if args.dry_run:
-        for task, method, report in left:
+        for task, run, report in left:
             edge = lr_grid_edge(report["hp_search"]) or "top"
-            print(f"  {task} {method} (chose its grid's {edge}; lr grid centred on "
+            print(f"  {task} {run} (chose its grid's {edge}; lr grid centred on "
                   f"{grid_check_centre(report['config']['lr_grid'], edge):g})")
     else:
         with ThreadPoolExecutor(args.workers) as pool:
@@ -271,8 +274,8 @@ def grid_check(p: argparse.ArgumentParser, args) -> None:
     print(f"then the sweep's protocol at each moved pick: {len(finals)} to run" +
           (" (so far: more may follow the checks above)" if args.dry_run and left else ""), flush=True)
     if args.dry_run:
-        for task, method, _, pick in finals:
-            print(f"  {task} {method} at lr {pick['lr']:g}, weight decay {pick['weight_decay']:g}")
+        for task, run, _, pick in finals:
+            print(f"  {task} {run} at lr {pick['lr']:g}, weight decay {pick['weight_decay']:g}")
         return
     with ThreadPoolExecutor(args.workers) as pool:
         for f in [pool.submit(run_grid_check_final, args, *job) for job in finals]:
