@@ -120,13 +120,14 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     assert table.count("| by image |") == 3  # the made-up reports have no val_group
     rerun = tmp_path / "reruns" / "sweep0" / "gtsrb"
     rerun.mkdir(parents=True)
+    (tmp_path / "reruns" / "sweep1" / "gtsrb").mkdir(parents=True)  # reruns begun, none finished: the sweep's own
     (rerun / "e2vpt.report.json").write_text(json.dumps({"metrics": {"test_acc": 0.62},
                                                          "config": {"val_group": "^(a|b)_"}}))
     doc = "<!-- results: sweep2 backbones:reruns -->\n<!-- end results: sweep2 backbones:reruns -->"
     table = results_doc.rendered(doc, tmp_path)
     mixed = "linear, full: by image; e2vpt: by group `^(a\\|b)_`"  # only e2vpt was redone: the cell says which is which
     assert f"| b0 | 40.0 | 50.0 | 53.0 | 70.0 | -17.0 | -8.0 | -20.0 | -20.0 | -20.0 | {mixed} |" in table.splitlines()
-    assert "| b1 | 45.0 | 51.0 | 60.0 | 75.0 | -15.0 |" in table  # no reruns of its own: as before
+    assert "| b1 | 45.0 | 51.0 | 60.0 | 75.0 | -15.0 | -22.5 | -17.5 | -12.5 | -7.5 | by image |" in table
     (rerun / "e2vpt.report.json").write_text(json.dumps({"metrics": {"test_acc": 0.62},
                                                          "backbone_fingerprint": "another"}))
     (tmp_path / "sweep0" / "gtsrb" / "full.report.json").write_text(json.dumps(

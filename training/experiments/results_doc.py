@@ -162,7 +162,7 @@ def with_reruns(reports: dict, sweep_root: str, reruns: Path | None) -> dict:
     """A sweep's reports, with those of its runs redone under reruns/<the sweep's folder name> (some runs again, a
     split drawn otherwise) in their place; where both carry a backbone fingerprint, they must be the same."""
     folder = reruns / Path(sweep_root).name if reruns is not None else None
-    if folder is None or not folder.is_dir():
+    if folder is None or not any(folder.glob(f"*/*{REPORT_SUFFIX}")):  # none (yet): the split column shows it
         return reports
     redone = load(folder)
     prints = {r.get("backbone_fingerprint") for r in (*reports.values(), *redone.values())} - {None}
