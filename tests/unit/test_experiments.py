@@ -55,7 +55,22 @@ def test_tables_and_plots_from_a_sweep_directory(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
     plots.main([str(tmp_path), str(tmp_path / "plots")])
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
-        "accuracy_vs_params.png", "pruning_curve.png", "task_bars.png", "training_curves.png"]
+        "accuracy_vs_params.png", "pruning_curve.png", "task_bars.png", "training_curves.png"]  # not a backbone's
+
+
+def test_the_figure_across_the_backbones_draws_the_tables_gaps_for_a_listed_sweep(tmp_path):
+    """The committed sweeps: one point per backbone up to the demo's, whose per-task gaps average to the
+    difference of the method means the docs quote; plots draws it for that sweep's folder only."""
+    points = reports.backbone_points(sweep.DEFAULT_OUT, sweep.REPO)
+    assert [p.label for p in points] == [label for label, *_ in sweep.BACKBONE_SWEEPS]
+    for p in points:
+        means = reports.method_means(p.reports)
+        assert sum(p.gap(t) for t in sweep.TASKS) / len(sweep.TASKS) == pytest.approx(means["e2vpt"] - means["full"])
+    assert {p.reports[("gtsrb", "e2vpt")]["config"]["val_group"] for p in points} == {sweep.VAL_GROUP["gtsrb"]}
+    assert plots.listed_sweep(sweep.REPO / sweep.DEFAULT_OUT) == sweep.DEFAULT_OUT
+    assert plots.listed_sweep(tmp_path) is None
+    pytest.importorskip("matplotlib", reason="plots need matplotlib")
+    assert plots.gap_vs_probe(plots._pyplot(), points, tmp_path / "gap.png").stat().st_size > 0
 
 
 def test_plan_covers_methods_ablation_and_curve_and_skips_finished_runs(tmp_path, capsys):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from server.settings import DEMO_BACKBONE_FILE
-from training.experiments import results_doc
+from training.experiments import reports, results_doc
 from training.experiments.sweep import DEFAULT_OUT
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,8 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
                                                                                 "accuracy": 0.0}]}))
         sweeps.append((f"b{i}", f"sweep{i}", f"probe{i}.json"))
     (tmp_path / "teacher.json").write_text(json.dumps({"tasks": tasks}))
-    monkeypatch.setattr(results_doc, "BACKBONE_SWEEPS", (*sweeps, ("later", "sweep9", "probe9.json")))
+    monkeypatch.setattr(reports, "BACKBONE_SWEEPS", (*sweeps, ("later", "sweep9", "probe9.json")))
+    monkeypatch.setattr(reports, "BACKBONE_RERUNS", "reruns")
     monkeypatch.setattr(results_doc, "TEACHER_PROBE", "teacher.json")
     doc = "<!-- results: sweep2 backbones -->\n<!-- end results: sweep2 backbones -->"
     table = results_doc.rendered(doc, tmp_path)
@@ -123,7 +124,6 @@ def test_the_backbones_table_sets_each_sweep_beside_its_probe_and_fits_the_gap(t
     (tmp_path / "reruns" / "sweep1" / "gtsrb").mkdir(parents=True)  # reruns begun, none finished: the sweep's own
     (rerun / "e2vpt.report.json").write_text(json.dumps({"metrics": {"test_acc": 0.62},
                                                          "config": {"val_group": "^(a|b)_"}}))
-    doc = "<!-- results: sweep2 backbones:reruns -->\n<!-- end results: sweep2 backbones:reruns -->"
     table = results_doc.rendered(doc, tmp_path)
     mixed = "linear, full: by image; e2vpt: by group `^(a\\|b)_`"  # only e2vpt was redone: the cell says which is which
     assert f"| b0 | 40.0 | 50.0 | 53.0 | 70.0 | -17.0 | -8.0 | -20.0 | -20.0 | -20.0 | {mixed} |" in table.splitlines()

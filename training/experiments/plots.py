@@ -1,4 +1,5 @@
 """The figures docs/results.md opens with, from a sweep's reports (its tables: summarize.py): PNGs, Agg backend.
+For a sweep of sweep.BACKBONE_SWEEPS, also e2vpt - full against the probe over the backbones up to it.
 
     python -m training.experiments.plots runs/vtab docs/img/results      # the sweep's reports -> the figures
 """
@@ -8,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.experiments.reports import Score, curve_points, load
-from training.experiments.sweep import METHODS, TASKS
+from training.experiments.reports import BackbonePoint, Score, backbone_points, curve_points, load
+from training.experiments.sweep import BACKBONE_SWEEPS, METHODS, REPO, TASKS
 
 MARKERS = dict(zip(METHODS, "osD^v", strict=True))
 # one colour per method on every figure and panel, whichever methods a panel has (matplotlib's default cycle)
@@ -102,6 +103,26 @@ def pruning_curve(plt, reports: dict, path: Path) -> Path | None:
     return _save(plt, fig, path)
 
 
+def gap_vs_probe(plt, points: list[BackbonePoint], path: Path) -> Path:
+    """e2vpt - full per task and on the 4-task mean against each backbone's frozen-feature probe (the table
+    across the backbones, drawn): did better features close the gap?"""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    probes = [p.probe for p in points]
+    for i, task in enumerate(TASKS):
+        ax.plot(probes, [p.gap(task) for p in points], marker="osD^"[i % 4], color=f"C{i}", label=task)
+    mean = [sum(p.gap(t) for t in TASKS) / len(TASKS) for p in points]
+    ax.plot(probes, mean, color="black", linewidth=2.5, marker="o", label="mean of the 4 tasks")
+    ax.axhline(-5, color="grey", linestyle="--", linewidth=1, label="issue 21's goal for the mean")
+    ax.axhline(0, color="grey", linewidth=0.5)
+    ax.set_xlabel("frozen-feature probe of the backbone, mean of gtsrb, dtd10, sign-digits (%)")
+    ax.set_ylabel("e2vpt - full fine-tuning (test acc, points)")
+    ax.set_title("e2vpt's distance to full fine-tuning, one point per backbone", fontsize=10)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes: no point covered
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _save(plt, fig, path: Path, legend_from=()) -> Path:
     """Panels share one legend (a method missing from the last panel still gets its entry)."""
     labelled: dict[str, object] = {}
@@ -118,14 +139,22 @@ def _save(plt, fig, path: Path, legend_from=()) -> Path:
     return path
 
 
-def write_plots(reports: dict, out_dir: Path) -> list[Path]:
+def write_plots(reports: dict, out_dir: Path, points: list[BackbonePoint] | None = None) -> list[Path]:
+    """The sweep's figures; with `points` (reports.backbone_points), the one across the backbones too."""
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [accuracy_vs_params(plt, reports, out_dir / "accuracy_vs_params.png"),
                task_bars(plt, reports, out_dir / "task_bars.png"),
                training_curves(plt, reports, out_dir / "training_curves.png"),
                pruning_curve(plt, reports, out_dir / "pruning_curve.png")]
+    if points and len(points) > 1:
+        written.append(gap_vs_probe(plt, points, out_dir / "gap_vs_probe.png"))
     return [p for p in written if p is not None]
+
+
+def listed_sweep(root: Path) -> str | None:
+    """root's entry in sweep.BACKBONE_SWEEPS (a repo-relative path), if it is one of those sweeps."""
+    return next((r for _, r, _ in BACKBONE_SWEEPS if (REPO / r).resolve() == root.resolve()), None)
 
 
 def main(argv=None) -> None:
@@ -133,7 +162,9 @@ def main(argv=None) -> None:
     p.add_argument("root", type=Path, help="the sweep's --out (its */*.report.json)")
     p.add_argument("out_dir", type=Path, help="where the PNGs go")
     args = p.parse_args(argv)
-    for path in write_plots(load(args.root), args.out_dir):
+    listed = listed_sweep(args.root)  # a backbone's sweep: the figure across the backbones up to it as well
+    points = backbone_points(listed, REPO) if listed else None
+    for path in write_plots(load(args.root), args.out_dir, points):
         print(path)
 
 

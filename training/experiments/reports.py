@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from training.experiments.sweep import CURVE_PREFIX, CURVE_UNPRUNED
+from training.experiments.sweep import BACKBONE_RERUNS, BACKBONE_SWEEPS, CURVE_PREFIX, CURVE_UNPRUNED, METHODS, TASKS
 
 REPORT_SUFFIX = ".report.json"  # written last, with the artifact: the run is done
 
@@ -101,3 +103,56 @@ def curve_points(reports: dict) -> dict[str, list[tuple[float, Score]]]:
         if run.startswith(CURVE_PREFIX) or run == CURVE_UNPRUNED:
             out.setdefault(task, []).append((r["metrics"].get("visual_pruned_fraction", 0.0), Score.of(r)))
     return {t: sorted(p, key=lambda x: x[0]) for t, p in out.items() if len(p) > 1}
+
+
+def method_means(reports: dict) -> dict[str, float]:
+    """{method: mean test accuracy (%) over the four tasks} of the methods run on all four."""
+    s = scores(reports)
+    return {m: 100 * sum(s[(t, m)].mean for t in TASKS) / len(TASKS)
+            for m in METHODS if all((t, m) in s for t in TASKS)}
+
+
+PROBED = ("gtsrb", "dtd10", "sign-digits")  # the issue's probe mean: the three tasks farthest from CIFAR-10
+
+
+def probe_mean(path: Path) -> float:
+    """Mean probe accuracy (%) over PROBED from a `promptserve probe --json` output (its task names use '_')."""
+    acc = {t["task"].replace("_", "-"): t["accuracy"] for t in json.loads(path.read_text())["tasks"]}
+    return 100 * sum(acc[t] for t in PROBED) / len(PROBED)
+
+
+def with_reruns(reports: dict, sweep_root: str, repo: Path) -> dict:
+    """A sweep's reports, with those of its runs redone under repo/BACKBONE_RERUNS/<the sweep's folder name> in
+    their place; where both carry a backbone fingerprint, they must be the same. A folder with no finished report
+    (yet) leaves the sweep's own."""
+    folder = repo / BACKBONE_RERUNS / Path(sweep_root).name
+    if not any(folder.glob(f"*/*{REPORT_SUFFIX}")):
+        return reports
+    redone = load(folder)
+    prints = {r.get("backbone_fingerprint") for r in (*reports.values(), *redone.values())} - {None}
+    if len(prints) > 1:
+        raise LookupError(f"the reruns in {folder} trained on another backbone than the sweep {sweep_root}")
+    return {**reports, **redone}
+
+
+class BackbonePoint(NamedTuple):
+    label: str  # sweep.BACKBONE_SWEEPS' name of the backbone
+    probe: float  # its frozen-feature probe, mean of PROBED (%)
+    reports: dict  # its sweep's reports, with the reruns in place (with_reruns)
+
+    def gap(self, task: str) -> float:
+        """e2vpt - full on `task`, test accuracy points."""
+        s = scores(self.reports)
+        return 100 * (s[(task, "e2vpt")].mean - s[(task, "full")].mean)
+
+
+def backbone_points(root: str, repo: Path, reports_of: Callable[[str], dict] | None = None) -> list[BackbonePoint]:
+    """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS, oldest first) beside its probe; `reports_of`
+    loads a sweep by its repo-relative root (default: from repo)."""
+    roots = [sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS]
+    if root not in roots:
+        raise LookupError(f"the backbones' comparison needs a sweep listed in sweep.BACKBONE_SWEEPS "
+                          f"({', '.join(roots)}), not {root}")
+    reports_of = reports_of or (lambda r: load(repo / r))
+    return [BackbonePoint(label, probe_mean(repo / probe), with_reruns(reports_of(sweep_root), sweep_root, repo))
+            for label, sweep_root, probe in BACKBONE_SWEEPS[:roots.index(root) + 1]]

@@ -6,13 +6,13 @@ plots.py read), so that docs/results*.md and the README cannot drift from the ru
 
 A generated part sits between `<!-- results: ROOT PART -->` and `<!-- end results: ROOT PART -->`, ROOT being a
 sweep's directory (e.g. runs/vtab-distill-mlp5) and PART one of MADE's keys: `tables` (summarize's tables), `means`
-(each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and
-linear, the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's),
-`splits:OTHER_ROOT` (runs whose validation split was drawn otherwise in another directory, against this sweep's),
-`gridcheck:CHECK_DIR` (a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT
-against its frozen-feature probe, sweep.BACKBONE_SWEEPS; `backbones:RERUNS_DIR` with the runs redone under
-RERUNS_DIR/<sweep folder> in place of each sweep's own), `partial` (full fine-tuning of part of the backbone,
-sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full; `partial:CHECK_DIR` adds a grid check of those rows).
+(each method's 4-task mean), `demo-tasks` (e2vpt per task: the demo tasks), `goals` (e2vpt against full and linear,
+the figures issue 21 judges), `gains:OTHER_ROOT` (each method's mean against another sweep's), `splits:OTHER_ROOT`
+(runs whose validation split was drawn otherwise in another directory, against this sweep's), `gridcheck:CHECK_DIR`
+(a grid check's picks against the sweep's), `backbones` (every backbone's sweep up to ROOT against its frozen-
+feature probe, sweep.BACKBONE_SWEEPS, with the runs redone under sweep.BACKBONE_RERUNS), `partial` (full fine-tuning
+of part of the backbone, sweep.PARTIAL_ROWS, beside the linear head, e2vpt and full; `partial:CHECK_DIR` adds a grid
+check of those rows).
 """
 
 from __future__ import annotations
@@ -28,36 +28,31 @@ from statistics import linear_regression
 from training.experiments.reports import (
     REPORT_SUFFIX,
     Score,
+    backbone_points,
     grid_check_finals,
     grid_check_report,
     grid_check_stem,
     load,
     lr_grid_edge,
+    method_means,
     pick_moved,
+    probe_mean,
     scores,
     val_mean,
 )
 from training.experiments.summarize import tables
 from training.experiments.sweep import (
     ABLATION_ROWS,
-    BACKBONE_SWEEPS,
     METHODS,
     PARTIAL_ROWS,
+    REPO,
     TASKS,
     TEACHER_PROBE,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 DOCS = ("README.md", "docs/results.md", "docs/results-distill-mlp-backbone.md", "docs/results-distill-s3-backbone.md",
         "docs/results-distill-mnv1-backbone.md", "docs/results-cifar10-backbone.md")
 REGION = re.compile(r"<!-- results: (?P<key>[^ ]+ [^ ]+) -->(?P<body>.*?)<!-- end results: (?P=key) -->", re.S)
-
-
-def method_means(reports: dict) -> dict[str, float]:
-    """{method: mean test accuracy (%) over the four tasks} of the methods run on all four."""
-    s = scores(reports)
-    return {m: 100 * sum(s[(t, m)].mean for t in TASKS) / len(TASKS)
-            for m in METHODS if all((t, m) in s for t in TASKS)}
 
 
 def means(reports: dict) -> str:
@@ -149,28 +144,6 @@ def splits(reports: dict, before: dict) -> str:
     return "\n".join(lines)
 
 
-PROBED = ("gtsrb", "dtd10", "sign-digits")  # the issue's probe mean: the three tasks farthest from CIFAR-10
-
-
-def probe_mean(path: Path) -> float:
-    """Mean probe accuracy (%) over PROBED from a `promptserve probe --json` output (its task names use '_')."""
-    acc = {t["task"].replace("_", "-"): t["accuracy"] for t in json.loads(path.read_text())["tasks"]}
-    return 100 * sum(acc[t] for t in PROBED) / len(PROBED)
-
-
-def with_reruns(reports: dict, sweep_root: str, reruns: Path | None) -> dict:
-    """A sweep's reports, with those of its runs redone under reruns/<the sweep's folder name> (some runs again, a
-    split drawn otherwise) in their place; where both carry a backbone fingerprint, they must be the same."""
-    folder = reruns / Path(sweep_root).name if reruns is not None else None
-    if folder is None or not any(folder.glob(f"*/*{REPORT_SUFFIX}")):  # none (yet): the split column shows it
-        return reports
-    redone = load(folder)
-    prints = {r.get("backbone_fingerprint") for r in (*reports.values(), *redone.values())} - {None}
-    if len(prints) > 1:
-        raise LookupError(f"the reruns in {folder} trained on another backbone than the sweep {sweep_root}")
-    return {**reports, **redone}
-
-
 def gtsrb_splits(reports: dict, runs: tuple[str, ...]) -> str:
     """How `runs` of gtsrb held validation out, as one cell; where they differ, which run used which split."""
     by: dict[str, list[str]] = {}
@@ -182,44 +155,35 @@ def gtsrb_splits(reports: dict, runs: tuple[str, ...]) -> str:
     return "; ".join(f"{', '.join(names)}: {split}" for split, names in by.items())
 
 
-def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path, reruns: Path | None = None) -> str:
-    """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS; `reports_of` loads one) against its
-    frozen-feature probe: how the methods' means and e2vpt's distance to full fine-tuning move as the feature
-    improves. Runs redone under `reruns` (with_reruns) stand in for the sweep's own; the gtsrb split column says
-    how each row's gtsrb runs held validation out."""
-    roots = [sweep_root for _, sweep_root, _ in BACKBONE_SWEEPS]
-    if root not in roots:
-        raise LookupError(f"'backbones' needs a sweep listed in sweep.BACKBONE_SWEEPS ({', '.join(roots)}), "
-                          f"not {root}")
-    upto = BACKBONE_SWEEPS[:roots.index(root) + 1]
+def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -> str:
+    """Every backbone's sweep up to `root` (reports.backbone_points: sweep.BACKBONE_SWEEPS, with the runs redone
+    under sweep.BACKBONE_RERUNS in place of the sweeps' own) against its frozen-feature probe: how the methods'
+    means and e2vpt's distance to full fine-tuning move as the feature improves; the last column says how each
+    row's gtsrb runs held validation out."""
+    points = backbone_points(root, repo, reports_of)
     head = ["backbone", "probe, mean of 3", "linear", "e2vpt", "full", "e2vpt - full",
             *(f"e2vpt - full, {t}" for t in TASKS), "gtsrb's validation split"]
     lines = [f"| {' | '.join(head)} |", "|---" * len(head) + "|"]
-    probes, cols = [], {m: [] for m in ("linear", "e2vpt", "full")}
-    task_gaps = {t: [] for t in TASKS}  # e2vpt - full per task, one entry per backbone
-    for label, sweep_root, probe in upto:
-        reports = with_reruns(reports_of(sweep_root), sweep_root, reruns)
-        mean, s = method_means(reports), scores(reports)
-        probes.append(probe_mean(repo / probe))
+    cols = {m: [] for m in ("linear", "e2vpt", "full")}
+    for point in points:
+        mean = method_means(point.reports)
         for m in cols:
             cols[m].append(mean[m])
-        for t in TASKS:
-            task_gaps[t].append(100 * (s[(t, "e2vpt")].mean - s[(t, "full")].mean))
-        gaps = " | ".join(f"{task_gaps[t][-1]:+.1f}" for t in TASKS)
-        lines.append(f"| {label} | {probes[-1]:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
+        gaps = " | ".join(f"{point.gap(t):+.1f}" for t in TASKS)
+        lines.append(f"| {point.label} | {point.probe:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
                      f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} | "
-                     f"{gtsrb_splits(reports, tuple(cols))} |")
+                     f"{gtsrb_splits(point.reports, tuple(cols))} |")
     blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
-    if len(upto) > 2:
+    if len(points) > 2:
         def slope(values: list[float]) -> float:
-            return linear_regression(probes, values).slope
+            return linear_regression([p.probe for p in points], values).slope
 
         per = {m: slope(v) for m, v in cols.items()}
         gap = slope([e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
         lines.append(f"| slope per probe point | | {' | '.join(f'{v:+.2f}' for v in per.values())} | {gap:+.2f} | "
-                     + " | ".join(f"{slope(task_gaps[t]):+.2f}" for t in TASKS) + " | |")
-        lines += ["", f"Least-squares slopes over these {len(upto)} backbones, per point of probe mean: "
+                     + " | ".join(f"{slope([p.gap(t) for p in points]):+.2f}" for t in TASKS) + " | |")
+        lines += ["", f"Least-squares slopes over these {len(points)} backbones, per point of probe mean: "
                   + ", ".join(f"{m} {v:+.2f}" for m, v in per.items())
                   + f"; e2vpt - full {gap:+.2f} points per probe point (per task: the last row)."]
     return "\n".join(lines)
@@ -293,13 +257,13 @@ def rendered(doc: str, repo: Path = REPO) -> str:
             text = grid_check(reports_of(root), repo / other)
         elif kind == "partial" and other:  # partial:CHECK_DIR
             text = partial(reports_of(root), repo / other)
-        elif kind == "backbones":  # backbones or backbones:RERUNS_DIR
-            text = across_backbones(root, reports_of, repo, repo / other if other else None)
+        elif part == "backbones":
+            text = across_backbones(root, reports_of, repo)
         elif part in MADE:
             text = MADE[part](reports_of(root))
         else:
             raise LookupError(f"unknown generated part '{part}' (known: {', '.join(MADE)}, gains:ROOT, "
-                              "splits:ROOT, gridcheck:DIR, partial:DIR, backbones, backbones:DIR)")
+                              "splits:ROOT, gridcheck:DIR, partial:DIR, backbones)")
         text = f"\n{text}\n" if body.startswith("\n") else text  # a block stays a block, a span inside a line a span
         return f"<!-- results: {key} -->{text}<!-- end results: {key} -->"
 

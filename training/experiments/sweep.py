@@ -16,7 +16,8 @@ from typing import NamedTuple
 
 from training.config import LR_FACTORS
 
-DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[2]
+DATASETS = REPO / ".." / "shared" / "datasets"
 # task -> the trainer's --data, in the order the tables and figures list them
 TASKS = {"gtsrb": str(DATASETS / "gtsrb.tar"), "dtd10": str(DATASETS / "dtd10.tar"),
          "sign-digits": str(DATASETS / "sign_digits.tar"), "fashion-mnist": "fmnist:/usr/share/datasets/fashion-mnist"}
@@ -42,6 +43,10 @@ BACKBONE_SWEEPS = (("CIFAR-10 only", "runs/vtab", "runs/distill/probe-demo-backb
                    ("4 stages (MLP projector)", "runs/vtab-distill-mlp", "runs/distill/probe-mlp.json"),
                    ("5 stages (the demo backbone)", "runs/vtab-distill-mlp5", "runs/distill/probe-mlp5.json"))
 TEACHER_PROBE = "runs/distill/probe-teacher.json"
+# runs of the earlier sweeps redone on the demo sweep's split (their gtsrb runs of linear, e2vpt and full, held out
+# by track: runs/gtsrb-by-track/run.sh), as <this>/<sweep folder>/<task>/<run>.*: the table and the figure across
+# the backbones take them in place of the sweeps' own, so that every backbone's gtsrb figures rest on one split
+BACKBONE_RERUNS = "runs/gtsrb-by-track"
 DEFAULT_OUT = BACKBONE_SWEEPS[-1][1]
 
 
