@@ -58,19 +58,32 @@ def test_tables_and_plots_from_a_sweep_directory(tmp_path, capsys):
         "accuracy_vs_params.png", "pruning_curve.png", "task_bars.png", "training_curves.png"]  # not a backbone's
 
 
-def test_the_figure_across_the_backbones_draws_the_tables_gaps_for_a_listed_sweep(tmp_path):
-    """The committed sweeps: one point per backbone up to the demo's, whose per-task gaps average to the
-    difference of the method means the docs quote; plots draws it for that sweep's folder only."""
+def test_the_figure_across_the_backbones_draws_the_tables_numbers_for_the_demo_sweep_only(tmp_path, monkeypatch):
+    """The committed sweeps: the figure's points (probe, per-task and mean gaps) are the rows of the docs' table
+    across the backbones; plots draws it for the demo backbone's sweep, from any working directory, and not for
+    another sweep; reruns half done (e2vpt and full split differently) stop it in one line."""
+    from training.experiments import results_doc
+
     points = reports.backbone_points(sweep.DEFAULT_OUT, sweep.REPO)
-    assert [p.label for p in points] == [label for label, *_ in sweep.BACKBONE_SWEEPS]
+    table = results_doc.rendered(f"<!-- results: {sweep.DEFAULT_OUT} backbones --><!-- end results: "
+                                 f"{sweep.DEFAULT_OUT} backbones -->").splitlines()
     for p in points:
-        means = reports.method_means(p.reports)
-        assert sum(p.gap(t) for t in sweep.TASKS) / len(sweep.TASKS) == pytest.approx(means["e2vpt"] - means["full"])
-    assert {p.reports[("gtsrb", "e2vpt")]["config"]["val_group"] for p in points} == {sweep.VAL_GROUP["gtsrb"]}
-    assert plots.listed_sweep(sweep.REPO / sweep.DEFAULT_OUT) == sweep.DEFAULT_OUT
-    assert plots.listed_sweep(tmp_path) is None
+        [row] = [line for line in table if line.startswith(f"| {p.label} |")]
+        cells = row.split(" | ")
+        assert (cells[1], cells[5]) == (f"{p.probe:.1f}", f"{p.mean_gap():+.1f}")
+        assert cells[6:10] == [f"{p.gap(t):+.1f}" for t in sweep.TASKS]
+        assert not p.mixed_splits()  # every gtsrb gap compares runs held out by track
     pytest.importorskip("matplotlib", reason="plots need matplotlib")
-    assert plots.gap_vs_probe(plots._pyplot(), points, tmp_path / "gap.png").stat().st_size > 0
+    monkeypatch.chdir(sweep.REPO / "runs")  # a relative root from another folder
+    plots.main([Path(sweep.DEFAULT_OUT).name, str(tmp_path / "demo")])
+    assert (tmp_path / "demo" / "gap_vs_probe.png").stat().st_size > 0
+    plots.main(["vtab-distill-mlp", str(tmp_path / "earlier")])  # an earlier backbone's page has no such figure
+    assert not (tmp_path / "earlier" / "gap_vs_probe.png").exists()
+    half = reports.BackbonePoint("half", 50.0, {**points[0].reports, ("gtsrb", "full"): {"config": {}}})
+    assert half.mixed_splits() == ["gtsrb"]
+    monkeypatch.setattr(plots, "backbone_points", lambda *_: [half, *points[1:]])
+    with pytest.raises(SystemExit, match="e2vpt and full held validation out differently on half \\(gtsrb\\)"):
+        plots.across_backbones(sweep.REPO / sweep.DEFAULT_OUT)
 
 
 def test_plan_covers_methods_ablation_and_curve_and_skips_finished_runs(tmp_path, capsys):

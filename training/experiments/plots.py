@@ -1,5 +1,5 @@
 """The figures docs/results.md opens with, from a sweep's reports (its tables: summarize.py): PNGs, Agg backend.
-For a sweep of sweep.BACKBONE_SWEEPS, also e2vpt - full against the probe over the backbones up to it.
+For the demo backbone's sweep (sweep.DEFAULT_OUT), also e2vpt - full against the probe over every backbone.
 
     python -m training.experiments.plots runs/vtab docs/img/results      # the sweep's reports -> the figures
 """
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from training.experiments.reports import BackbonePoint, Score, backbone_points, curve_points, load
-from training.experiments.sweep import BACKBONE_SWEEPS, METHODS, REPO, TASKS
+from training.experiments.sweep import BACKBONE_RERUNS, DEFAULT_OUT, METHODS, REPO, TASKS
 
 MARKERS = dict(zip(METHODS, "osD^v", strict=True))
 # one colour per method on every figure and panel, whichever methods a panel has (matplotlib's default cycle)
@@ -110,8 +110,8 @@ def gap_vs_probe(plt, points: list[BackbonePoint], path: Path) -> Path:
     probes = [p.probe for p in points]
     for i, task in enumerate(TASKS):
         ax.plot(probes, [p.gap(task) for p in points], marker="osD^"[i % 4], color=f"C{i}", label=task)
-    mean = [sum(p.gap(t) for t in TASKS) / len(TASKS) for p in points]
-    ax.plot(probes, mean, color="black", linewidth=2.5, marker="o", label="mean of the 4 tasks")
+    ax.plot(probes, [p.mean_gap() for p in points], color="black", linewidth=2.5, marker="o",
+            label="mean of the 4 tasks")
     ax.axhline(-5, color="grey", linestyle="--", linewidth=1, label="issue 21's goal for the mean")
     ax.axhline(0, color="grey", linewidth=0.5)
     ax.set_xlabel("frozen-feature probe of the backbone, mean of gtsrb, dtd10, sign-digits (%)")
@@ -152,9 +152,18 @@ def write_plots(reports: dict, out_dir: Path, points: list[BackbonePoint] | None
     return [p for p in written if p is not None]
 
 
-def listed_sweep(root: Path) -> str | None:
-    """root's entry in sweep.BACKBONE_SWEEPS (a repo-relative path), if it is one of those sweeps."""
-    return next((r for _, r, _ in BACKBONE_SWEEPS if (REPO / r).resolve() == root.resolve()), None)
+def across_backbones(root: Path) -> list[BackbonePoint] | None:
+    """The points of the figure across the backbones when root is the demo backbone's sweep (sweep.DEFAULT_OUT,
+    the page that shows it; an earlier backbone's page has no such figure), else None. A point whose e2vpt and
+    full runs of a task held validation out differently (reruns half done) stops it in one line."""
+    if (REPO / DEFAULT_OUT).resolve() != root.resolve():
+        return None
+    points = backbone_points(DEFAULT_OUT, REPO)
+    mixed = [f"{p.label} ({', '.join(p.mixed_splits())})" for p in points if p.mixed_splits()]
+    if mixed:
+        raise SystemExit(f"error: e2vpt and full held validation out differently on {'; '.join(mixed)}: finish "
+                         f"the reruns under {BACKBONE_RERUNS} first")
+    return points
 
 
 def main(argv=None) -> None:
@@ -162,9 +171,7 @@ def main(argv=None) -> None:
     p.add_argument("root", type=Path, help="the sweep's --out (its */*.report.json)")
     p.add_argument("out_dir", type=Path, help="where the PNGs go")
     args = p.parse_args(argv)
-    listed = listed_sweep(args.root)  # a backbone's sweep: the figure across the backbones up to it as well
-    points = backbone_points(listed, REPO) if listed else None
-    for path in write_plots(load(args.root), args.out_dir, points):
+    for path in write_plots(load(args.root), args.out_dir, across_backbones(args.root)):
         print(path)
 
 

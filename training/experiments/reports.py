@@ -145,6 +145,16 @@ class BackbonePoint(NamedTuple):
         s = scores(self.reports)
         return 100 * (s[(task, "e2vpt")].mean - s[(task, "full")].mean)
 
+    def mean_gap(self) -> float:
+        """e2vpt - full on the mean of the four tasks (the mean of the per-task gaps)."""
+        return sum(self.gap(t) for t in TASKS) / len(TASKS)
+
+    def mixed_splits(self) -> list[str]:
+        """Tasks whose e2vpt and full runs held validation out differently (a rerun of one and not the other):
+        their gap compares runs tuned on different images."""
+        return [t for t in TASKS if len({self.reports[(t, m)].get("config", {}).get("val_group")
+                                         for m in ("e2vpt", "full") if (t, m) in self.reports}) > 1]
+
 
 def backbone_points(root: str, repo: Path, reports_of: Callable[[str], dict] | None = None) -> list[BackbonePoint]:
     """Every backbone's sweep up to `root` (sweep.BACKBONE_SWEEPS, oldest first) beside its probe; `reports_of`

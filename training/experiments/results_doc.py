@@ -171,7 +171,7 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
             cols[m].append(mean[m])
         gaps = " | ".join(f"{point.gap(t):+.1f}" for t in TASKS)
         lines.append(f"| {point.label} | {point.probe:.1f} | {mean['linear']:.1f} | {mean['e2vpt']:.1f} | "
-                     f"{mean['full']:.1f} | {mean['e2vpt'] - mean['full']:+.1f} | {gaps} | "
+                     f"{mean['full']:.1f} | {point.mean_gap():+.1f} | {gaps} | "
                      f"{gtsrb_splits(point.reports, tuple(cols))} |")
     blank = " | ".join(["-"] * (len(head) - 2))
     lines.append(f"| teacher (probe only) | {probe_mean(repo / TEACHER_PROBE):.1f} | {blank} |")
@@ -180,7 +180,7 @@ def across_backbones(root: str, reports_of: Callable[[str], dict], repo: Path) -
             return linear_regression([p.probe for p in points], values).slope
 
         per = {m: slope(v) for m, v in cols.items()}
-        gap = slope([e - f for e, f in zip(cols["e2vpt"], cols["full"], strict=True)])
+        gap = slope([p.mean_gap() for p in points])
         lines.append(f"| slope per probe point | | {' | '.join(f'{v:+.2f}' for v in per.values())} | {gap:+.2f} | "
                      + " | ".join(f"{slope([p.gap(t) for p in points]):+.2f}" for t in TASKS) + " | |")
         lines += ["", f"Least-squares slopes over these {len(points)} backbones, per point of probe mean: "
