@@ -142,8 +142,7 @@ class BackbonePoint(NamedTuple):
 
     def gap(self, task: str) -> float:
         """e2vpt - full on `task`, test accuracy points."""
-        s = scores(self.reports)
-        return 100 * (s[(task, "e2vpt")].mean - s[(task, "full")].mean)
+        return 100 * (Score.of(self.reports[(task, "e2vpt")]).mean - Score.of(self.reports[(task, "full")]).mean)
 
     def mean_gap(self) -> float:
         """e2vpt - full on the mean of the four tasks (the mean of the per-task gaps)."""
