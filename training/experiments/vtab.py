@@ -201,8 +201,8 @@ def unfinished_finals(args, todo: list[tuple[str, str, dict]]) -> list[tuple[str
 
 def run_grid_check_final(args, task: str, run: str, report: dict, pick: dict) -> dict:
     """The sweep's protocol (its epochs and seeds, the method's extras or the partial row's --trainable, no search)
-    at the pick the check moved to,
-    so that its test accuracy stands beside the sweep's; the sweep's own tables keep the sweep's pick."""
+    at the pick the check moved to, so that its test accuracy stands beside the sweep's; the sweep's own tables
+    keep the sweep's pick."""
     config = report["config"]
     flags = ["--no-hp-search", "--lr", str(pick["lr"]), "--weight-decay", str(pick["weight_decay"]),
              *run_flags(run)]
