@@ -84,6 +84,11 @@ def val_mean(report: dict) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
+def val_group(report: dict) -> str | None:
+    """How a run held its validation split out: its trainer's --val-group pattern, None for image by image."""
+    return report.get("config", {}).get("val_group")
+
+
 def scores(reports: dict) -> dict[tuple[str, str], Score]:
     return {key: Score.of(r) for key, r in reports.items()}
 
@@ -151,8 +156,8 @@ class BackbonePoint(NamedTuple):
     def mixed_splits(self) -> list[str]:
         """Tasks whose e2vpt and full runs held validation out differently (a rerun of one and not the other):
         their gap compares runs tuned on different images."""
-        return [t for t in TASKS if len({self.reports[(t, m)].get("config", {}).get("val_group")
-                                         for m in ("e2vpt", "full") if (t, m) in self.reports}) > 1]
+        return [t for t in TASKS if len({val_group(self.reports[(t, m)]) for m in ("e2vpt", "full")
+                                         if (t, m) in self.reports}) > 1]
 
 
 def backbone_points(root: str, repo: Path, reports_of: Callable[[str], dict] | None = None) -> list[BackbonePoint]:

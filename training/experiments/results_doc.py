@@ -38,6 +38,7 @@ from training.experiments.reports import (
     pick_moved,
     probe_mean,
     scores,
+    val_group,
     val_mean,
 )
 from training.experiments.summarize import tables
@@ -128,7 +129,7 @@ def splits(reports: dict, before: dict) -> str:
 
     for key in sorted(set(reports) & set(before), key=rank):
         was, now = before[key], reports[key]
-        split = [r["config"].get("val_group") for r in (was, now)]
+        split = [val_group(r) for r in (was, now)]
         if split[0] == split[1]:
             continue
         picks = [r["hp_search"]["chosen"] if r.get("hp_search") else None for r in (was, now)]  # None: given
@@ -149,7 +150,7 @@ def gtsrb_splits(reports: dict, runs: tuple[str, ...]) -> str:
     by: dict[str, list[str]] = {}
     for run in runs:
         if ("gtsrb", run) in reports:
-            by.setdefault(split_name(reports[("gtsrb", run)].get("config", {}).get("val_group")), []).append(run)
+            by.setdefault(split_name(val_group(reports[("gtsrb", run)])), []).append(run)
     if len(by) < 2:
         return next(iter(by), "-")
     return "; ".join(f"{', '.join(names)}: {split}" for split, names in by.items())

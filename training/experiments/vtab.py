@@ -44,6 +44,7 @@ from training.experiments.reports import (
     lr_grid_edge,
     pick_moved,
     report_path,
+    val_group,
 )
 from training.experiments.sweep import (
     ABLATION_ROWS,
@@ -238,7 +239,7 @@ def stop_on_another_split(p: argparse.ArgumentParser, runs: list[tuple[str, Path
     for task, path in runs:
         report = json.loads(path.read_text()) if path.exists() else {}
         if "config" in report:
-            splits.setdefault(task, {}).setdefault(report["config"].get("val_group"), []).append(path)
+            splits.setdefault(task, {}).setdefault(val_group(report), []).append(path)
     stale = [(task, path) for task, by in splits.items()
              if len(by) > 1 or (task in left and set(by) != {VAL_GROUP.get(task)})
              for group, paths in by.items() if group != VAL_GROUP.get(task) for path in paths]
