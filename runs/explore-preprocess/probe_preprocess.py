@@ -34,7 +34,8 @@ def standardise(batch):
     return np.clip((x - mean) / sd * 55 + 120, 0, 255).astype(np.uint8)
 
 
-VARIANTS = {"none": lambda batch: batch, "autocontrast (1% cut-off)": per_image(lambda im: ImageOps.autocontrast(im, cutoff=1)),
+VARIANTS = {"none": lambda batch: batch,
+            "autocontrast (1% cut-off)": per_image(lambda im: ImageOps.autocontrast(im, cutoff=1)),
             "equalize": per_image(ImageOps.equalize), "standardise": standardise}
 
 extract = backbone_extractor(load_backbone(sys.argv[1]))
