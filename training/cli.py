@@ -104,7 +104,9 @@ def train(
     prompt_dropout: float = typer.Option(_D.prompt_dropout, help="dropout on the visual prompts while training "
                                          "(official code: 0.1)"),
     seed: int = typer.Option(_D.seed, help="seed of the subset, the split, the inits and the batch order"),
-    augment: bool = typer.Option(_D.augment, help="random crop + flip"),
+    augment: bool = typer.Option(_D.augment, help="random crop + flip of the training images"),
+    flip: bool = typer.Option(_D.flip, help="with --augment: --no-flip keeps the crop and leaves the flip out "
+                              "(signs, digits, text: a mirror image is another class or none)"),
     trainable: str = typer.Option(None, help="--method full: fine-tune only the backbone weights whose names this "
                                   "regex finds, e.g. '^blocks\\.[01]\\.' (the first two blocks); the new head always "
                                   "trains", show_default="every weight"),
@@ -147,7 +149,7 @@ def train(
     try:
         cfg = TrainConfig(method=method, visual_tokens=visual_tokens, kv_tokens=kv_tokens, shared_kv=not separate_kv,
                           epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                          warmup_epochs=warmup_epochs, augment=augment, trainable=trainable, amp=amp,
+                          warmup_epochs=warmup_epochs, augment=augment, flip=flip, trainable=trainable, amp=amp,
                           train_size=parse_train_size(train_size), val_fraction=val_fraction, val_max=val_max,
                           val_group=val_group,
                           seeds=seeds, prompt_dropout=prompt_dropout,

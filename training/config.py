@@ -54,7 +54,8 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     label_smoothing: float = 0.0
     grad_clip: float | None = 1.0  # None: no clipping
-    augment: bool = False
+    augment: bool = False  # random crop + flip of the training images
+    flip: bool = True  # with augment: the flip too; False for signs, digits, text (a mirror image is another class)
     # method full only: a regex searched in the backbone's weight names (timm's: blocks.0.attn.qkv.weight);
     # only matching weights train, the new head always does (VPT's Partial-k baselines). None: every weight
     trainable: str | None = None
@@ -115,6 +116,9 @@ class TrainConfig:
             raise TrainConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) (0: no validation split)")
         if self.val_max < 0:
             raise TrainConfigError("val_max must be >= 0")
+        if not self.flip and not self.augment:
+            raise TrainConfigError("flip=False (--no-flip) only changes --augment's random crop + flip: add "
+                                   "--augment for the crop alone, or leave --no-flip out")
         if self.val_group:
             try:
                 re.compile(self.val_group)

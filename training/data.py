@@ -352,8 +352,9 @@ def merge(a: ImageArray, b: ImageArray | None) -> ImageArray:
 
 
 # ---- batches ------------------------------------------------------------------------------------------
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random crop (4px zero padding after normalisation) + horizontal flip on (B, 3, S, S).
+def augment(x: torch.Tensor, gen: torch.Generator, flip: bool = True) -> torch.Tensor:
+    """Random crop (4px zero padding after normalisation) + horizontal flip on (B, 3, S, S); flip=False: the crop
+    only (signs, digits, text: their mirror images are other classes or none).
     Pretraining's recipe too: its checkpoints resume with this exact use of `gen`."""
     b, _, s, _ = x.shape
     padded = F.pad(x, (4, 4, 4, 4))
@@ -362,5 +363,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     x = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(s))[:, None, None, :].expand(b, 3, s, s)
     x = x.gather(3, cols)
-    flip = torch.rand(b, generator=gen) < 0.5
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    if not flip:
+        return x
+    flipped = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flipped[:, None, None, None], x.flip(3), x)

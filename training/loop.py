@@ -154,7 +154,7 @@ def fit(forward: Callable[[torch.Tensor], torch.Tensor], params: list[nn.Paramet
                 if prepare is not None:
                     return prepare(inputs, idx), y_all[idx]
                 x = normalise(inputs[idx.numpy()], _data_cfg(forward))
-                return (augment(x, gen) if cfg.augment else x), y_all[idx]
+                return (augment(x, gen, cfg.flip) if cfg.augment else x), y_all[idx]
 
             t0 = time.time()
             stats = train_epoch(forward, opt, params, batch, steps, lambda step: lr_at(step, total, warmup,

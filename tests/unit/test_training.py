@@ -17,7 +17,7 @@ from PIL import Image
 from promptserve.preprocess import normalise
 from promptserve.testing import random_images, tiny_backbone
 from training.config import TrainConfig, TrainConfigError
-from training.data import balanced_pick, load_task, validation_split
+from training.data import augment, balanced_pick, load_task, validation_split
 from training.e2vpt import Importance, apply_pruning, n_pruned, one_pass_importance, prune
 from training.imagefolder import DatasetError
 from training.loop import PromptForward
@@ -114,6 +114,19 @@ def test_config_validation():
     with pytest.raises(TrainConfigError, match="token_prune"):
         TrainConfig(token_prune=1.5)
     assert TrainConfig(method="full").lr < TrainConfig(method="linear").lr  # per-method defaults
+
+
+def test_augment_without_the_flip_is_the_same_crop_never_mirrored():
+    x = torch.randn(64, 3, 8, 8)  # (B, 3, S, S), asymmetric content: a flip changes it
+    cropped = augment(x, torch.Generator().manual_seed(3), flip=False)
+    either = augment(x, torch.Generator().manual_seed(3))  # the same crops (drawn first), then half flipped
+    mirrored = ~torch.isclose(cropped, either).flatten(1).all(1)
+    assert torch.equal(either[mirrored], cropped[mirrored].flip(3)) and torch.equal(either[~mirrored], cropped[~mirrored])
+    assert 0 < int(mirrored.sum()) < 64
+    assert not torch.equal(cropped, x)  # the crop still moves images (some shift by up to 4 px)
+    with pytest.raises(TrainConfigError, match="add --augment"):
+        TrainConfig(flip=False)
+    assert TrainConfig(augment=True, flip=False).flip is False
 
 
 # ---- masks, importance, pruning ---------------------------------------------------------------------------
