@@ -121,7 +121,8 @@ def test_augment_without_the_flip_is_the_same_crop_never_mirrored():
     cropped = augment(x, torch.Generator().manual_seed(3), flip=False)
     either = augment(x, torch.Generator().manual_seed(3))  # the same crops (drawn first), then half flipped
     mirrored = ~torch.isclose(cropped, either).flatten(1).all(1)
-    assert torch.equal(either[mirrored], cropped[mirrored].flip(3)) and torch.equal(either[~mirrored], cropped[~mirrored])
+    assert torch.equal(either[mirrored], cropped[mirrored].flip(3))
+    assert torch.equal(either[~mirrored], cropped[~mirrored])
     assert 0 < int(mirrored.sum()) < 64
     assert not torch.equal(cropped, x)  # the crop still moves images (some shift by up to 4 px)
     with pytest.raises(TrainConfigError, match="add --augment"):
